@@ -1,0 +1,108 @@
+"""The extension boundary: torch custom ops that hand raw pointers to ``mud_iknn._C``.
+
+Inputs arrive validated by :mod:`mud_iknn.labels` (float32 (P, 2) points, int64 (B + 1) offsets,
+contiguous, one device). Registered with torch.library so they work under torch.compile.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C
+
+MAX_K = _C.MAX_K
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _require_cuda(device: torch.device) -> None:
+    if not _C.WITH_CUDA:
+        raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
+                           "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
+
+
+def _workspace(device: torch.device, nbytes: int) -> torch.Tensor:
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+
+
+@torch.library.custom_op("mud_iknn::knn_maps", mutates_args=())
+def knn_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, k: int,
+             max_distance: float, transform: int) -> torch.Tensor:
+    """(B, H, W) float32 kNN distance (transform 0), 1/(D+1) (1) or 1/sqrt(D+1) (2) maps."""
+    batch, count = offsets.numel() - 1, points.shape[0]
+    out = torch.empty((batch, height, width), dtype=torch.float32, device=points.device)
+    if out.numel() == 0:
+        return out
+    args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, max_distance,
+            transform, out.data_ptr())
+    if points.is_cuda:
+        _require_cuda(points.device)
+        ws = _workspace(points.device, _C.knn_workspace_bytes(batch, count, height, width, k))
+        _C.knn_maps_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
+    else:
+        _C.knn_maps_cpu(*args, _threads())
+    return out
+
+
+@knn_maps.register_fake
+def _(points, offsets, height, width, k, max_distance, transform):
+    return points.new_empty((offsets.shape[0] - 1, height, width))
+
+
+@torch.library.custom_op("mud_iknn::head_sigmas", mutates_args=())
+def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, k: int,
+                beta: float) -> torch.Tensor:
+    """(P,) float32 geometry-adaptive sigmas (beta * mean distance to the k nearest other heads)."""
+    batch, count = offsets.numel() - 1, points.shape[0]
+    out = torch.empty((count,), dtype=torch.float32, device=points.device)
+    if count == 0:
+        return out
+    args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, beta, out.data_ptr())
+    if points.is_cuda:
+        _require_cuda(points.device)
+        ws = _workspace(points.device, _C.knn_workspace_bytes(batch, count, height, width, k + 1))
+        _C.head_sigmas_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
+    else:
+        _C.head_sigmas_cpu(*args, _threads())
+    return out
+
+
+@head_sigmas.register_fake
+def _(points, offsets, height, width, k, beta):
+    return points.new_empty((points.shape[0],))
+
+
+@torch.library.custom_op("mud_iknn::density_maps", mutates_args=())
+def density_maps(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tensor, height: int,
+                 width: int, truncate: float) -> torch.Tensor:
+    """(B, H, W) float32 sums of per-head discrete Gaussians of width ``sigmas`` (P,)."""
+    batch, count = offsets.numel() - 1, points.shape[0]
+    out = torch.zeros((batch, height, width), dtype=torch.float32, device=points.device)
+    if out.numel() == 0 or count == 0:
+        return out
+    args = (points.data_ptr(), offsets.data_ptr(), sigmas.data_ptr(), batch, count, height, width,
+            truncate, out.data_ptr())
+    if points.is_cuda:
+        _require_cuda(points.device)
+        _C.density_maps_cuda(*args, _stream(points.device), points.device.index)
+    else:
+        _C.density_maps_cpu(*args, _threads())
+    return out
+
+
+@density_maps.register_fake
+def _(points, offsets, sigmas, height, width, truncate):
+    return points.new_empty((offsets.shape[0] - 1, height, width))
+
+
+def backend_info() -> dict:
+    """CUDA compiled in or not, its architectures, and the CUDA devices torch sees."""
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch.cuda.is_available() else []
+    return {"cuda_compiled": bool(_C.WITH_CUDA), "cuda_architectures": list(_C.CUDA_ARCHS),
+            "cuda_devices": devices, "max_k": MAX_K}

@@ -1,0 +1,236 @@
+"""Training labels from head points: kNN distance maps, ikNN maps and Gaussian density maps.
+
+Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
+
+* Points are (x, y) in pixels, 0-based, x right, y down; the pixel at (row i, col j) is centred at
+  (x = j, y = i). A map of size (H, W) is evaluated at every pixel centre.
+* Heads outside [0, W) x [0, H) are real heads and shape the map near the border: the map of a
+  crop, given every head shifted by the crop offset, equals that crop of the full map.
+* ``points`` is a list of B arrays/tensors of shape (N_i, 2), or one packed (P, 2) array/tensor
+  with ``offsets`` (B + 1 int64: first 0, last P, non-decreasing), or one (N, 2) array/tensor
+  without ``offsets`` (B = 1). Coordinates of any real or integer dtype are converted to float32;
+  other dtypes raise TypeError.
+* numpy arrays and CPU tensors run the multi-threaded C++ kernel (``torch.get_num_threads()``
+  threads); CUDA tensors run the CUDA kernels on their device and the current stream. The result
+  is a float32 torch.Tensor of shape (B, H, W) on the points' device.
+* ``validate=True`` checks that coordinates are finite and offsets consistent; for CUDA inputs
+  this reads one flag back from the device. ``validate=False`` skips those value checks (never the
+  shape, dtype and device checks) so that a training loop makes its labels without any
+  host-device synchronisation; the kernels then ignore non-finite heads and clamp offsets.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import _ops
+
+__all__ = ["knn_distance_maps", "iknn_maps", "density_maps", "head_sigmas", "pack_points",
+           "MAX_K", "backend_info"]
+
+MAX_K = _ops.MAX_K
+_TRANSFORMS = {"distance": 0, "inverse": 1, "inverse_sqrt": 2}
+_MAX_MAP_PIXELS = 2**31 - 1
+
+PointsLike = Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]]
+
+
+def _as_points_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    elif not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be an array or tensor of (x, y) pairs: {err}") from None
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if value.dim() != 2 or value.shape[1] != 2:
+        if value.numel() == 0 and value.dim() in (1, 2):
+            value = value.reshape(0, 2)
+        else:
+            raise ValueError(f"{name} must have shape (N, 2) holding (x, y), got {tuple(value.shape)}")
+    return value.to(torch.float32).contiguous()
+
+
+def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
+    """Packed (P, 2) float32 points and (B + 1,) int64 offsets on the points' device.
+
+    Accepts the three forms described in the module docstring. Raises ValueError/TypeError naming
+    ``points`` or ``offsets`` for anything malformed.
+    """
+    if isinstance(points, (list, tuple)):
+        if offsets is not None:
+            raise ValueError("offsets must be None when points is a list of per-image arrays")
+        parts = [_as_points_tensor(p, f"points[{i}]") for i, p in enumerate(points)]
+        devices = {p.device for p in parts}
+        if len(devices) > 1:
+            raise ValueError(f"points: all images must be on one device, got {sorted(map(str, devices))}")
+        device = parts[0].device if parts else torch.device("cpu")
+        counts = [0] + [p.shape[0] for p in parts]
+        packed = torch.cat(parts) if parts else torch.zeros(0, 2)
+        offs = torch.tensor(np.cumsum(counts), dtype=torch.int64, device=device)
+        packed = packed.to(device)
+    else:
+        packed = _as_points_tensor(points, "points")
+        if offsets is None:
+            offs = torch.tensor([0, packed.shape[0]], dtype=torch.int64, device=packed.device)
+        else:
+            if isinstance(offsets, np.ndarray):
+                offsets = torch.from_numpy(offsets)
+            elif not isinstance(offsets, torch.Tensor):
+                offsets = torch.as_tensor(offsets)
+            if offsets.dtype.is_floating_point or offsets.dtype == torch.bool or offsets.is_complex():
+                raise TypeError(f"offsets must be integers, got dtype {offsets.dtype}")
+            if offsets.dim() != 1 or offsets.numel() < 1:
+                raise ValueError(f"offsets must have shape (B + 1,), got {tuple(offsets.shape)}")
+            if offsets.device != packed.device:
+                raise ValueError(f"offsets is on {offsets.device} but points is on {packed.device}")
+            offs = offsets.to(torch.int64).contiguous()
+            if validate:
+                bad = (offs[0] != 0) | (offs[-1] != packed.shape[0])
+                if offs.numel() > 1:
+                    bad = bad | (offs[1:] < offs[:-1]).any()
+                if bool(bad):
+                    raise ValueError(f"offsets must start at 0, end at P = {packed.shape[0]} and never "
+                                     f"decrease, got {offs.tolist() if offs.numel() <= 20 else 'a bad array'}")
+    if validate and packed.numel() and not bool(torch.isfinite(packed).all()):
+        raise ValueError("points holds NaN or infinite coordinates")
+    return packed, offs
+
+
+def _check_size(size) -> tuple[int, int]:
+    try:
+        height, width = (int(s) for s in size)
+        if any(int(s) != s for s in size):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise TypeError(f"size must be a pair of integers (H, W), got {size!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got (H, W) = ({height}, {width})")
+    if height * width > _MAX_MAP_PIXELS:
+        raise ValueError(f"size {height}x{width} exceeds the {_MAX_MAP_PIXELS} pixels one map may hold")
+    return height, width
+
+
+def _check_k(k, name="k", limit=MAX_K) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {k!r}")
+    if not 1 <= k <= limit:
+        raise ValueError(f"{name} must be in [1, {limit}], got {k}")
+    return int(k)
+
+
+def _check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return float(value)
+
+
+def _output_guard(batch: int, height: int, width: int):
+    """Turns an allocation failure of the (B, H, W) output into an error that names the size."""
+    class _Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None and issubclass(exc_type, (torch.OutOfMemoryError, MemoryError)):
+                gib = batch * height * width * 4 / 2**30
+                raise MemoryError(f"size ({height}, {width}) with batch {batch}: the {gib:.1f} GiB "
+                                  f"output cannot be allocated") from exc
+            return False
+    return _Guard()
+
+
+def knn_distance_maps(points: PointsLike, size, k: int = 1, *, offsets=None,
+                      max_distance: Optional[float] = None, validate: bool = True) -> torch.Tensor:
+    """(B, H, W) float32: D_k, the mean distance (pixels) from each pixel centre to its k nearest heads.
+
+    With N < k heads the mean runs over the N available; with N = 0, D = +inf. ``max_distance``
+    clips each distance at that value before the mean. k is at most ``MAX_K``.
+    """
+    return _knn(points, size, k, offsets, max_distance, "distance", validate)
+
+
+def iknn_maps(points: PointsLike, size, k: int = 1, *, offsets=None,
+              max_distance: Optional[float] = None, transform: str = "inverse",
+              validate: bool = True) -> torch.Tensor:
+    """(B, H, W) float32 inverse-kNN maps: M = 1 / (D_k + 1), or 1 / sqrt(D_k + 1) for
+    ``transform="inverse_sqrt"``. 1 on a head, 0 where there are no heads; D_k as in
+    :func:`knn_distance_maps`.
+    """
+    if transform not in ("inverse", "inverse_sqrt"):
+        raise ValueError(f"transform must be 'inverse' or 'inverse_sqrt', got {transform!r}")
+    return _knn(points, size, k, offsets, max_distance, transform, validate)
+
+
+def _knn(points, size, k, offsets, max_distance, transform, validate) -> torch.Tensor:
+    height, width = _check_size(size)
+    k = _check_k(k)
+    clip = math.inf if max_distance is None else _check_positive(max_distance, "max_distance")
+    packed, offs = pack_points(points, offsets, validate=validate)
+    with _output_guard(offs.numel() - 1, height, width):
+        return torch.ops.mud_iknn.knn_maps(packed, offs, height, width, k, clip, _TRANSFORMS[transform])
+
+
+def head_sigmas(points: PointsLike, size, *, k: int = 3, beta: float = 0.3, offsets=None,
+                validate: bool = True) -> torch.Tensor:
+    """(P,) float32 geometry-adaptive Gaussian widths (pixels), one per head in packed order.
+
+    sigma_i = beta * mean distance from head i to its min(k, N - 1) nearest other heads of the same
+    image; a head alone in its image gets (H + W) / 8 (CSRNet's rule).
+    """
+    height, width = _check_size(size)
+    k = _check_k(k, "k", MAX_K - 1)
+    beta = _check_positive(beta, "beta")
+    packed, offs = pack_points(points, offsets, validate=validate)
+    return torch.ops.mud_iknn.head_sigmas(packed, offs, height, width, k, beta)
+
+
+def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor] = "adaptive", *,
+                 k: int = 3, beta: float = 0.3, truncate: float = 4.0, offsets=None,
+                 validate: bool = True) -> torch.Tensor:
+    """(B, H, W) float32 Gaussian density maps: each head spreads unit mass (mass beyond the map dropped).
+
+    The kernel is scipy.ndimage.gaussian_filter's: separable, weights exp(-t^2 / (2 sigma^2)) for
+    integer t in [-r, r], r = int(truncate * sigma + 0.5), normalised per axis, centred on the
+    head's pixel (floor(x), floor(y)). ``sigma``: "adaptive" (see :func:`head_sigmas`, with ``k``
+    and ``beta``), one float for every head, or a (P,) tensor of per-head widths in packed order.
+    On CUDA the sums use float atomics, so the last bits may differ between runs.
+    """
+    height, width = _check_size(size)
+    truncate = _check_positive(truncate, "truncate")
+    packed, offs = pack_points(points, offsets, validate=validate)
+    if isinstance(sigma, str):
+        if sigma != "adaptive":
+            raise ValueError(f"sigma must be 'adaptive', a positive number or a (P,) tensor, got {sigma!r}")
+        k = _check_k(k, "k", MAX_K - 1)
+        beta = _check_positive(beta, "beta")
+        sigmas = torch.ops.mud_iknn.head_sigmas(packed, offs, height, width, k, beta)
+    elif isinstance(sigma, (torch.Tensor, np.ndarray)):
+        sigmas = torch.as_tensor(sigma)
+        if sigmas.shape != (packed.shape[0],) or sigmas.is_complex() or not sigmas.is_floating_point():
+            raise ValueError(f"sigma as a tensor must be float of shape (P,) = ({packed.shape[0]},), "
+                             f"got {sigmas.dtype} {tuple(sigmas.shape)}")
+        if sigmas.device != packed.device:
+            raise ValueError(f"sigma is on {sigmas.device} but points is on {packed.device}")
+        sigmas = sigmas.to(torch.float32).contiguous()
+        if validate and sigmas.numel() and not bool((torch.isfinite(sigmas) & (sigmas >= 0)).all()):
+            raise ValueError("sigma holds negative or non-finite values")
+    else:
+        value = _check_positive(sigma, "sigma")
+        sigmas = torch.full((packed.shape[0],), value, dtype=torch.float32, device=packed.device)
+    with _output_guard(offs.numel() - 1, height, width):
+        return torch.ops.mud_iknn.density_maps(packed, offs, sigmas, height, width, truncate)
+
+
+def backend_info() -> dict:
+    """What the compiled extension offers: CUDA compiled in, its architectures, devices visible."""
+    return _ops.backend_info()
