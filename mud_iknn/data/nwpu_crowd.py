@@ -1,0 +1,79 @@
+"""NWPU-Crowd (Wang et al., TPAMI 2020), read as distributed.
+
+Layout under ``root``::
+
+    images/0001.jpg
+    jsons/0001.json      # {"img_id": ..., "human_num": N, "points": [[x, y], ...], "boxes": [...]}
+    mats/0001.mat        # annPoints: (N, 2) (x, y)  (used when the JSON is absent)
+    train.txt val.txt test.txt   # one image per line: "0001 <illumination> <scene level>"
+
+Splits come from the list files; without them only ``split="all"`` (every annotated image) works.
+The test annotations are not public: reading the test split raises FileNotFoundError naming the
+first missing annotation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import AnnotatedImages, list_images, read_annpoints_mat, require_dir
+
+__all__ = ["nwpu_crowd", "read_nwpu_points", "SPLITS"]
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def read_nwpu_points(path: Path):
+    """((N, 2) (x, y) array, meta) from ``jsons/NNNN.json`` (``points``) or ``mats/NNNN.mat`` (``annPoints``).
+
+    ``path`` is the JSON path; the .mat in the sibling ``mats`` folder is the fallback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        mat = path.parent.parent / "mats" / f"{path.stem}.mat"
+        if mat.is_file():
+            return read_annpoints_mat(mat)
+        raise FileNotFoundError(f"annotation not found: {path} (nor {mat})")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        points = record["points"]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: expected an object with a 'points' list of [x, y] pairs") from None
+    meta = {}
+    if "human_num" in record:
+        meta["human_num"] = record["human_num"]
+        if int(record["human_num"]) != len(points):
+            raise ValueError(f"{path}: human_num is {record['human_num']} but 'points' holds {len(points)} heads")
+    return points, meta
+
+
+def _split_names(root: Path, split: str) -> list[str] | None:
+    if split == "all":
+        return None
+    listing = root / f"{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"NWPU-Crowd split list not found: {listing} (use split='all' to read every "
+                                f"annotated image)")
+    with open(listing) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def nwpu_crowd(root, split: str = "train") -> AnnotatedImages:
+    """NWPU-Crowd split ``split`` ("train", "val", "test" from the list files, or "all")."""
+    if split not in SPLITS:
+        raise ValueError(f"NWPU-Crowd split must be one of {SPLITS}, got {split!r}")
+    root = require_dir(root, "NWPU-Crowd root")
+    images = {p.stem: p for p in list_images(require_dir(root / "images", "NWPU-Crowd images"))}
+    names = _split_names(root, split)
+    if names is None:
+        names = [n for n in sorted(images)
+                 if (root / "jsons" / f"{n}.json").is_file() or (root / "mats" / f"{n}.mat").is_file()]
+    missing = [n for n in names if n not in images]
+    if missing:
+        raise FileNotFoundError(f"NWPU-Crowd image {root / 'images' / (missing[0] + '.jpg')} listed in {split}.txt "
+                                f"not found ({len(missing)} missing)")
+    items = [(images[n], root / "jsons" / f"{n}.json") for n in names]
+    return AnnotatedImages(items, read_nwpu_points, dataset="nwpu_crowd", split=split, root=root)
