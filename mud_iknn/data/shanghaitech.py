@@ -69,8 +69,8 @@ def shanghaitech(root, part: str = "A", split: str = "train") -> AnnotatedImages
 def write_shanghaitech(dataset, root, part: str = "A", split: str = "train", *, quality: int = 95) -> Path:
     """Writes every sample of ``dataset`` (CrowdSamples) in the ShanghaiTech layout under ``root``.
 
-    Images become ``part_{part}/{split}_data/images/IMG_{i + 1}.jpg`` (JPEG, ``quality``) and points
-    ``ground-truth/GT_IMG_{i + 1}.mat`` with ``image_info{1}.location`` (N, 2) (x, y) and
+    Images become ``part_{part}/{split}_data/images/IMG_{i + 1}.jpg`` (JPEG at ``quality``, no
+    chroma subsampling) and points ``ground-truth/GT_IMG_{i + 1}.mat`` with ``image_info{1}.location`` (N, 2) (x, y) and
     ``image_info{1}.number``, as in the original archive. Returns the split folder.
     """
     import scipy.io
@@ -84,8 +84,8 @@ def write_shanghaitech(dataset, root, part: str = "A", split: str = "train", *, 
     for i in range(len(dataset)):
         sample = dataset[i]
         name = f"IMG_{i + 1}"
-        Image.fromarray(sample.image.permute(1, 2, 0).numpy()).save(split_dir / "images" / f"{name}.jpg",
-                                                                     quality=quality)
+        Image.fromarray(sample.image.permute(1, 2, 0).numpy()).save(
+            split_dir / "images" / f"{name}.jpg", quality=quality, subsampling=0)
         points = sample.points.numpy().astype(np.float64).reshape(-1, 2)
         info = np.empty((1, 1), dtype=[("location", object), ("number", object)])
         info[0, 0]["location"] = points

@@ -1,0 +1,308 @@
+"""Each real data-set format: small hand-written fixtures in the distributed layout, read back."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from mud_iknn.data import DATASETS, open_dataset
+from mud_iknn.data.common import check_points, load_image, load_mat
+from mud_iknn.sample import CrowdSample
+
+
+def write_image(path, height=24, width=32, mode="RGB", value=None):
+    """A flat-colour image file (lossless PNG content is not needed: colours are flat)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = value if value is not None else ((200, 100, 50) if mode == "RGB" else 120)
+    Image.new(mode, (width, height), colour).save(path)
+    return path
+
+
+def write_shanghaitech_gt(path, points):
+    """A GT_IMG_n.mat exactly as the archive stores it: cell image_info{1} with struct fields."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    info = np.empty((1, 1), dtype=[("location", object), ("number", object)])
+    info[0, 0]["location"] = points
+    info[0, 0]["number"] = np.array([[float(len(points))]])
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = info
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(path), {"image_info": cell})
+
+
+def write_annpoints(path, points):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(path), {"annPoints": np.asarray(points, dtype=np.float64).reshape(-1, 2)})
+
+
+# ---------------------------------------------------------------- ShanghaiTech
+
+@pytest.fixture
+def shanghaitech_root(tmp_path):
+    root = tmp_path / "ShanghaiTech"
+    heads = {1: [[3.5, 4.0], [30.0, 20.25]], 2: [], 10: [[0.0, 0.0], [31.0, 23.0], [15.5, 12.5]]}
+    for n, pts in heads.items():
+        write_image(root / "part_A" / "train_data" / "images" / f"IMG_{n}.jpg")
+        write_shanghaitech_gt(root / "part_A" / "train_data" / "ground-truth" / f"GT_IMG_{n}.mat", pts)
+    write_image(root / "part_A" / "test_data" / "images" / "IMG_1.jpg", mode="L")
+    write_shanghaitech_gt(root / "part_A" / "test_data" / "ground-truth" / "GT_IMG_1.mat", [[1, 2]])
+    write_image(root / "part_B_final" / "test_data" / "images" / "IMG_7.jpg", height=16, width=16)
+    write_shanghaitech_gt(root / "part_B_final" / "test_data" / "ground-truth" / "GT_IMG_7.mat", [[8, 9]])
+    return root, heads
+
+
+def test_shanghaitech_reads_points_in_image_number_order(shanghaitech_root):
+    root, heads = shanghaitech_root
+    data = open_dataset("shanghaitech_a", root, split="train")
+    assert len(data) == 3
+    assert [data[i].name for i in range(3)] == ["IMG_1", "IMG_2", "IMG_10"]  # numeric, not lexical
+    for i, n in enumerate([1, 2, 10]):
+        sample = data[i]
+        assert isinstance(sample, CrowdSample)
+        assert sample.image.shape == (3, 24, 32) and sample.image.dtype == torch.uint8
+        assert sample.points.dtype == torch.float32
+        np.testing.assert_array_equal(sample.points.numpy(), np.array(heads[n], dtype=np.float32).reshape(-1, 2))
+        assert sample.count == len(heads[n])
+        assert sample.meta["dataset"] == "shanghaitech_a" and sample.meta["split"] == "train"
+        assert sample.meta["annotation_path"].endswith(f"GT_IMG_{n}.mat")
+    np.testing.assert_array_equal(data.counts(), [2, 0, 3])
+
+
+def test_shanghaitech_grayscale_becomes_rgb_and_part_b_final_layout(shanghaitech_root):
+    root, _ = shanghaitech_root
+    test = open_dataset("shanghaitech_a", root, split="test")[0]
+    assert test.image.shape == (3, 24, 32)
+    assert (test.image[0] == test.image[1]).all() and (test.image[1] == test.image[2]).all()
+    assert abs(int(test.image[0, 5, 5]) - 120) <= 2
+    b = open_dataset("shanghaitech_b", root, split="test")
+    assert len(b) == 1 and b[0].points.tolist() == [[8.0, 9.0]]
+    # the part folder itself as root
+    assert len(open_dataset("shanghaitech_a", root / "part_A", split="train")) == 3
+
+
+def test_shanghaitech_errors_name_the_missing_thing(shanghaitech_root, tmp_path):
+    root, _ = shanghaitech_root
+    (root / "part_A" / "train_data" / "ground-truth" / "GT_IMG_2.mat").unlink()
+    data = open_dataset("shanghaitech_a", root, split="train")
+    with pytest.raises(FileNotFoundError, match="GT_IMG_2.mat"):
+        data[1]
+    with pytest.raises(FileNotFoundError, match="part_B"):
+        open_dataset("shanghaitech_b", root, split="train")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        open_dataset("shanghaitech_a", tmp_path / "nowhere")
+    bad = root / "part_A" / "train_data" / "ground-truth" / "GT_IMG_1.mat"
+    scipy.io.savemat(str(bad), {"location": np.zeros((1, 2))})
+    with pytest.raises(ValueError, match="GT_IMG_1.mat.*image_info"):
+        data[0]
+
+
+# ---------------------------------------------------------------- UCF-QNRF
+
+def test_ucf_qnrf_train_and_test(tmp_path):
+    root = tmp_path / "UCF-QNRF_ECCV18"
+    write_image(root / "Train" / "img_0001.jpg")
+    write_annpoints(root / "Train" / "img_0001_ann.mat", [[1.25, 2.5], [10, 20]])
+    write_image(root / "Train" / "img_0002.jpg")
+    write_annpoints(root / "Train" / "img_0002_ann.mat", [[5, 5]])
+    write_image(root / "Test" / "img_0001.jpg", mode="L")
+    write_annpoints(root / "Test" / "img_0001_ann.mat", [[31, 23], [0, 0], [16, 12]])
+    train = open_dataset("ucf_qnrf", root, split="train")
+    assert [s.name for s in train] == ["img_0001", "img_0002"]
+    assert train[0].points.tolist() == [[1.25, 2.5], [10.0, 20.0]]
+    test = open_dataset("ucf_qnrf", root, split="test")
+    assert test[0].count == 3 and test[0].image.shape == (3, 24, 32)
+    with pytest.raises(ValueError, match="splits train, test"):
+        open_dataset("ucf_qnrf", root, split="val")
+
+
+def test_ucf_qnrf_wrong_key_names_file(tmp_path):
+    write_image(tmp_path / "Train" / "img_0001.jpg")
+    scipy.io.savemat(str(tmp_path / "Train" / "img_0001_ann.mat"), {"points": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match=r"img_0001_ann.mat: no variable annPoints.*points"):
+        open_dataset("ucf_qnrf", tmp_path)[0]
+
+
+# ---------------------------------------------------------------- UCF-CC-50
+
+@pytest.fixture
+def ucf_cc_50_root(tmp_path):
+    for n in range(1, 51):
+        write_image(tmp_path / f"{n}.jpg", height=8, width=8, mode="L", value=n)
+        write_annpoints(tmp_path / f"{n}_ann.mat", [[float(n % 8), 1.0]] * (n % 4))
+    return tmp_path
+
+
+def test_ucf_cc_50_five_fold_split(ucf_cc_50_root):
+    test = open_dataset("ucf_cc_50", ucf_cc_50_root, split="test", fold=2)
+    assert [s.name for s in test] == [str(n) for n in range(21, 31)]
+    train = open_dataset("ucf_cc_50", ucf_cc_50_root, split="train", fold=2)
+    assert [s.name for s in train] == [str(n) for n in list(range(1, 21)) + list(range(31, 51))]
+    sample = test[3]  # image 24: grey level 24, 24 % 4 = 0 heads
+    assert sample.image.shape == (3, 8, 8) and sample.count == 0
+    assert abs(int(sample.image[2, 4, 4]) - 24) <= 2
+    assert test[2].points.tolist() == [[7.0, 1.0]] * 3  # image 23
+    folds = [set(s.name for s in open_dataset("ucf_cc_50", ucf_cc_50_root, split="test", fold=f))
+             for f in range(5)]
+    assert set.union(*folds) == {str(n) for n in range(1, 51)} and sum(map(len, folds)) == 50
+
+
+def test_ucf_cc_50_bad_fold_and_missing_images(ucf_cc_50_root):
+    with pytest.raises(ValueError, match="fold"):
+        open_dataset("ucf_cc_50", ucf_cc_50_root, split="test", fold=5)
+    (ucf_cc_50_root / "42.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"\[42\].*42.jpg"):
+        open_dataset("ucf_cc_50", ucf_cc_50_root, split="test", fold=4)
+    assert len(open_dataset("ucf_cc_50", ucf_cc_50_root, split="test", fold=0)) == 10
+
+
+# ---------------------------------------------------------------- JHU-Crowd++
+
+def test_jhu_crowd_rows_boxes_and_labels(tmp_path):
+    split = tmp_path / "jhu_crowd_v2.0" / "val"
+    write_image(split / "images" / "0003.jpg")
+    write_image(split / "images" / "0001.jpg")
+    (split / "gt").mkdir()
+    (split / "gt" / "0001.txt").write_text("10 12 4 5 1 0\n20.5 3 6 7 3 1\n")
+    (split / "gt" / "0003.txt").write_text("")
+    (split / "image_labels.txt").write_text("0001,2,stadium,fog,0\n0003,0,street,clear,1\n")
+    data = open_dataset("jhu_crowd", tmp_path / "jhu_crowd_v2.0", split="val")
+    first, second = data[0], data[1]
+    assert first.name == "0001" and first.points.tolist() == [[10.0, 12.0], [20.5, 3.0]]
+    np.testing.assert_array_equal(first.meta["boxes"], [[4, 5], [6, 7]])
+    assert first.meta["occlusion"].tolist() == [1, 3] and first.meta["blur"].tolist() == [0, 1]
+    assert first.meta["scene"] == "stadium" and first.meta["weather"] == "fog"
+    assert second.count == 0 and second.points.shape == (0, 2)
+
+
+def test_jhu_crowd_bad_row_names_file_and_line(tmp_path):
+    write_image(tmp_path / "train" / "images" / "0001.jpg")
+    (tmp_path / "train" / "gt").mkdir()
+    (tmp_path / "train" / "gt" / "0001.txt").write_text("1 2 3 4 1 0\n1 2 3\n")
+    with pytest.raises(ValueError, match=r"0001.txt:2: expected 6 fields"):
+        open_dataset("jhu_crowd", tmp_path, split="train")[0]
+
+
+# ---------------------------------------------------------------- NWPU-Crowd
+
+def test_nwpu_crowd_json_mat_fallback_and_split_lists(tmp_path):
+    write_image(tmp_path / "images" / "0001.jpg")
+    write_image(tmp_path / "images" / "0002.jpg")
+    write_image(tmp_path / "images" / "0003.jpg")
+    (tmp_path / "jsons").mkdir()
+    (tmp_path / "jsons" / "0001.json").write_text(json.dumps(
+        {"img_id": "0001.jpg", "human_num": 2, "points": [[1.5, 2.5], [30, 22]], "boxes": [[0, 0, 3, 3]] * 2}))
+    write_annpoints(tmp_path / "mats" / "0002.mat", [[4, 4]])
+    (tmp_path / "train.txt").write_text("0001 0 2\n0002 1 1\n")
+    (tmp_path / "val.txt").write_text("0003 0 0\n")
+    train = open_dataset("nwpu_crowd", tmp_path, split="train")
+    assert [s.name for s in train] == ["0001", "0002"]
+    assert train[0].points.tolist() == [[1.5, 2.5], [30.0, 22.0]] and train[0].meta["human_num"] == 2
+    assert train[1].points.tolist() == [[4.0, 4.0]]
+    with pytest.raises(FileNotFoundError, match=r"0003.json"):
+        open_dataset("nwpu_crowd", tmp_path, split="val")[0]
+    assert [s.name for s in open_dataset("nwpu_crowd", tmp_path, split="all")] == ["0001", "0002"]
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        open_dataset("nwpu_crowd", tmp_path, split="test")
+
+
+def test_nwpu_crowd_count_mismatch_names_file(tmp_path):
+    write_image(tmp_path / "images" / "0001.jpg")
+    (tmp_path / "jsons").mkdir()
+    (tmp_path / "jsons" / "0001.json").write_text(json.dumps({"human_num": 3, "points": [[1, 1]]}))
+    with pytest.raises(ValueError, match="0001.json: human_num is 3"):
+        open_dataset("nwpu_crowd", tmp_path, split="all")[0]
+
+
+# ---------------------------------------------------------------- your own folder
+
+def test_point_folder_json_and_csv(tmp_path):
+    write_image(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({"points": [[1, 2], [3, 4]]}))
+    write_image(tmp_path / "b.jpg")
+    (tmp_path / "b.json").write_text("[[5, 6]]")
+    write_image(tmp_path / "c.jpeg")
+    (tmp_path / "c.csv").write_text("x,y\n7.5,8\n9,10.25\n")
+    write_image(tmp_path / "d.bmp")
+    (tmp_path / "d.csv").write_text("")
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = open_dataset("folder", tmp_path)
+    assert [s.name for s in data] == ["a", "b", "c", "d"]
+    assert [s.points.tolist() for s in data] == [[[1, 2], [3, 4]], [[5, 6]], [[7.5, 8], [9, 10.25]], []]
+
+
+def test_point_folder_errors(tmp_path):
+    write_image(tmp_path / "train" / "x.png")
+    data = open_dataset("folder", tmp_path, split="train")
+    with pytest.raises(FileNotFoundError, match=r"x.json \(nor x.csv\)"):
+        data[0]
+    (tmp_path / "train" / "x.csv").write_text("1,2\n3,four\n")
+    with pytest.raises(ValueError, match=r"x.csv: row 2"):
+        open_dataset("folder", tmp_path, split="train")[0]
+    with pytest.raises(FileNotFoundError, match="no annotated images"):
+        open_dataset("folder", tmp_path)
+    with pytest.raises(FileNotFoundError, match="split 'val'"):
+        open_dataset("folder", tmp_path, split="val")
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def test_check_points_names_source_and_spots_swapped_axes():
+    ok = check_points([[-2.0, 0.0], [33.0, 25.0]], (24, 32), "ann.mat")  # just past the border: kept
+    assert ok.shape == (2, 2)
+    assert check_points(np.zeros((0, 0)), (24, 32), "ann.mat").shape == (0, 2)
+    with pytest.raises(ValueError, match=r"ann.mat: head 1 has a non-finite"):
+        check_points([[1, 1], [np.nan, 2]], (24, 32), "ann.mat")
+    with pytest.raises(ValueError, match=r"gt.txt: head 0 .*far outside.*swapped"):
+        check_points([[150, 20]], (200, 40), "gt.txt")
+    with pytest.raises(ValueError, match=r"gt.txt: head 0 .*far outside"):
+        check_points([[-100, 5]], (24, 32), "gt.txt")
+    with pytest.raises(ValueError, match=r"gt.txt: head points must be N \(x, y\) pairs"):
+        check_points([[1, 2, 3]], (24, 32), "gt.txt")
+
+
+def test_load_image_modes(tmp_path):
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (5, 4), (10, 20, 30, 0)).save(rgba)
+    assert load_image(rgba)[:, 0, 0].tolist() == [10, 20, 30]
+    pal = tmp_path / "pal.png"
+    Image.new("RGB", (5, 4), (40, 50, 60)).convert("P").save(pal)
+    assert load_image(pal).shape == (3, 4, 5)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 5), 256 * 77, dtype=np.uint16)).save(deep)
+    assert load_image(deep)[:, 2, 2].tolist() == [77, 77, 77]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        load_image(broken)
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        load_image(tmp_path / "missing.jpg")
+
+
+def test_matlab_v73_file_gets_a_clear_error(tmp_path):
+    pytest.importorskip("scipy")
+    if __import__("importlib.util").util.find_spec("h5py") is not None:
+        pytest.skip("h5py installed: v7.3 files are readable")
+    path = tmp_path / "GT_IMG_1.mat"
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    path.write_bytes(header.ljust(116) + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 384 + b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(ValueError, match=r"GT_IMG_1.mat is a MATLAB v7.3 \(HDF5\) file.*h5py"):
+        load_mat(path)
+
+
+def test_registry_errors(tmp_path):
+    assert set(DATASETS) == {"shanghaitech_a", "shanghaitech_b", "ucf_qnrf", "ucf_cc_50", "jhu_crowd",
+                             "nwpu_crowd", "folder", "synthetic"}
+    with pytest.raises(ValueError, match="unknown data set 'mall'.*shanghaitech_a"):
+        open_dataset("mall", tmp_path)
+    with pytest.raises(ValueError, match="needs a root"):
+        open_dataset("jhu_crowd")
+    with pytest.raises(ValueError, match="takes no root"):
+        open_dataset("synthetic", tmp_path)
+    with pytest.raises(ValueError, match="splits train, val, test; got 'dev'"):
+        open_dataset("jhu_crowd", tmp_path, split="dev")
+    with pytest.raises(FileNotFoundError, match="JHU-Crowd\\+\\+ train folder not found"):
+        open_dataset("jhu_crowd", tmp_path, split="train")
