@@ -1,0 +1,183 @@
+// Shared declarations of the label engine: grid geometry, the exact search bound, the top-k list,
+// and the CPU / CUDA entry points. Everything here trusts its inputs: the Python layer
+// (mud_iknn/labels.py) validates shapes, dtypes, devices and values before calling.
+//
+// Conventions: points are packed float (x, y) pairs, offsets are B + 1 int64 (image b owns
+// points[offsets[b], offsets[b+1])), maps are row-major (B, H, W) float32, pixel (i, j) centred
+// at (x = j, y = i).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define MUD_HD __host__ __device__ __forceinline__
+#define MUD_UNROLL _Pragma("unroll")
+#else
+#define MUD_HD inline
+#define MUD_UNROLL
+#endif
+
+namespace mud_iknn {
+
+constexpr int kMaxK = 64;       // largest k of a kNN map (k + 1 <= kMaxK for adaptive sigmas)
+constexpr int kMargin = 1;      // grid cells beyond the map on every side; farther heads are clamped in
+constexpr int kTile = 16;       // pixels per side of the tile that shares candidate heads
+
+// Transforms of the mean kNN distance D applied when writing a map.
+enum Transform : int { kDistance = 0, kInverse = 1, kInverseSqrt = 2 };
+
+// A uniform grid of square cells over the map plus kMargin cells around it, one per image.
+// Cell (cx, cy) covers x in [(cx - kMargin) * cell, (cx - kMargin + 1) * cell), likewise y; the
+// outermost cells extend to infinity, so every point falls in exactly one cell.
+struct GridSpec {
+  int cell;  // side in pixels; an integer, so cell borders and pixel centres are exact floats
+  int gx;    // cells per row
+  int gy;    // cells per column
+  MUD_HD int64_t cells() const { return int64_t(gx) * gy; }
+};
+
+// Cell side chosen from the mean area per head so that a cell holds about max(1, k / 2) heads:
+// O(P) cells, and a tile's first rings usually hold its k nearest heads.
+inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+  const double area = double(batch) * double(height) * double(width) / double(std::max<int64_t>(count, 1));
+  const double occupancy = std::max(1.0, k / 2.0);
+  const int64_t longest = std::max(height, width);
+  const int64_t cell = std::clamp<int64_t>(std::llround(std::sqrt(area * occupancy)), 1, longest);
+  GridSpec g;
+  g.cell = int(cell);
+  g.gx = int((width + cell - 1) / cell) + 2 * kMargin;
+  g.gy = int((height + cell - 1) / cell) + 2 * kMargin;
+  return g;
+}
+
+// Cell index along one axis of coordinate v; NaN lands in cell 0 (and never matches a distance).
+MUD_HD int cell_of(float v, int cell, int n) {
+  float f = floorf(v / float(cell)) + float(kMargin);
+  f = fminf(fmaxf(f, 0.0f), float(n - 1));
+  return int(f);
+}
+
+// Clamped [begin, end) of image b's points; invalid offsets can never index outside [0, count).
+MUD_HD void image_range(const int64_t* offsets, int64_t b, int64_t count, int64_t* begin, int64_t* end) {
+  int64_t s = offsets[b], e = offsets[b + 1];
+  s = s < 0 ? 0 : (s > count ? count : s);
+  e = e < s ? s : (e > count ? count : e);
+  *begin = s;
+  *end = e;
+}
+
+// A rectangle of cells [x0, x1] x [y0, y1], inclusive.
+struct CellBlock {
+  int x0, x1, y0, y1;
+  MUD_HD bool same(const CellBlock& o) const { return x0 == o.x0 && x1 == o.x1 && y0 == o.y0 && y1 == o.y1; }
+};
+
+// The block `ring` cells around [cx0, cx1] x [cy0, cy1], clamped to the grid.
+MUD_HD CellBlock grow(int cx0, int cx1, int cy0, int cy1, int ring, const GridSpec& g) {
+  CellBlock c;
+  c.x0 = cx0 - ring < 0 ? 0 : cx0 - ring;
+  c.x1 = cx1 + ring > g.gx - 1 ? g.gx - 1 : cx1 + ring;
+  c.y0 = cy0 - ring < 0 ? 0 : cy0 - ring;
+  c.y1 = cy1 + ring > g.gy - 1 ? g.gy - 1 : cy1 + ring;
+  return c;
+}
+
+// Lower bound on the distance from (px, py), a point inside the (extended) block, to any point in a
+// cell outside the block. +inf once the block is the whole grid.
+MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpec& g) {
+  float b = INFINITY;
+  if (c.x0 > 0) b = fminf(b, px - float((c.x0 - kMargin) * g.cell));
+  if (c.x1 < g.gx - 1) b = fminf(b, float((c.x1 + 1 - kMargin) * g.cell) - px);
+  if (c.y0 > 0) b = fminf(b, py - float((c.y0 - kMargin) * g.cell));
+  if (c.y1 < g.gy - 1) b = fminf(b, float((c.y1 + 1 - kMargin) * g.cell) - py);
+  return fmaxf(b, 0.0f);
+}
+
+// The cells of row y that are in `now` but not in `before` (the ring between two blocks), as up to
+// two inclusive column spans [lo0, hi0] and [lo1, hi1]. `first` means there is no block before.
+struct RowSpans {
+  int count;
+  int lo0, hi0, lo1, hi1;
+};
+
+MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before, bool first) {
+  if (first || y < before.y0 || y > before.y1) return RowSpans{1, now.x0, now.x1, 0, -1};
+  const bool left = now.x0 < before.x0, right = now.x1 > before.x1;
+  if (left && right) return RowSpans{2, now.x0, before.x0 - 1, before.x1 + 1, now.x1};
+  if (left) return RowSpans{1, now.x0, before.x0 - 1, 0, -1};
+  if (right) return RowSpans{1, before.x1 + 1, now.x1, 0, -1};
+  return RowSpans{0, 0, -1, 0, -1};
+}
+
+// The KMAX smallest squared distances seen so far, ascending in d[0, k); slots >= k stay unused.
+// Runtime k <= KMAX; the loops unroll over KMAX so the list lives in registers on the GPU.
+template <int KMAX>
+struct TopK {
+  float d[KMAX];
+  MUD_HD void reset() {
+MUD_UNROLL
+    for (int i = 0; i < KMAX; ++i) d[i] = INFINITY;
+  }
+  // Inserts v keeping d[0, k) sorted; returns the new k-th smallest.
+  MUD_HD float push(float v, int k) {
+    float kth = INFINITY;
+MUD_UNROLL
+    for (int i = 0; i < KMAX; ++i) {
+      if (i < k) {
+        if (v < d[i]) {
+          const float t = d[i];
+          d[i] = v;
+          v = t;
+        }
+        if (i == k - 1) kth = d[i];
+      }
+    }
+    return kth;
+  }
+  // Mean of the square roots of d[first, first + m), each clipped at `clip`.
+  MUD_HD float mean_distance(int first, int m, float clip) const {
+    float s = 0.0f;
+MUD_UNROLL
+    for (int i = 0; i < KMAX; ++i)
+      if (i >= first && i < first + m) s += fminf(sqrtf(d[i]), clip);
+    return s / float(m);
+  }
+};
+
+MUD_HD float apply_transform(float dist, int transform) {
+  if (transform == kInverse) return 1.0f / (dist + 1.0f);
+  if (transform == kInverseSqrt) return 1.0f / sqrtf(dist + 1.0f);
+  return dist;
+}
+
+// Discrete Gaussian radius of scipy.ndimage.gaussian_filter; 0 for sigma <= 1e-15 (a delta).
+MUD_HD int gaussian_radius(float sigma, float truncate) {
+  return sigma <= 1e-15f ? 0 : int(truncate * sigma + 0.5f);
+}
+
+// ---- entry points (pointers are host pointers for *_cpu, device pointers for *_cuda) ----------
+
+void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                  int64_t width, int k, float max_distance, int transform, float* out, int threads);
+void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
+                     int64_t height, int64_t width, int k, float beta, float* out, int threads);
+void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
+                      int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads);
+
+#ifdef MUD_IKNN_WITH_CUDA
+// Bytes of device workspace the CUDA kNN kernels need for these sizes (grid, sorted points, scan).
+int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k);
+void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                   int64_t width, int k, float max_distance, int transform, float* out, void* workspace,
+                   int64_t workspace_bytes, void* stream, int device);
+void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
+                      int64_t height, int64_t width, int k, float beta, float* out, void* workspace,
+                      int64_t workspace_bytes, void* stream, int device);
+void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
+                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* stream,
+                       int device);
+#endif
+
+}  // namespace mud_iknn

@@ -1,0 +1,242 @@
+// CPU label engine: the same grid search as the CUDA kernels, tile by tile, on a pool of threads.
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "labels.h"
+
+namespace mud_iknn {
+namespace {
+
+// Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
+template <class Fn>
+void parallel_for(int64_t tasks, int threads, Fn fn) {
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, tasks));
+  std::atomic<int64_t> next{0};
+  auto run = [&]() {
+    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) fn(t);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t i = 1; i < workers; ++i) pool.emplace_back(run);
+  run();
+  for (auto& th : pool) th.join();
+}
+
+// Points bucketed by cell (counting sort), for every image: image b's cell c holds
+// xy[start[b * G + c], start[b * G + c + 1]).
+struct Grid {
+  GridSpec spec;
+  std::vector<int64_t> start;  // B * G + 1
+  std::vector<float> xy;       // P * 2, sorted by (image, cell)
+
+  Grid(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+       int64_t width, int k)
+      : spec(make_grid_spec(batch, count, height, width, k)) {
+    const int64_t cells = spec.cells();
+    start.assign(batch * cells + 1, 0);
+    std::vector<int64_t> cell_of_point(count, -1);
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t s, e;
+      image_range(offsets, b, count, &s, &e);
+      for (int64_t i = s; i < e; ++i) {
+        if (cell_of_point[i] >= 0) continue;  // only reachable with overlapping (unvalidated) offsets
+        const int64_t c = b * cells + int64_t(cell_of(points[2 * i + 1], spec.cell, spec.gy)) * spec.gx +
+                          cell_of(points[2 * i], spec.cell, spec.gx);
+        cell_of_point[i] = c;
+        ++start[c + 1];
+      }
+    }
+    for (size_t c = 1; c < start.size(); ++c) start[c] += start[c - 1];
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    xy.resize(2 * start.back());
+    for (int64_t i = 0; i < count; ++i) {
+      if (cell_of_point[i] < 0) continue;
+      const int64_t at = fill[cell_of_point[i]]++;
+      xy[2 * at] = points[2 * i];
+      xy[2 * at + 1] = points[2 * i + 1];
+    }
+  }
+
+  // Calls fn(x, y) for every point of image b in the cells of `now` that are not in `before`;
+  // returns how many.
+  template <class Fn>
+  int64_t visit_ring(int64_t b, const CellBlock& now, const CellBlock& before, bool first, Fn fn) const {
+    const int64_t* row_start = start.data() + b * spec.cells();
+    int64_t visited = 0;
+    for (int y = now.y0; y <= now.y1; ++y) {
+      const RowSpans spans = ring_spans(y, now, before, first);
+      for (int s = 0; s < spans.count; ++s) {
+        const int64_t lo = row_start[int64_t(y) * spec.gx + (s == 0 ? spans.lo0 : spans.lo1)];
+        const int64_t hi = row_start[int64_t(y) * spec.gx + (s == 0 ? spans.hi0 : spans.hi1) + 1];
+        for (int64_t i = lo; i < hi; ++i) fn(xy[2 * i], xy[2 * i + 1]);
+        visited += hi - lo;
+      }
+    }
+    return visited;
+  }
+};
+
+// Sorted insertion of v into list[0, k) (ascending); returns the new k-th smallest.
+inline float push_sorted(float* list, int k, float v) {
+  int i = k - 1;
+  while (i > 0 && list[i - 1] > v) {
+    list[i] = list[i - 1];
+    --i;
+  }
+  list[i] = v;
+  return list[k - 1];
+}
+
+// One kTile x kTile tile of one image's kNN map.
+void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t width, int64_t x0, int64_t y0,
+              int k, float clip, int transform, float* out) {
+  const GridSpec& g = grid.spec;
+  const int64_t x1 = std::min<int64_t>(x0 + kTile, width), y1 = std::min<int64_t>(y0 + kTile, height);
+  const int tw = int(x1 - x0), th = int(y1 - y0);
+  float* map = out + b * height * width;
+  if (n == 0) {
+    for (int64_t y = y0; y < y1; ++y)
+      for (int64_t x = x0; x < x1; ++x) map[y * width + x] = apply_transform(INFINITY, transform);
+    return;
+  }
+  float best[kTile * kTile * kMaxK];
+  float kth[kTile * kTile];
+  std::fill(best, best + tw * th * k, INFINITY);
+  std::fill(kth, kth + tw * th, INFINITY);
+  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(x1 - 1), g.cell, g.gx);
+  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(y1 - 1), g.cell, g.gy);
+  int64_t seen = 0;
+  CellBlock before{0, -1, 0, -1};
+  for (int ring = 0;; ++ring) {
+    const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
+    if (ring > 0 && now.same(before)) break;  // the whole grid has been visited
+    seen += grid.visit_ring(b, now, before, ring == 0, [&](float hx, float hy) {
+      for (int ty = 0; ty < th; ++ty) {
+        const float dy = hy - float(y0 + ty);
+        const float dy2 = dy * dy;
+        float* kth_row = kth + ty * tw;
+        for (int tx = 0; tx < tw; ++tx) {
+          const float dx = hx - float(x0 + tx);
+          const float d2 = dx * dx + dy2;
+          if (d2 < kth_row[tx]) kth_row[tx] = push_sorted(best + (ty * tw + tx) * k, k, d2);
+        }
+      }
+    });
+    before = now;
+    if (seen >= n) break;
+    bool done = true, clip_done = true;
+    for (int ty = 0; ty < th && (done || clip_done); ++ty)
+      for (int tx = 0; tx < tw; ++tx) {
+        const float bound = outside_bound(float(x0 + tx), float(y0 + ty), now, g);
+        done = done && kth[ty * tw + tx] <= bound * bound;
+        clip_done = clip_done && bound >= clip;
+      }
+    // clip_done: every unvisited head lies beyond `clip`, where its INFINITY slot clips to the same value
+    if (done || clip_done) break;
+  }
+  const int m = int(std::min<int64_t>(k, n));
+  for (int ty = 0; ty < th; ++ty)
+    for (int tx = 0; tx < tw; ++tx) {
+      const float* list = best + (ty * tw + tx) * k;
+      float s = 0.0f;
+      for (int i = 0; i < m; ++i) s += std::fmin(std::sqrt(list[i]), clip);
+      map[(y0 + ty) * width + x0 + tx] = apply_transform(s / float(m), transform);
+    }
+}
+
+}  // namespace
+
+void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                  int64_t width, int k, float max_distance, int transform, float* out, int threads) {
+  const Grid grid(points, offsets, batch, count, height, width, k);
+  const int64_t tiles_x = (width + kTile - 1) / kTile, tiles_y = (height + kTile - 1) / kTile;
+  parallel_for(batch * tiles_y * tiles_x, threads, [&](int64_t task) {
+    const int64_t b = task / (tiles_x * tiles_y), rest = task % (tiles_x * tiles_y);
+    const int64_t cells = grid.spec.cells();
+    const int64_t n = grid.start[(b + 1) * cells] - grid.start[b * cells];
+    knn_tile(grid, b, n, height, width, (rest % tiles_x) * kTile, (rest / tiles_x) * kTile, k, max_distance,
+             transform, out);
+  });
+}
+
+void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
+                     int64_t height, int64_t width, int k, float beta, float* out, int threads) {
+  const Grid grid(points, offsets, batch, count, height, width, k + 1);
+  const GridSpec& g = grid.spec;
+  const float lone = float(height + width) / 8.0f;
+  parallel_for(batch, threads, [&](int64_t b) {
+    int64_t s, e;
+    image_range(offsets, b, count, &s, &e);
+    const int64_t n = grid.start[(b + 1) * g.cells()] - grid.start[b * g.cells()];
+    const int m = int(std::min<int64_t>(k, n - 1));  // other heads that enter the mean
+    float list[kMaxK];
+    for (int64_t i = s; i < e; ++i) {
+      const float qx = points[2 * i], qy = points[2 * i + 1];
+      if (m <= 0) {
+        out[i] = lone;
+        continue;
+      }
+      std::fill(list, list + m + 1, INFINITY);
+      float kth = INFINITY;
+      const int cx = cell_of(qx, g.cell, g.gx), cy = cell_of(qy, g.cell, g.gy);
+      int64_t seen = 0;
+      CellBlock before{0, -1, 0, -1};
+      for (int ring = 0;; ++ring) {
+        const CellBlock now = grow(cx, cx, cy, cy, ring, g);
+        if (ring > 0 && now.same(before)) break;
+        seen += grid.visit_ring(b, now, before, ring == 0, [&](float hx, float hy) {
+          const float dx = hx - qx, dy = hy - qy, d2 = dx * dx + dy * dy;
+          if (d2 < kth) kth = push_sorted(list, m + 1, d2);
+        });
+        before = now;
+        const float bound = outside_bound(qx, qy, now, g);
+        if (seen >= n || kth <= bound * bound) break;
+      }
+      float sum = 0.0f;
+      for (int j = 1; j <= m; ++j) sum += std::sqrt(list[j]);  // list[0] is the head itself
+      out[i] = beta * sum / float(m);
+    }
+  });
+}
+
+void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
+                      int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads) {
+  // Row bands own disjoint parts of the output, so every thread writes without contention and the
+  // sums come out in a fixed order (deterministic).
+  constexpr int64_t kBand = 16;
+  const int64_t bands = (height + kBand - 1) / kBand;
+  parallel_for(batch * bands, threads, [&](int64_t task) {
+    const int64_t b = task / bands, y0 = (task % bands) * kBand, y1 = std::min(y0 + kBand, height);
+    float* map = out + b * height * width;
+    int64_t s, e;
+    image_range(offsets, b, count, &s, &e);
+    std::vector<float> wx;
+    for (int64_t i = s; i < e; ++i) {
+      const float x = points[2 * i], y = points[2 * i + 1], sigma = sigmas[i];
+      if (!(std::isfinite(x) && std::isfinite(y) && sigma >= 0.0f && sigma <= 1e7f)) continue;
+      const int r = gaussian_radius(sigma, truncate);
+      if (y + 1.0f < float(y0 - r) || y >= float(y1 + r) || x + 1.0f < float(-r) || x >= float(width + r))
+        continue;  // the kernel misses this band (also keeps the integer casts below in range)
+      const int64_t cx = int64_t(std::floor(x)), cy = int64_t(std::floor(y));
+      const int64_t ya = std::max(cy - r, y0), yb = std::min(cy + r + 1, y1);
+      const int64_t xa = std::max<int64_t>(cx - r, 0), xb = std::min<int64_t>(cx + r + 1, width);
+      if (ya >= yb || xa >= xb) continue;
+      const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+      double norm = 0.0;
+      for (int t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
+      wx.resize(xb - xa);
+      for (int64_t xx = xa; xx < xb; ++xx) {
+        const double t = double(xx - cx);
+        wx[xx - xa] = float(std::exp(scale * t * t) / norm);
+      }
+      for (int64_t yy = ya; yy < yb; ++yy) {
+        const double t = double(yy - cy);
+        const float wy = float(std::exp(scale * t * t) / norm);
+        float* row = map + yy * width;
+        for (int64_t xx = xa; xx < xb; ++xx) row[xx] += wy * wx[xx - xa];
+      }
+    }
+  });
+}
+
+}  // namespace mud_iknn
