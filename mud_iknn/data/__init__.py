@@ -34,29 +34,31 @@ __all__ = ["DATASETS", "DatasetInfo", "open_dataset", "AnnotatedImages", "Synthe
 @dataclass(frozen=True)
 class DatasetInfo:
     """A registered data set: how to open it, its splits (None: any sub-folder or none), the split
-    used for evaluation while training, whether it reads a root folder, and one line about it."""
+    evaluated while training (``eval_split``) and the one results are reported on (``test_split``),
+    whether it reads a root folder, and one line about it."""
 
     open: Callable
     splits: Optional[tuple]
     eval_split: Optional[str]
+    test_split: Optional[str]
     needs_root: bool
     description: str
 
 
 DATASETS = {
-    "shanghaitech_a": DatasetInfo(partial(shanghaitech, part="A"), ("train", "test"), "test", True,
+    "shanghaitech_a": DatasetInfo(partial(shanghaitech, part="A"), ("train", "test"), "test", "test", True,
                                   "ShanghaiTech Part A (dense, web images)"),
-    "shanghaitech_b": DatasetInfo(partial(shanghaitech, part="B"), ("train", "test"), "test", True,
+    "shanghaitech_b": DatasetInfo(partial(shanghaitech, part="B"), ("train", "test"), "test", "test", True,
                                   "ShanghaiTech Part B (sparser, Shanghai streets)"),
-    "ucf_qnrf": DatasetInfo(ucf_qnrf, ("train", "test"), "test", True, "UCF-QNRF (Train/, Test/)"),
-    "ucf_cc_50": DatasetInfo(ucf_cc_50, ("train", "test", "all"), "test", True,
+    "ucf_qnrf": DatasetInfo(ucf_qnrf, ("train", "test"), "test", "test", True, "UCF-QNRF (Train/, Test/)"),
+    "ucf_cc_50": DatasetInfo(ucf_cc_50, ("train", "test", "all"), "test", "test", True,
                              "UCF-CC-50, 5-fold protocol (option fold=0..4)"),
-    "jhu_crowd": DatasetInfo(jhu_crowd, ("train", "val", "test"), "val", True, "JHU-Crowd++ v2.0"),
-    "nwpu_crowd": DatasetInfo(nwpu_crowd, ("train", "val", "test", "all"), "val", True,
-                              "NWPU-Crowd (splits from train.txt / val.txt)"),
-    "folder": DatasetInfo(point_folder, None, None, True,
+    "jhu_crowd": DatasetInfo(jhu_crowd, ("train", "val", "test"), "val", "test", True, "JHU-Crowd++ v2.0"),
+    "nwpu_crowd": DatasetInfo(nwpu_crowd, ("train", "val", "test", "all"), "val", "val", True,
+                              "NWPU-Crowd (splits from train.txt / val.txt; test labels are not public)"),
+    "folder": DatasetInfo(point_folder, None, None, None, True,
                           "your own images with a NAME.json or NAME.csv of (x, y) points each"),
-    "synthetic": DatasetInfo(SyntheticCrowds, ("train", "val", "test"), "val", False,
+    "synthetic": DatasetInfo(SyntheticCrowds, ("train", "val", "test"), "val", "test", False,
                              "procedurally rendered crowds, nothing to download (options num_images, size, seed)"),
 }
 

@@ -1,0 +1,530 @@
+"""The ``mud-iknn`` command line (also ``python -m mud_iknn``).
+
+Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``labels``, ``bench``; ``mud-iknn CMD --help``
+describes each. Exit status: 0 success, 1 an error while running (one line on stderr: a missing
+folder or file, a bad checkpoint or annotation), 2 a usage error (bad or missing arguments, unknown
+data-set name). ``--debug`` before the subcommand shows the full traceback instead.
+
+The model, training and evaluation code is imported inside the commands, so ``labels`` and
+``bench`` work without it and ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+PROG = "mud-iknn"
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing (reported like argparse's own errors, exit 2)."""
+
+
+# ------------------------------------------------------------------ shared pieces
+
+def _project(module: str):
+    """``mud_iknn.<module>`` imported on demand; ImportError says which part is missing."""
+    try:
+        return importlib.import_module(f"mud_iknn.{module}")
+    except ImportError as err:
+        if err.name in (f"mud_iknn.{module}", None):
+            raise ImportError(f"mud_iknn.{module} is not available in this installation ({err})") from None
+        raise
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_dataset_args(parser, *, split_help: str):
+    from .data import DATASETS
+
+    group = parser.add_argument_group("data set")
+    group.add_argument("--dataset", required=True, choices=list(DATASETS), metavar="NAME",
+                       help="one of: " + ", ".join(DATASETS))
+    group.add_argument("--root", type=Path, metavar="DIR",
+                       help="the data set's folder as distributed (not for synthetic)")
+    group.add_argument("--split", help=split_help)
+    group.add_argument("--fold", type=int, metavar="F", help="ucf_cc_50 only: the cross-validation fold, 0..4 (default 0)")
+    group.add_argument("--num-images", type=int, metavar="N", help="synthetic only: number of scenes (default 200)")
+    group.add_argument("--image-size", type=int, metavar="PX", help="synthetic only: scene side in pixels (default 192)")
+    group.add_argument("--data-seed", type=int, metavar="SEED", help="synthetic only: scene seed (default 0)")
+
+
+def _open_dataset(args, split: Optional[str]):
+    """The data set named by the --dataset group of ``args``, split ``split`` (None: the reader's default)."""
+    from .data import DATASETS, open_dataset
+
+    info = DATASETS[args.dataset]
+    options = {}
+    if args.fold is not None:
+        if args.dataset != "ucf_cc_50":
+            raise UsageError("--fold applies to --dataset ucf_cc_50 only")
+        options["fold"] = args.fold
+    synthetic = {"num_images": args.num_images, "size": args.image_size, "seed": args.data_seed}
+    given = {k: v for k, v in synthetic.items() if v is not None}
+    if given and args.dataset != "synthetic":
+        raise UsageError("--num-images, --image-size and --data-seed apply to --dataset synthetic only")
+    options.update(given)
+    if info.needs_root and args.root is None:
+        raise UsageError(f"--dataset {args.dataset} needs --root DIR (the data set's folder)")
+    if not info.needs_root and args.root is not None:
+        raise UsageError(f"--dataset {args.dataset} is generated and takes no --root")
+    if split is not None and info.splits is not None and split not in info.splits:
+        raise UsageError(f"--dataset {args.dataset} has splits {', '.join(info.splits)}; got {split!r}")
+    return open_dataset(args.dataset, args.root, split=split, **options)
+
+
+def _load_model(path: Path, device: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    model, _config, _extra = _project("train").load_checkpoint(path, map_location="cpu")
+    return model.to(device).eval()
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ------------------------------------------------------------------ labels
+
+def _cmd_labels(args) -> int:
+    import numpy as np
+    import torch
+
+    from . import density_maps, iknn_maps
+    from .visualize import save_label_preview
+
+    dataset = _open_dataset(args, args.split)
+    if args.kind == "iknn":
+        make = lambda pts, size: iknn_maps(pts, size, args.k, max_distance=args.max_distance,  # noqa: E731
+                                           transform=args.transform)
+        spec = {"kind": "iknn", "k": args.k, "max_distance": args.max_distance, "transform": args.transform}
+    else:
+        make = lambda pts, size: density_maps(pts, size, args.sigma, k=args.k, beta=args.beta)  # noqa: E731
+        spec = {"kind": "density", "sigma": args.sigma, "k": args.k, "beta": args.beta}
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    index = []
+    for i in range(count):
+        sample = dataset[i]
+        height, width = sample.image.shape[1:]
+        with torch.no_grad():
+            label = make(sample.points, (height, width))[0].numpy()
+        np.save(out / f"{sample.name}.npy", label)
+        if not args.no_preview:
+            save_label_preview(sample.image, label, out / f"{sample.name}.png")
+        index.append({"name": sample.name, "file": f"{sample.name}.npy", "height": int(height),
+                      "width": int(width), "count": float(sample.count), "map_sum": float(label.sum())})
+        if args.verbose:
+            print(f"{sample.name}: {sample.count:g} heads, {height}x{width}", file=sys.stderr)
+    with open(out / "labels.json", "w") as f:
+        json.dump({"dataset": args.dataset, "split": getattr(dataset, "split", args.split), "label": spec, "images": index}, f, indent=1)
+    print(f"wrote {count} {args.kind} label maps (float32 .npy, H x W)"
+          f"{'' if args.no_preview else ' and previews'} to {out}")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _sigma(text: str):
+    if text == "adaptive":
+        return text
+    try:
+        return _positive_float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'adaptive' or a positive number, got {text}") from None
+
+
+# ------------------------------------------------------------------ train
+
+_TRAIN_OVERRIDES = ("steps", "batch_size", "patch_size", "lr", "seed", "device", "out_dir",
+                    "checkpoint_every", "eval_every")
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        with open(path) as f:
+            data = json.load(f)
+    except (ValueError, OSError) as err:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"cannot read config file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold an object of settings")
+    return data
+
+
+def _apply_setting(config: dict, assignment: str) -> None:
+    """Applies ``KEY=VALUE`` (dotted keys reach nested settings; VALUE as JSON, else a string)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--set expects KEY=VALUE, got {assignment!r}")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"--set {key}: {part} is not a group of settings")
+    node[leaf] = value
+
+
+def _train_settings(args) -> dict:
+    settings = _read_config_file(args.config) if args.config else {}
+    for name in _TRAIN_OVERRIDES:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = str(value) if isinstance(value, Path) else value
+    for assignment in args.set or ():
+        _apply_setting(settings, assignment)
+    if "device" in settings:
+        settings["device"] = _device(settings["device"])
+    return settings
+
+
+def _cmd_train(args) -> int:
+    from .data import DATASETS
+
+    settings = _train_settings(args)
+    train_set = _open_dataset(args, args.split)
+    val_split = args.val_split if args.val_split is not None else DATASETS[args.dataset].eval_split
+    val_set = None if val_split in (None, "none") else _open_dataset(args, val_split)
+    engine = _project("train")
+    config = engine.TrainConfig.from_dict(settings)
+    result = engine.train(config, train_set, val_set, resume=args.resume)
+    if _is_main_process():
+        summary = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))}
+        print(json.dumps(summary, indent=1, sort_keys=True))
+    return 0
+
+
+# ------------------------------------------------------------------ eval
+
+def _metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
+    lines = [f"{'':<24}{'MAE':>10}{'RMSE':>10}{'NAE':>10}"]
+    for label, m in rows:
+        nae = m.get("nae")
+        nae_text = f"{nae:>10.4f}" if isinstance(nae, (int, float)) and math.isfinite(nae) else f"{'-':>10}"
+        lines.append(f"{label:<24}{m['mae']:>10.2f}{m['rmse']:>10.2f}{nae_text}")
+    return "\n".join(lines)
+
+
+def _write_json(data, target: str) -> None:
+    text = json.dumps(data, indent=1, default=float)
+    if target == "-":
+        print(text)
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(text + "\n")
+
+
+def _cmd_eval(args) -> int:
+    from .data import DATASETS
+
+    split = args.split or DATASETS[args.dataset].test_split
+    dataset = _open_dataset(args, split)
+    model = _load_model(args.checkpoint, _device(args.device))
+    metrics = _project("evaluate").evaluate(model, dataset)
+    report = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": split,
+              "images": len(dataset), **metrics}
+    if args.json != "-":
+        print(_metrics_table([(f"{args.dataset} {split or ''}".strip(), metrics)]))
+        print(f"({len(dataset)} images)")
+    if args.json:
+        _write_json(report, args.json)
+    return 0
+
+
+# ------------------------------------------------------------------ count
+
+def _cmd_count(args) -> int:
+    from .data import load_image
+    from .visualize import save_overlay
+
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                    if len(missing) > 1 else ""))
+    overlay_dir = args.overlay if args.overlay and len(args.images) > 1 else None
+    if args.overlay and overlay_dir is None and args.overlay.suffix.lower() != ".png":
+        raise UsageError(f"--overlay for one image must be a .png file, got {args.overlay}")
+    model = _load_model(args.checkpoint, _device(args.device))
+    predict = _project("evaluate").predict_image
+    results = []
+    for path in args.images:
+        image = load_image(path)
+        count, density = predict(model, image, window=args.window, stride=args.stride)
+        count = float(count)
+        results.append({"image": str(path), "count": count})
+        if args.overlay:
+            target = overlay_dir / f"{path.stem}.png" if overlay_dir else args.overlay
+            save_overlay(image, density, count, target, title=path.name)
+        if not args.json:
+            print(f"{path}\t{count:.1f}")
+    if args.json:
+        _write_json(results, "-")
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+
+def _demo_settings(engine, args, out_dir: Path) -> dict:
+    """A small CPU-scale training configuration, restricted to the fields TrainConfig declares."""
+    import dataclasses
+
+    wanted = {"steps": args.steps, "batch_size": 8, "patch_size": min(args.image_size, 128), "lr": 1e-3,
+              "seed": args.seed, "device": _device(args.device), "out_dir": str(out_dir / "run"),
+              "checkpoint_every": args.steps, "eval_every": 0, "model": "small",
+              "max_seconds": args.max_seconds}
+    fields = {f.name for f in dataclasses.fields(engine.TrainConfig)}
+    return {k: v for k, v in wanted.items() if k in fields}
+
+
+def _trained_model(engine, result):
+    """The model ``train`` returned, or the one in the checkpoint it reports."""
+    if isinstance(result, dict) and result.get("model") is not None:
+        return result["model"]
+    checkpoint = (result or {}).get("checkpoint") if isinstance(result, dict) else None
+    if checkpoint is None:
+        raise RuntimeError("train() returned neither a model nor a checkpoint path")
+    return engine.load_checkpoint(checkpoint, map_location="cpu")[0]
+
+
+def _mean_baseline(train_counts, val_counts) -> dict:
+    import numpy as np
+
+    prediction = float(np.mean(train_counts))
+    err = np.asarray(val_counts, dtype=np.float64) - prediction
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "nae": float((np.abs(err) / np.maximum(val_counts, 1)).mean()), "prediction": prediction}
+
+
+def _cmd_demo(args) -> int:
+    import torch
+
+    from . import iknn_maps
+    from .data import SyntheticCrowds
+    from .visualize import save_demo_figure
+
+    start = time.perf_counter()
+    out_dir = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(args.device)
+    train_set = SyntheticCrowds(args.train_images, size=args.image_size, seed=args.seed, split="train")
+    val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
+    print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
+          f"{args.image_size}x{args.image_size} px; training on {device}")
+    engine = _project("train")
+    config = engine.TrainConfig.from_dict(_demo_settings(engine, args, out_dir))
+    model = _trained_model(engine, engine.train(config, train_set, None)).to(device).eval()
+    evaluation = _project("evaluate")
+    metrics = evaluation.evaluate(model, val_set)
+    baseline = _mean_baseline(train_set.counts(), val_set.counts())
+    print(_metrics_table([(f"mean count ({baseline['prediction']:.1f})", baseline), ("MUD-ikNN", metrics)]))
+
+    sample = val_set[0]
+    height, width = sample.image.shape[1:]
+    true_map = iknn_maps(sample.points, (height, width))[0]
+    with torch.no_grad():
+        predicted, predicted_map = evaluation.predict_image(model, sample.image)
+    figure = save_demo_figure(sample.image, true_map, predicted_map, sample.count, float(predicted),
+                              out_dir / "demo.png")
+    _write_json({"model": metrics, "mean_baseline": baseline, "seconds": time.perf_counter() - start,
+                 "device": device, "train_images": len(train_set), "val_images": len(val_set)},
+                str(out_dir / "demo.json"))
+    print(f"figure: {figure}  ({time.perf_counter() - start:.0f} s)")
+    if metrics["mae"] >= baseline["mae"]:
+        print("the model did not beat the mean-count baseline; train longer (--steps)", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------ bench
+
+def _repository_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _cmd_bench(args) -> int:
+    script = _repository_root() / "bench" / "bench_labels.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"the label benchmarks ({script}) ship with the source repository, not the "
+                                f"installed package: run mud-iknn bench from a checkout")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_repository_root()), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, str(script), *([] if args.full else ["--quick"]), *args.extra]
+    return subprocess.call(command, env=env)
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Dense crowd counting with inverse k-nearest-neighbour maps (MUD-ikNN).",
+        epilog=f"'{PROG} COMMAND --help' describes a command. Start with '{PROG} demo'.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="train and evaluate a small model on synthetic crowds (CPU, minutes, no downloads)",
+        description="Renders a small synthetic crowd set, trains a small MUD-ikNN configuration, evaluates "
+                    "it next to a predict-the-mean baseline and writes demo.png (image, true ikNN map, "
+                    "predicted map, counts). Uses the GPU when there is one. Exits 1 if the model does "
+                    "not beat the baseline.")
+    demo.add_argument("--out", type=Path, default=Path("mud-iknn-demo"), metavar="DIR",
+                      help="where demo.png, demo.json and the checkpoint go (default: ./mud-iknn-demo)")
+    demo.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    demo.add_argument("--max-seconds", type=float, default=120.0,
+                      help="training time limit, if the engine supports one (default 120)")
+    demo.add_argument("--train-images", type=int, default=96, help="synthetic training scenes (default 96)")
+    demo.add_argument("--val-images", type=int, default=24, help="synthetic validation scenes (default 24)")
+    demo.add_argument("--image-size", type=int, default=128, help="scene side in pixels (default 128)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of scenes and training (default 0)")
+    demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    demo.set_defaults(run=_cmd_demo, command_parser=demo)
+
+    train = commands.add_parser(
+        "train", help="train a model on a data set",
+        description="Trains MUD-ikNN with progress, periodic evaluation on the evaluation split and "
+                    "checkpoints. Settings: defaults < --config FILE (JSON or TOML) < the options below < "
+                    "--set KEY=VALUE. Works under torchrun (one process per GPU).")
+    _add_dataset_args(train, split_help="training split (default: train; for folder: --root itself)")
+    train.add_argument("--val-split", help="split evaluated during training (default: the data set's test/val "
+                                           "split; 'none' to skip)")
+    train.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
+    train.add_argument("--steps", type=int, help="training steps")
+    train.add_argument("--batch-size", type=int, help="patches per step (per process)")
+    train.add_argument("--patch-size", type=int, help="square training patch side in pixels")
+    train.add_argument("--lr", type=_positive_float, help="learning rate")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    train.add_argument("--out-dir", type=Path, metavar="DIR", help="checkpoints and logs")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
+    train.add_argument("--eval-every", type=int, metavar="N", help="steps between evaluations")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any other setting (VALUE as JSON, dotted KEY for nested settings); repeatable")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
+    train.set_defaults(run=_cmd_train, command_parser=train)
+
+    evaluate = commands.add_parser(
+        "eval", help="MAE / RMSE / NAE of a checkpoint on a data set",
+        description="Counts every image of the split with sliding windows and prints MAE, RMSE and NAE.")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    _add_dataset_args(evaluate, split_help="split to evaluate (default: the data set's test split; val for "
+                                           "nwpu_crowd, whose test labels are not public)")
+    evaluate.add_argument("--json", metavar="FILE",
+                          help="also write the metrics and per-image counts as JSON ('-': print only the JSON)")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
+
+    count = commands.add_parser(
+        "count", help="count the people in images",
+        description="Prints one line per image: path, tab, predicted count.")
+    count.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    count.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    count.add_argument("--overlay", type=Path, metavar="PATH",
+                       help="write the predicted map over the image: a .png file for one image, a folder "
+                            "(one <image name>.png each) for several")
+    count.add_argument("--window", type=int, default=224, help="sliding window side in pixels (default 224)")
+    count.add_argument("--stride", type=int, default=128, help="sliding window stride in pixels (default 128)")
+    count.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    count.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    count.set_defaults(run=_cmd_count, command_parser=count)
+
+    labels = commands.add_parser(
+        "labels", help="export ikNN or density label maps as .npy with preview PNGs",
+        description="Writes OUT/<name>.npy (float32, H x W, the image's size), OUT/<name>.png (image | map) "
+                    "and OUT/labels.json (settings, per-image count and map sum).")
+    _add_dataset_args(labels, split_help="split to export (default: train; for folder: --root itself)")
+    labels.add_argument("--out", type=Path, required=True, metavar="DIR")
+    labels.add_argument("--kind", choices=("iknn", "density"), default="iknn", help="label kind (default iknn)")
+    labels.add_argument("--k", type=int, default=None,
+                        help="nearest heads: ikNN k (default 1) or density's adaptive-sigma k (default 3)")
+    labels.add_argument("--max-distance", type=_positive_float, metavar="PX",
+                        help="ikNN: clip each distance at PX pixels (the 2019 code used 112)")
+    labels.add_argument("--transform", choices=("inverse", "inverse_sqrt"), default="inverse",
+                        help="ikNN: 1/(D+1) (default) or 1/sqrt(D+1)")
+    labels.add_argument("--sigma", type=_sigma, default="adaptive",
+                        help="density: 'adaptive' (default) or a fixed width in pixels")
+    labels.add_argument("--beta", type=_positive_float, default=0.3, help="density: adaptive sigma factor (0.3)")
+    labels.add_argument("--limit", type=int, metavar="N", help="export the first N images only")
+    labels.add_argument("--no-preview", action="store_true", help="skip the PNG previews")
+    labels.add_argument("--verbose", action="store_true", help="one line per image on stderr")
+    labels.set_defaults(run=_cmd_labels, command_parser=labels)
+
+    bench = commands.add_parser(
+        "bench", help="run the label benchmarks (source checkout only) and print the table",
+        description="Runs bench/bench_labels.py of the source repository (quick settings unless --full).")
+    bench.add_argument("--full", action="store_true", help="full sizes instead of --quick")
+    bench.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for bench_labels.py")
+    bench.set_defaults(run=_cmd_bench, command_parser=bench)
+    return parser
+
+
+def _check_numbers(args) -> None:
+    for name in ("steps", "batch_size", "patch_size", "checkpoint_every", "num_images", "image_size",
+                 "train_images", "val_images", "window", "stride", "limit"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if getattr(args, "k", None) is not None:
+        from . import MAX_K
+
+        limit = MAX_K if args.kind == "iknn" else MAX_K - 1
+        if not 1 <= args.k <= limit:
+            raise UsageError(f"--k must be in [1, {limit}] for --kind {args.kind}, got {args.k}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the command line on ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on a usage error
+    try:
+        if args.command == "labels" and args.k is None:
+            args.k = 1 if args.kind == "iknn" else 3
+        _check_numbers(args)
+        return int(args.run(args) or 0)
+    except UsageError as err:
+        args.command_parser.error(str(err))  # exits 2
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

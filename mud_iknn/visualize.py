@@ -1,0 +1,96 @@
+"""PNG pictures of images and maps: label previews, count overlays, the demo's summary figure.
+
+Everything renders off-screen (matplotlib's Agg canvas, no pyplot state, no display needed).
+Images are (3, H, W) uint8 RGB tensors or arrays; maps are (H, W) float arrays of any scale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["colorize", "save_label_preview", "save_overlay", "save_demo_figure"]
+
+
+def _hwc(image) -> np.ndarray:
+    """(H, W, 3) uint8 numpy view of a (3, H, W) uint8 image tensor or array."""
+    array = np.asarray(image.cpu() if hasattr(image, "cpu") else image)
+    if array.ndim != 3 or array.shape[0] != 3:
+        raise ValueError(f"image must have shape (3, H, W), got {array.shape}")
+    return np.ascontiguousarray(array.transpose(1, 2, 0)).astype(np.uint8)
+
+
+def _map(values) -> np.ndarray:
+    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"map must have shape (H, W), got {array.shape}")
+    return array
+
+
+def colorize(values, cmap: str = "viridis", vmax=None) -> np.ndarray:
+    """(H, W, 3) uint8 colour picture of an (H, W) map, scaled from 0 to ``vmax`` (default: its max)."""
+    from matplotlib import colormaps
+
+    array = _map(values)
+    top = float(np.nanmax(array)) if vmax is None and array.size else float(vmax or 0.0)
+    scaled = np.clip(array / top, 0.0, 1.0) if top > 0 else np.zeros_like(array)
+    return (colormaps[cmap](scaled)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def _save(figure, path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=figure.dpi)
+    return path
+
+
+def save_label_preview(image, values, path) -> Path:
+    """Writes ``path``: the image and its label map (colour, scaled to its max) side by side, at
+    the image's own resolution (a plain pixel PNG, no axes)."""
+    from PIL import Image
+
+    picture = np.concatenate([_hwc(image), colorize(values)], axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(path)
+    return path
+
+
+def save_overlay(image, values, count: float, path, *, title: str = "") -> Path:
+    """Writes ``path``: the predicted map (jet colours, half transparent where it is high) over the
+    image, titled with the count."""
+    from matplotlib.figure import Figure
+
+    rgb, array = _hwc(image), _map(values)
+    if array.shape != rgb.shape[:2]:
+        raise ValueError(f"map {array.shape} and image {rgb.shape[:2]} differ in size")
+    height, width = array.shape
+    scale = 8.0 / max(height, width)
+    figure = Figure(figsize=(max(width * scale, 3.0), max(height * scale, 3.0) + 0.5), dpi=100)
+    axes = figure.add_axes((0, 0, 1, height * scale / (height * scale + 0.5)))
+    axes.imshow(rgb)
+    top = array.max() if array.size and array.max() > 0 else 1.0
+    axes.imshow(array, cmap="jet", alpha=np.clip(array / top, 0.0, 1.0) * 0.6, vmin=0, vmax=top)
+    axes.set_axis_off()
+    figure.suptitle(f"{title + ': ' if title else ''}{count:.1f} people", y=0.995, va="top")
+    return _save(figure, path)
+
+
+def save_demo_figure(image, true_map, predicted_map, true_count: float, predicted_count: float, path) -> Path:
+    """Writes ``path``: image | true ikNN map | predicted map, with the true and predicted counts."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.4), dpi=100)
+    panels = [("image", _hwc(image), None),
+              (f"true ikNN map (count {true_count:.0f})", _map(true_map), "viridis"),
+              (f"predicted map (count {predicted_count:.1f})", _map(predicted_map), "viridis")]
+    for i, (title, picture, cmap) in enumerate(panels):
+        axes = figure.add_subplot(1, 3, i + 1)
+        axes.imshow(picture, cmap=cmap)
+        axes.set_title(title, fontsize=10)
+        axes.set_axis_off()
+    figure.tight_layout()
+    return _save(figure, path)
