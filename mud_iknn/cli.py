@@ -486,9 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="run the label benchmarks (source checkout only) and print the table",
-        description="Runs bench/bench_labels.py of the source repository (quick settings unless --full).")
+        description="Runs bench/bench_labels.py of the source repository (quick settings unless --full); "
+                    "any other arguments are passed on to it.")
     bench.add_argument("--full", action="store_true", help="full sizes instead of --quick")
-    bench.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for bench_labels.py")
     bench.set_defaults(run=_cmd_bench, command_parser=bench)
     return parser
 
@@ -510,7 +510,10 @@ def _check_numbers(args) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line on ``argv`` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on a usage error
+    args, extra = parser.parse_known_args(argv)  # exits 2 on a usage error
+    if extra and args.command != "bench":
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         if args.command == "labels" and args.k is None:
             args.k = 1 if args.kind == "iknn" else 3
