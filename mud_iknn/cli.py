@@ -89,11 +89,15 @@ def _open_dataset(args, split: Optional[str]):
     return open_dataset(args.dataset, args.root, split=split, **options)
 
 
-def _load_model(path: Path, device: str):
+def _load_model(path: Path, device: str, window: Optional[int], stride: Optional[int]):
+    """(model in eval mode on ``device``, sliding window, stride): the window and stride default to
+    the checkpoint's training patch size and validation stride."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    model, _config, _extra = _project("train").load_checkpoint(path, map_location="cpu")
-    return model.to(device).eval()
+    model, config, _extra = _project("train").load_checkpoint(path, map_location="cpu")
+    window = window or config.patch_size
+    stride = stride or (config.window_stride if window == config.patch_size else max(1, window * 4 // 7))
+    return model.to(device).eval(), window, stride
 
 
 def _is_main_process() -> bool:
@@ -159,7 +163,7 @@ def _sigma(text: str):
 # ------------------------------------------------------------------ train
 
 _TRAIN_OVERRIDES = ("steps", "batch_size", "patch_size", "lr", "seed", "device", "out_dir",
-                    "checkpoint_every", "eval_every")
+                    "checkpoint_every", "eval_every", "backbone", "weights", "num_workers")
 
 
 def _read_config_file(path: Path) -> dict:
@@ -204,10 +208,10 @@ def _train_settings(args) -> dict:
         value = getattr(args, name)
         if value is not None:
             settings[name] = str(value) if isinstance(value, Path) else value
+    if args.label is not None:
+        _apply_setting(settings, f"label.kind={json.dumps(args.label)}")
     for assignment in args.set or ():
         _apply_setting(settings, assignment)
-    if "device" in settings:
-        settings["device"] = _device(settings["device"])
     return settings
 
 
@@ -222,8 +226,8 @@ def _cmd_train(args) -> int:
     config = engine.TrainConfig.from_dict(settings)
     result = engine.train(config, train_set, val_set, resume=args.resume)
     if _is_main_process():
-        summary = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))}
-        print(json.dumps(summary, indent=1, sort_keys=True))
+        summary = {k: v for k, v in result.items() if k != "model"}
+        print(json.dumps(summary, indent=1, sort_keys=True, default=str))
     return 0
 
 
@@ -252,10 +256,11 @@ def _cmd_eval(args) -> int:
 
     split = args.split or DATASETS[args.dataset].test_split
     dataset = _open_dataset(args, split)
-    model = _load_model(args.checkpoint, _device(args.device))
-    metrics = _project("evaluate").evaluate(model, dataset)
+    model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    metrics = _project("evaluate").evaluate(model, dataset, window=window, stride=stride,
+                                            progress=args.json != "-")
     report = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": split,
-              "images": len(dataset), **metrics}
+              "images": len(dataset), "window": window, "stride": stride, **metrics}
     if args.json != "-":
         print(_metrics_table([(f"{args.dataset} {split or ''}".strip(), metrics)]))
         print(f"({len(dataset)} images)")
@@ -277,12 +282,12 @@ def _cmd_count(args) -> int:
     overlay_dir = args.overlay if args.overlay and len(args.images) > 1 else None
     if args.overlay and overlay_dir is None and args.overlay.suffix.lower() != ".png":
         raise UsageError(f"--overlay for one image must be a .png file, got {args.overlay}")
-    model = _load_model(args.checkpoint, _device(args.device))
+    model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
     predict = _project("evaluate").predict_image
     results = []
     for path in args.images:
         image = load_image(path)
-        count, density = predict(model, image, window=args.window, stride=args.stride)
+        count, density = predict(model, image, window=window, stride=stride)
         count = float(count)
         results.append({"image": str(path), "count": count})
         if args.overlay:
@@ -297,26 +302,32 @@ def _cmd_count(args) -> int:
 
 # ------------------------------------------------------------------ demo
 
-def _demo_settings(engine, args, out_dir: Path) -> dict:
-    """A small CPU-scale training configuration, restricted to the fields TrainConfig declares."""
+def _demo_config(engine, args, out_dir: Path):
+    """The small configuration: the tiny DenseNet on 64-pixel patches, no workers, no AMP."""
+    return engine.TrainConfig(
+        steps=args.steps, batch_size=8, patch_size=64, lr=1e-3, backbone="densenet_tiny", amp=False,
+        num_workers=0, seed=args.seed, device=_device(args.device), out_dir=str(out_dir / "run"),
+        checkpoint_every=0, eval_every=0, log_every=10, progress=False)
+
+
+def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, clock=time.perf_counter):
+    """Trains up to ``config.steps`` steps, stopping early after the chunk of steps that crosses
+    ``seconds`` (by ``clock``); the chunks resume each other exactly. Prints a line per chunk;
+    returns the engine's last result."""
     import dataclasses
 
-    wanted = {"steps": args.steps, "batch_size": 8, "patch_size": min(args.image_size, 128), "lr": 1e-3,
-              "seed": args.seed, "device": _device(args.device), "out_dir": str(out_dir / "run"),
-              "checkpoint_every": args.steps, "eval_every": 0, "model": "small",
-              "max_seconds": args.max_seconds}
-    fields = {f.name for f in dataclasses.fields(engine.TrainConfig)}
-    return {k: v for k, v in wanted.items() if k in fields}
-
-
-def _trained_model(engine, result):
-    """The model ``train`` returned, or the one in the checkpoint it reports."""
-    if isinstance(result, dict) and result.get("model") is not None:
-        return result["model"]
-    checkpoint = (result or {}).get("checkpoint") if isinstance(result, dict) else None
-    if checkpoint is None:
-        raise RuntimeError("train() returned neither a model nor a checkpoint path")
-    return engine.load_checkpoint(checkpoint, map_location="cpu")[0]
+    start, done, result = clock(), 0, None
+    while done < config.steps:
+        done = min(done + chunk, config.steps)
+        result = engine.train(dataclasses.replace(config, steps=done), train_set, None, resume=result is not None)
+        loss = (result.get("train") or {}).get("loss")
+        elapsed = clock() - start
+        print(f"step {done:>5}/{config.steps}  loss {loss if loss is None else f'{loss:.4g}'}  {elapsed:.0f} s",
+              flush=True)
+        if elapsed > seconds and done < config.steps:
+            print(f"stopping after {done} steps: the {seconds:.0f} s training budget is spent", file=sys.stderr)
+            break
+    return result
 
 
 def _mean_baseline(train_counts, val_counts) -> dict:
@@ -338,32 +349,35 @@ def _cmd_demo(args) -> int:
     start = time.perf_counter()
     out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(args.device)
     train_set = SyntheticCrowds(args.train_images, size=args.image_size, seed=args.seed, split="train")
     val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
+    engine, evaluation = _project("train"), _project("evaluate")
+    config = _demo_config(engine, args, out_dir)
     print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
-          f"{args.image_size}x{args.image_size} px; training on {device}")
-    engine = _project("train")
-    config = engine.TrainConfig.from_dict(_demo_settings(engine, args, out_dir))
-    model = _trained_model(engine, engine.train(config, train_set, None)).to(device).eval()
-    evaluation = _project("evaluate")
-    metrics = evaluation.evaluate(model, val_set)
+          f"{args.image_size}x{args.image_size} px; training the small configuration on {config.device}")
+    result = _train_within(engine, config, train_set, args.max_seconds)
+    model = result["model"].eval()
+    metrics = evaluation.evaluate(model, val_set, window=config.patch_size, stride=config.window_stride)
     baseline = _mean_baseline(train_set.counts(), val_set.counts())
     print(_metrics_table([(f"mean count ({baseline['prediction']:.1f})", baseline), ("MUD-ikNN", metrics)]))
 
     sample = val_set[0]
     height, width = sample.image.shape[1:]
-    true_map = iknn_maps(sample.points, (height, width))[0]
+    true_map = iknn_maps(sample.points, (height, width), config.label.neighbours)[0]
+    predicted, _ = evaluation.predict_image(model, sample.image, window=config.patch_size,
+                                            stride=config.window_stride)
     with torch.no_grad():
-        predicted, predicted_map = evaluation.predict_image(model, sample.image)
-    figure = save_demo_figure(sample.image, true_map, predicted_map, sample.count, float(predicted),
+        maps, _ = model(sample.image[None].to(next(model.parameters()).device))
+    figure = save_demo_figure(sample.image, true_map, maps[0].mean(0), sample.count, predicted,
                               out_dir / "demo.png")
-    _write_json({"model": metrics, "mean_baseline": baseline, "seconds": time.perf_counter() - start,
-                 "device": device, "train_images": len(train_set), "val_images": len(val_set)},
+    _write_json({"model": metrics, "mean_baseline": baseline, "steps": result["step"],
+                 "seconds": time.perf_counter() - start, "device": config.device,
+                 "train_images": len(train_set), "val_images": len(val_set), "checkpoint": result["checkpoint"]},
                 str(out_dir / "demo.json"))
-    print(f"figure: {figure}  ({time.perf_counter() - start:.0f} s)")
+    print(f"figure: {figure}; checkpoint: {result['checkpoint']} ({time.perf_counter() - start:.0f} s in all)")
     if metrics["mae"] >= baseline["mae"]:
-        print("the model did not beat the mean-count baseline; train longer (--steps)", file=sys.stderr)
+        print("the model did not beat the mean-count baseline; train longer (--steps, --max-seconds)",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -387,6 +401,13 @@ def _cmd_bench(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
+def _add_window_args(parser) -> None:
+    parser.add_argument("--window", type=int, metavar="PX",
+                        help="sliding window side (default: the checkpoint's training patch size)")
+    parser.add_argument("--stride", type=int, metavar="PX",
+                        help="sliding window stride (default: the checkpoint's validation stride, 4/7 of the window)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -405,9 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "not beat the baseline.")
     demo.add_argument("--out", type=Path, default=Path("mud-iknn-demo"), metavar="DIR",
                       help="where demo.png, demo.json and the checkpoint go (default: ./mud-iknn-demo)")
-    demo.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    demo.add_argument("--max-seconds", type=float, default=120.0,
-                      help="training time limit, if the engine supports one (default 120)")
+    demo.add_argument("--steps", type=int, default=240, help="training steps (default 240)")
+    demo.add_argument("--max-seconds", type=_positive_float, default=100.0, metavar="S",
+                      help="training time budget: training stops at the first 20-step boundary past it "
+                           "(default 100)")
     demo.add_argument("--train-images", type=int, default=96, help="synthetic training scenes (default 96)")
     demo.add_argument("--val-images", type=int, default=24, help="synthetic validation scenes (default 24)")
     demo.add_argument("--image-size", type=int, default=128, help="scene side in pixels (default 128)")
@@ -428,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="patches per step (per process)")
     train.add_argument("--patch-size", type=int, help="square training patch side in pixels")
     train.add_argument("--lr", type=_positive_float, help="learning rate")
+    train.add_argument("--label", choices=("iknn", "density"), help="map labels the network learns (label.kind)")
+    train.add_argument("--backbone", help="densenet201 (the paper's), densenet121, densenet169 or densenet_tiny")
+    train.add_argument("--weights", help="backbone initialisation: 'imagenet' or a local state-dict file")
+    train.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     train.add_argument("--out-dir", type=Path, metavar="DIR", help="checkpoints and logs")
@@ -446,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "nwpu_crowd, whose test labels are not public)")
     evaluate.add_argument("--json", metavar="FILE",
                           help="also write the metrics and per-image counts as JSON ('-': print only the JSON)")
+    _add_window_args(evaluate)
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
 
@@ -457,8 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--overlay", type=Path, metavar="PATH",
                        help="write the predicted map over the image: a .png file for one image, a folder "
                             "(one <image name>.png each) for several")
-    count.add_argument("--window", type=int, default=224, help="sliding window side in pixels (default 224)")
-    count.add_argument("--stride", type=int, default=128, help="sliding window stride in pixels (default 128)")
+    _add_window_args(count)
     count.add_argument("--json", action="store_true", help="print JSON instead of lines")
     count.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     count.set_defaults(run=_cmd_count, command_parser=count)

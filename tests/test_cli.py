@@ -155,58 +155,90 @@ def test_labels_synthetic_limit(capsys, tmp_path):
 # ------------------------------------------------------------------ stand-ins for the model modules
 
 class TinyModel(torch.nn.Module):
-    """Predicts ``scale`` people per bright pixel: enough to check what the commands do with a model."""
+    """Predicts ``scale`` people per bright pixel: enough to check what the commands do with a model.
+
+    forward(uint8 images (B, 3, H, W)) -> (maps (B, 3, H, W), counts (B,)), as MUDIKNN's."""
 
     def __init__(self, scale: float):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.tensor(float(scale)))
 
+    def forward(self, images):
+        bright = (images.float().mean(1, keepdim=True) > 127).float() * self.scale
+        return bright.expand(-1, 3, -1, -1), bright.sum(dim=(1, 2, 3))
 
-def _predict_image(model, image, window=224, stride=128):
-    bright = (image.float().mean(0) > 127).float()
-    density = bright * float(model.scale.detach())
+
+def _predict_image(model, image, window=224, stride=128, batch_size=16):
+    density = model(image[None])[0][0, 0].detach()
     return float(density.sum()), density
 
 
 @dataclasses.dataclass
+class _Label:
+    kind: str = "iknn"
+    k: int = None
+
+    @property
+    def neighbours(self):
+        return self.k or (1 if self.kind == "iknn" else 3)
+
+
+@dataclasses.dataclass
 class _Config:
+    """The TrainConfig fields and behaviour the CLI relies on."""
+
     steps: int = 10
     batch_size: int = 2
     patch_size: int = 32
     lr: float = 1e-4
+    label: _Label = dataclasses.field(default_factory=_Label)
+    amp: bool = True
     seed: int = 0
-    device: str = "cpu"
+    num_workers: int = 4
+    device: str = "auto"
     out_dir: str = "runs"
     checkpoint_every: int = 5
     eval_every: int = 5
-    label: dict = dataclasses.field(default_factory=lambda: {"kind": "iknn", "k": 1})
+    log_every: int = 50
+    backbone: str = "densenet201"
+    weights: str = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.label, dict):
+            self.label = _Label(**self.label)
+
+    @property
+    def window_stride(self):
+        return self.patch_size * 4 // 7
 
     @classmethod
     def from_dict(cls, data):
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}")
+            raise ValueError(f"train config has unknown fields {sorted(unknown)}")
         return cls(**data)
 
 
 @pytest.fixture
 def engine(monkeypatch):
     """Stand-in mud_iknn.train / mud_iknn.evaluate modules recording how the CLI calls them."""
-    calls = {}
+    calls = {"train": [], "evaluate": []}
 
     def load_checkpoint(path, map_location="cpu"):
         try:
             state = json.loads(Path(path).read_text())
         except ValueError:
             raise ValueError(f"{path} is not a mud-iknn checkpoint") from None
-        return TinyModel(state["scale"]), _Config(), {}
+        return TinyModel(state["scale"]), _Config(patch_size=state["patch_size"]), {}
 
     def train(config, train_set, val_set=None, resume=False):
-        calls["train"] = (config, train_set, val_set, resume)
-        return {"model": TinyModel(calls.get("scale", 1.0)), "steps": config.steps, "final_loss": 0.5}
+        calls["train"].append((config, train_set, val_set, resume))
+        return {"step": config.steps, "train": {"loss": 0.5}, "val": None, "model": TinyModel(0.1),
+                "checkpoint": str(Path(config.out_dir) / "checkpoint.pt")}
 
-    def evaluate(model, dataset):
-        calls["evaluate"] = dataset
+    def evaluate(model, dataset, window=224, stride=128, batch_size=16, progress=False, limit=None):
+        calls["evaluate"].append((dataset, window, stride))
         return calls.get("metrics", {"mae": 1.5, "rmse": 2.0, "nae": 0.1, "per_image": [{"name": "x"}]})
 
     train_module = types.ModuleType("mud_iknn.train")
@@ -221,7 +253,7 @@ def engine(monkeypatch):
 @pytest.fixture
 def checkpoint(tmp_path):
     path = tmp_path / "model.pt"
-    path.write_text(json.dumps({"scale": 0.5}))
+    path.write_text(json.dumps({"scale": 0.5, "patch_size": 56}))
     return path
 
 
@@ -266,12 +298,15 @@ def test_eval_prints_table_and_writes_json(capsys, tmp_path, engine, checkpoint)
     lines = out.splitlines()
     assert lines[0].split() == ["MAE", "RMSE", "NAE"]
     assert lines[1].split() == ["shanghaitech_a", "train", "1.50", "2.00", "0.1000"]
-    assert len(engine["evaluate"]) == 2
+    (dataset, window, stride), = engine["evaluate"]
+    assert len(dataset) == 2 and (window, stride) == (56, 32)  # the checkpoint's patch size and stride
     data = json.loads(report.read_text())
     assert data["mae"] == 1.5 and data["images"] == 2 and data["per_image"] == [{"name": "x"}]
     status, out, _ = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "3",
                          "--image-size", "48", "--json", "-")
     assert status == 0 and json.loads(out)["split"] == "test"  # the reporting split by default
+    run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1", "--window", "70")
+    assert engine["evaluate"][-1][1:] == (70, 40)
 
 
 # ------------------------------------------------------------------ train
@@ -281,13 +316,16 @@ def test_train_merges_file_options_and_set(capsys, tmp_path, engine):
     config.write_text(json.dumps({"steps": 100, "lr": 0.01, "batch_size": 4}))
     status, out, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "4", "--image-size", "48",
                            "--config", config, "--steps", "7", "--out-dir", tmp_path / "run", "--device", "cpu",
-                           "--set", "label.kind=density", "--set", "label.k=3", "--resume")
+                           "--label", "density", "--set", "label.k=3", "--backbone", "densenet_tiny", "--resume")
     assert status == 0, err
-    cfg, train_set, val_set, resume = engine["train"]
+    (cfg, train_set, val_set, resume), = engine["train"]
     assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.out_dir) == (7, 0.01, 4, str(tmp_path / "run"))
-    assert cfg.label == {"kind": "density", "k": 3} and resume is True
+    assert (cfg.label.kind, cfg.label.k, cfg.backbone, cfg.device) == ("density", 3, "densenet_tiny", "cpu")
+    assert resume is True
     assert (train_set.split, len(train_set), val_set.split) == ("train", 4, "val")
-    assert json.loads(out) == {"final_loss": 0.5, "steps": 7}
+    summary = json.loads(out)
+    assert summary["step"] == 7 and summary["checkpoint"] == str(tmp_path / "run" / "checkpoint.pt")
+    assert "model" not in summary
 
 
 def test_train_errors(capsys, tmp_path, engine):
@@ -297,10 +335,10 @@ def test_train_errors(capsys, tmp_path, engine):
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--config", tmp_path / "c.json")
     assert status == 1 and "cannot read config file" in err and "c.json" in err
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--set", "colour=3")
-    assert status == 1 and "unknown settings: ['colour']" in err
+    assert status == 1 and "unknown fields ['colour']" in err
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--val-split", "none",
                          "--set", "steps=1")
-    assert status == 0 and engine["train"][2] is None
+    assert status == 0 and engine["train"][-1][2] is None
 
 
 # ------------------------------------------------------------------ demo
@@ -319,11 +357,33 @@ def test_demo_compares_with_the_mean_baseline_and_draws(capsys, tmp_path, engine
     assert "MUD-ikNN" in out and (tmp_path / "demo.png").is_file()
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["mean_baseline"]["mae"] == pytest.approx(baseline_mae)
-    assert engine["train"][0].steps == 3 and engine["train"][0].device == "cpu"
+    configs = [call[0] for call in engine["train"]]
+    assert [c.steps for c in configs] == [3] and configs[0].device == "cpu"
+    assert (configs[0].backbone, configs[0].patch_size, configs[0].num_workers) == ("densenet_tiny", 64, 0)
+    assert (tmp_path / "demo.json").is_file() and "checkpoint.pt" in out
     # a model no better than the baseline fails the demo
     engine["metrics"] = {"mae": baseline_mae + 1, "rmse": 99.0, "nae": 1.0, "per_image": []}
     status, _, err = run(capsys, *args)
     assert status == 1 and "did not beat the mean-count baseline" in err
+
+
+def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, engine):
+    now = [0.0]
+    train = sys.modules["mud_iknn.train"].train
+
+    def slow_train(config, *args, **kwargs):  # each 20-step chunk takes 30 s
+        now[0] += 30.0
+        return train(config, *args, **kwargs)
+
+    stand_in = types.SimpleNamespace(train=slow_train)
+    result = cli._train_within(stand_in, _Config(steps=100), [], seconds=50, clock=lambda: now[0])
+    assert [(c[0].steps, c[3]) for c in engine["train"]] == [(20, False), (40, True)]  # 60 s > 50 s: stop
+    assert result["step"] == 40
+    out, err = capsys.readouterr()
+    assert "stopping after 40 steps" in err and "step    20/100  loss 0.5  30 s" in out
+    engine["train"].clear()
+    assert cli._train_within(stand_in, _Config(steps=45), [], seconds=1e9, clock=lambda: now[0])["step"] == 45
+    assert [c[0].steps for c in engine["train"]] == [20, 40, 45]
 
 
 # ------------------------------------------------------------------ bench
