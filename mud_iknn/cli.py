@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "apply_setting", "UsageError"]
 
 PROG = "mud-iknn"
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad command-line input found after parsing (reported like argparse's own errors, exit 2)."""
 
 
@@ -184,8 +184,9 @@ def _read_config_file(path: Path) -> dict:
     return data
 
 
-def _apply_setting(config: dict, assignment: str) -> None:
-    """Applies ``KEY=VALUE`` (dotted keys reach nested settings; VALUE as JSON, else a string)."""
+def apply_setting(config: dict, assignment: str) -> None:
+    """Applies ``KEY=VALUE`` to the settings dict ``config`` (dotted keys reach nested settings;
+    VALUE parsed as JSON, else kept as a string). UsageError (a ValueError) if malformed."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
         raise UsageError(f"--set expects KEY=VALUE, got {assignment!r}")
@@ -209,9 +210,9 @@ def _train_settings(args) -> dict:
         if value is not None:
             settings[name] = str(value) if isinstance(value, Path) else value
     if args.label is not None:
-        _apply_setting(settings, f"label.kind={json.dumps(args.label)}")
+        apply_setting(settings, f"label.kind={json.dumps(args.label)}")
     for assignment in args.set or ():
-        _apply_setting(settings, assignment)
+        apply_setting(settings, assignment)
     return settings
 
 

@@ -405,6 +405,58 @@ def test_bench_without_repository_is_one_line(capsys, tmp_path, monkeypatch):
     assert status == 1 and "ship with the source repository" in err and len(err.strip().splitlines()) == 1
 
 
+# ------------------------------------------------------------------ the comparisons script
+
+def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engine, monkeypatch):
+    from mud_iknn import experiments
+
+    @dataclasses.dataclass
+    class ConfigWithSwitch(_Config):
+        map_modules: bool = True
+
+    def train(config, train_set, val_set=None, resume=False):  # a model whose error encodes the run
+        engine["train"].append((config, train_set, val_set, resume))
+        error = config.seed + (10 if config.label.kind == "density" else 0) + (100 if not config.map_modules else 0)
+        return {"model": TinyModel(error), "step": config.steps}
+
+    def evaluate(model, dataset, window=224, stride=128, **kwargs):
+        error = float(model.scale.detach())
+        return {"mae": error, "rmse": error + 0.5, "nae": 0.0, "per_image": []}
+
+    monkeypatch.setattr(sys.modules["mud_iknn.train"], "TrainConfig", ConfigWithSwitch)
+    monkeypatch.setattr(sys.modules["mud_iknn.train"], "train", train)
+    monkeypatch.setattr(sys.modules["mud_iknn.evaluate"], "evaluate", evaluate)
+    out = tmp_path / "docs" / "experiments.md"
+    status = experiments.main(["--seeds", "1", "2", "--steps", "5", "--train-images", "2", "--test-images", "2",
+                               "--image-size", "48", "--out", str(out), "--set", "lr=0.01"])
+    assert status == 0
+    configs = [c[0] for c in engine["train"]]
+    # ikNN (shared by both comparisons), density, count-head-only: 3 distinct runs x 2 seeds
+    assert len(configs) == 6
+    assert {(c.steps, c.lr, c.batch_size, c.patch_size) for c in configs} == {(5, 0.01, 8, 64)}  # equal budgets
+    assert len({c.out_dir for c in configs}) == 6
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    mae = {(r["comparison"], r["variant"], r["seed"]): r["mae"] for r in rows}
+    assert mae[("labels", "ikNN labels", 2)] == 2 and mae[("labels", "density labels", 2)] == 12
+    assert mae[("map_modules", "map modules + count head", 1)] == 1
+    assert mae[("map_modules", "count head only", 1)] == 101
+    table = out.read_text()
+    assert "| labels | density labels | 11.50 ± 0.71 | 12.00 ± 0.71 | 0.00 ± 0.00 | 1: 11.00, 2: 12.00 |" in table
+    assert "seeds = 1 2" in table and "Machine: platform = " in table and table in capsys.readouterr().out
+
+
+def test_experiments_report_what_the_engine_cannot_run(capsys, tmp_path, engine):
+    from mud_iknn import experiments
+
+    status = experiments.main(["--comparisons", "map_modules", "--seeds", "0", "--steps", "2", "--train-images", "2",
+                               "--test-images", "1", "--image-size", "48"])
+    out, err = capsys.readouterr()
+    assert status == 0 and len(engine["train"]) == 1
+    assert "| map_modules | count head only | not run: the training engine has no TrainConfig.map_modules |" in out
+    assert experiments.main(["--dataset", "ucf_qnrf"]) == 1
+    assert "--dataset ucf_qnrf needs --root DIR" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ with the real model (after the merge)
 
 def test_demo_end_to_end_with_the_real_model(capsys, tmp_path):

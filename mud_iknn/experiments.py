@@ -1,0 +1,202 @@
+"""The paper's comparisons with equal budgets: ``python -m mud_iknn.experiments``.
+
+(a) ``labels``: the same network trained on ikNN maps versus on geometry-adaptive Gaussian
+density maps (the labels crowd counting usually uses).
+(b) ``map_modules``: the full network (map modules + final count head) versus the final count
+head alone. It needs the training engine's switch ``TrainConfig.map_modules`` (False: no map
+modules); an engine without it reports (b) as not run instead of guessing.
+
+Every variant of a comparison gets the same data, steps, batch, patch size, learning rate and
+seeds; only the variant's own setting differs. Default scale: synthetic crowds and the small
+network, minutes on a CPU. ``--dataset NAME --root DIR`` runs on a real data set (train split for
+training, its reporting split for the results). Writes a Markdown table (mean and standard
+deviation over seeds, each seed's MAE, the machine) to ``--out`` and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .cli import apply_setting
+
+__all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "format_table", "machine_info", "main"]
+
+#: Settings that define each variant, on top of the shared base configuration.
+VARIANTS = {
+    "ikNN labels": {"label": {"kind": "iknn"}},
+    "density labels": {"label": {"kind": "density"}},
+    "map modules + count head": {"label": {"kind": "iknn"}},
+    "count head only": {"map_modules": False},
+}
+
+#: The comparisons: name -> the variants compared, with equal budgets.
+COMPARISONS = {
+    "labels": ("ikNN labels", "density labels"),
+    "map_modules": ("map modules + count head", "count head only"),
+}
+
+_SMALL = {"batch_size": 8, "patch_size": 64, "lr": 1e-3, "backbone": "densenet_tiny", "amp": False,
+          "num_workers": 0, "checkpoint_every": 0, "eval_every": 0, "log_every": 50, "progress": False}
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: OS, CPU, core count, torch version and the device used."""
+    import torch
+
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _missing_fields(config_cls, overrides: dict) -> list[str]:
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return sorted(set(overrides) - fields)
+
+
+def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], comparisons: Sequence[str],
+                    work_dir: Path, log=print) -> list[dict]:
+    """Trains and evaluates every variant of ``comparisons`` for every seed.
+
+    base: TrainConfig settings shared by all runs (steps, batch_size, ...; out_dir is set per run).
+    Returns one row per (comparison, variant, seed): {"comparison", "variant", "seed", "mae", "rmse",
+    "nae", "seconds"}, or {"comparison", "variant", "skipped": reason} once per variant the engine
+    cannot express. Variants with identical settings (the full network appears in both
+    comparisons) are trained once per seed and share their row values.
+    """
+    from . import evaluate as evaluation
+    from . import train as engine
+
+    rows, done = [], {}
+    for comparison in comparisons:
+        for variant in COMPARISONS[comparison]:
+            overrides = VARIANTS[variant]
+            missing = _missing_fields(engine.TrainConfig, overrides)
+            if missing:
+                reason = f"the training engine has no TrainConfig.{', '.join(missing)}"
+                log(f"{comparison} / {variant}: not run ({reason})")
+                rows.append({"comparison": comparison, "variant": variant, "skipped": reason})
+                continue
+            for seed in seeds:
+                settings = {**base, **overrides, "seed": seed}
+                key = json.dumps(settings, sort_keys=True, default=str)
+                if key not in done:
+                    settings["out_dir"] = str(work_dir / f"run{len(done):03d}")
+                    config = engine.TrainConfig.from_dict(settings)
+                    start = time.perf_counter()
+                    model = engine.train(config, train_set, None)["model"]
+                    metrics = evaluation.evaluate(model, test_set, window=config.patch_size,
+                                                  stride=config.window_stride)
+                    done[key] = {**{k: metrics[k] for k in ("mae", "rmse", "nae")},
+                                 "seconds": time.perf_counter() - start}
+                row = {"comparison": comparison, "variant": variant, "seed": seed, **done[key]}
+                log(f"{comparison} / {variant} / seed {seed}: MAE {row['mae']:.2f} RMSE {row['rmse']:.2f} "
+                    f"({row['seconds']:.0f} s)")
+                rows.append(row)
+    return rows
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def format_table(rows: list[dict], setup: dict, machine: dict) -> str:
+    """Markdown: one line per variant (mean ± sd over seeds, and each seed's MAE), then the setup
+    and the machine."""
+    lines = ["| comparison | variant | MAE | RMSE | NAE | MAE per seed |", "|---|---|---|---|---|---|"]
+    for comparison in dict.fromkeys(r["comparison"] for r in rows):
+        for variant in dict.fromkeys(r["variant"] for r in rows if r["comparison"] == comparison):
+            runs = [r for r in rows if r["comparison"] == comparison and r["variant"] == variant]
+            if "skipped" in runs[0]:
+                lines.append(f"| {comparison} | {variant} | not run: {runs[0]['skipped']} | | | |")
+                continue
+            per_seed = ", ".join(f"{r['seed']}: {r['mae']:.2f}" for r in runs)
+            lines.append(f"| {comparison} | {variant} | {_mean_sd([r['mae'] for r in runs])} | "
+                         f"{_mean_sd([r['rmse'] for r in runs])} | {_mean_sd([r['nae'] for r in runs])} | {per_seed} |")
+    lines += ["", "Setup: " + ", ".join(f"{k} = {v}" for k, v in setup.items()),
+              "", "Machine: " + ", ".join(f"{k} = {v}" for k, v in machine.items())]
+    return "\n".join(lines)
+
+
+def _datasets(args):
+    from .data import DATASETS, SyntheticCrowds, open_dataset
+
+    if args.dataset == "synthetic":
+        if args.root is not None:
+            raise ValueError("--dataset synthetic takes no --root")
+        return (SyntheticCrowds(args.train_images, size=args.image_size, seed=args.data_seed, split="train"),
+                SyntheticCrowds(args.test_images, size=args.image_size, seed=args.data_seed, split="test"))
+    if args.root is None:
+        raise ValueError(f"--dataset {args.dataset} needs --root DIR")
+    test_split = DATASETS[args.dataset].test_split
+    return open_dataset(args.dataset, args.root, split="train"), open_dataset(args.dataset, args.root, split=test_split)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+
+    parser = argparse.ArgumentParser(prog="python -m mud_iknn.experiments", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--comparisons", nargs="+", choices=list(COMPARISONS), default=list(COMPARISONS))
+    parser.add_argument("--dataset", choices=list(DATASETS), default="synthetic", metavar="NAME")
+    parser.add_argument("--root", type=Path, metavar="DIR", help="the data set's folder (real data sets)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run (default 200)")
+    parser.add_argument("--full-network", action="store_true",
+                        help="the paper's DenseNet-201 on 224 patches, batch 25, lr 1e-4 instead of the small CPU "
+                             "configuration")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other shared TrainConfig setting (VALUE as JSON)")
+    parser.add_argument("--train-images", type=int, default=96, help="synthetic: training scenes (default 96)")
+    parser.add_argument("--test-images", type=int, default=24, help="synthetic: test scenes (default 24)")
+    parser.add_argument("--image-size", type=int, default=128, help="synthetic: scene side (default 128)")
+    parser.add_argument("--data-seed", type=int, default=0, help="synthetic: scene seed (default 0)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work-dir", type=Path, help="checkpoints of every run (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, help="write the Markdown table here (and a .json of the rows)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    base = {} if args.full_network else dict(_SMALL)
+    base.update(steps=args.steps, device=args.device)
+    try:
+        for assignment in args.set:
+            apply_setting(base, assignment)
+        train_set, test_set = _datasets(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"experiments: error: {err}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="mud_iknn_experiments_") as scratch:
+        work_dir = args.work_dir or Path(scratch)
+        rows = run_comparisons(train_set, test_set, base, args.seeds, args.comparisons, work_dir,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    setup = {"data": f"{args.dataset} ({len(train_set)} train / {len(test_set)} test images)",
+             "seeds": " ".join(map(str, args.seeds)),
+             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "backbone")}}
+    table = format_table(rows, setup, machine_info())
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "setup": setup}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
