@@ -59,9 +59,11 @@ def _add_dataset_args(parser, *, split_help: str):
     group.add_argument("--root", type=Path, metavar="DIR",
                        help="the data set's folder as distributed (not for synthetic)")
     group.add_argument("--split", help=split_help)
-    group.add_argument("--fold", type=int, metavar="F", help="ucf_cc_50 only: the cross-validation fold, 0..4 (default 0)")
+    group.add_argument("--fold", type=int, metavar="F",
+                       help="ucf_cc_50 only: the cross-validation fold, 0..4 (default 0)")
     group.add_argument("--num-images", type=int, metavar="N", help="synthetic only: number of scenes (default 200)")
-    group.add_argument("--image-size", type=int, metavar="PX", help="synthetic only: scene side in pixels (default 192)")
+    group.add_argument("--image-size", type=int, metavar="PX",
+                       help="synthetic only: scene side in pixels (default 192)")
     group.add_argument("--data-seed", type=int, metavar="SEED", help="synthetic only: scene seed (default 0)")
 
 
@@ -138,7 +140,8 @@ def _cmd_labels(args) -> int:
         if args.verbose:
             print(f"{sample.name}: {sample.count:g} heads, {height}x{width}", file=sys.stderr)
     with open(out / "labels.json", "w") as f:
-        json.dump({"dataset": args.dataset, "split": getattr(dataset, "split", args.split), "label": spec, "images": index}, f, indent=1)
+        json.dump({"dataset": args.dataset, "split": getattr(dataset, "split", args.split), "label": spec,
+                   "images": index}, f, indent=1)
     print(f"wrote {count} {args.kind} label maps (float32 .npy, H x W)"
           f"{'' if args.no_preview else ' and previews'} to {out}")
     return 0

@@ -124,8 +124,8 @@ def format_table(rows: list[dict], setup: dict, machine: dict) -> str:
                 lines.append(f"| {comparison} | {variant} | not run: {runs[0]['skipped']} | | | |")
                 continue
             per_seed = ", ".join(f"{r['seed']}: {r['mae']:.2f}" for r in runs)
-            lines.append(f"| {comparison} | {variant} | {_mean_sd([r['mae'] for r in runs])} | "
-                         f"{_mean_sd([r['rmse'] for r in runs])} | {_mean_sd([r['nae'] for r in runs])} | {per_seed} |")
+            stats = " | ".join(_mean_sd([r[k] for r in runs]) for k in ("mae", "rmse", "nae"))
+            lines.append(f"| {comparison} | {variant} | {stats} | {per_seed} |")
     lines += ["", "Setup: " + ", ".join(f"{k} = {v}" for k, v in setup.items()),
               "", "Machine: " + ", ".join(f"{k} = {v}" for k, v in machine.items())]
     return "\n".join(lines)
@@ -142,7 +142,8 @@ def _datasets(args):
     if args.root is None:
         raise ValueError(f"--dataset {args.dataset} needs --root DIR")
     test_split = DATASETS[args.dataset].test_split
-    return open_dataset(args.dataset, args.root, split="train"), open_dataset(args.dataset, args.root, split=test_split)
+    return (open_dataset(args.dataset, args.root, split="train"),
+            open_dataset(args.dataset, args.root, split=test_split))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -283,7 +283,8 @@ def test_count_errors(capsys, tmp_path, engine, checkpoint):
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", tmp_path / "bad.pt")
     assert status == 1 and len(err.strip().splitlines()) == 1 and "bad.pt is not a mud-iknn checkpoint" in err
-    status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", checkpoint, "--overlay", tmp_path / "o.jpg")
+    status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", checkpoint,
+                         "--overlay", tmp_path / "o.jpg")
     assert status == 2 and "must be a .png file" in err
 
 

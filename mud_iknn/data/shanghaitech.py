@@ -31,8 +31,9 @@ def read_shanghaitech_points(path: Path):
     try:
         points = mat["image_info"][0, 0][0, 0][0]
     except (KeyError, IndexError, TypeError, ValueError):
+        found = sorted(k for k in mat if not k.startswith("__"))
         raise ValueError(f"{path}: expected a variable image_info with image_info{{1}}.location holding "
-                         f"the (x, y) head points, found variables {sorted(k for k in mat if not k.startswith('__'))}") from None
+                         f"the (x, y) head points, found variables {found}") from None
     return points, {}
 
 
@@ -42,7 +43,8 @@ def _part_dir(root: Path, part: str) -> Path:
             return root / name
     if root.name.lower().startswith(f"part_{part.lower()}"):
         return root
-    raise FileNotFoundError(f"ShanghaiTech part {part} not found: no part_{part} (or part_{part}_final) folder in {root}")
+    raise FileNotFoundError(f"ShanghaiTech part {part} not found: no part_{part} (or part_{part}_final) "
+                            f"folder in {root}")
 
 
 def _image_number(path: Path) -> tuple:
@@ -70,8 +72,9 @@ def write_shanghaitech(dataset, root, part: str = "A", split: str = "train", *, 
     """Writes every sample of ``dataset`` (CrowdSamples) in the ShanghaiTech layout under ``root``.
 
     Images become ``part_{part}/{split}_data/images/IMG_{i + 1}.jpg`` (JPEG at ``quality``, no
-    chroma subsampling) and points ``ground-truth/GT_IMG_{i + 1}.mat`` with ``image_info{1}.location`` (N, 2) (x, y) and
-    ``image_info{1}.number``, as in the original archive. Returns the split folder.
+    chroma subsampling) and points ``ground-truth/GT_IMG_{i + 1}.mat`` with
+    ``image_info{1}.location`` (N, 2) (x, y) and ``image_info{1}.number``, as in the original
+    archive. Returns the split folder.
     """
     import scipy.io
 
