@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser", "apply_setting", "UsageError"]
+__all__ = ["main", "build_parser", "apply_setting", "mean_count_baseline", "UsageError"]
 
 PROG = "mud-iknn"
 
@@ -334,13 +334,12 @@ def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, cl
     return result
 
 
-def _mean_baseline(train_counts, val_counts) -> dict:
-    import numpy as np
-
-    prediction = float(np.mean(train_counts))
-    err = np.asarray(val_counts, dtype=np.float64) - prediction
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-            "nae": float((np.abs(err) / np.maximum(val_counts, 1)).mean()), "prediction": prediction}
+def mean_count_baseline(evaluation, train_counts, test_counts) -> dict:
+    """The metrics (``evaluation.count_metrics``) of predicting the mean training count for every
+    test image, plus that ``prediction``: the bar any trained model has to clear."""
+    prediction = sum(train_counts) / len(train_counts)
+    return {**evaluation.count_metrics([prediction] * len(test_counts), list(test_counts)),
+            "prediction": prediction}
 
 
 def _cmd_demo(args) -> int:
@@ -362,7 +361,7 @@ def _cmd_demo(args) -> int:
     result = _train_within(engine, config, train_set, args.max_seconds)
     model = result["model"].eval()
     metrics = evaluation.evaluate(model, val_set, window=config.patch_size, stride=config.window_stride)
-    baseline = _mean_baseline(train_set.counts(), val_set.counts())
+    baseline = mean_count_baseline(evaluation, train_set.counts(), val_set.counts())
     print(_metrics_table([(f"mean count ({baseline['prediction']:.1f})", baseline), ("MUD-ikNN", metrics)]))
 
     sample = val_set[0]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import apply_setting
+from .cli import apply_setting, mean_count_baseline
 
 __all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "format_table", "machine_info", "main"]
 
@@ -123,7 +123,7 @@ def format_table(rows: list[dict], setup: dict, machine: dict) -> str:
             if "skipped" in runs[0]:
                 lines.append(f"| {comparison} | {variant} | not run: {runs[0]['skipped']} | | | |")
                 continue
-            per_seed = ", ".join(f"{r['seed']}: {r['mae']:.2f}" for r in runs)
+            per_seed = ", ".join(f"{r['seed']}: {r['mae']:.2f}" for r in runs) if runs[0]["seed"] != "-" else ""
             stats = " | ".join(_mean_sd([r[k] for r in runs]) for k in ("mae", "rmse", "nae"))
             lines.append(f"| {comparison} | {variant} | {stats} | {per_seed} |")
     lines += ["", "Setup: " + ", ".join(f"{k} = {v}" for k, v in setup.items()),
@@ -187,6 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work_dir = args.work_dir or Path(scratch)
         rows = run_comparisons(train_set, test_set, base, args.seeds, args.comparisons, work_dir,
                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    from . import evaluate as evaluation
+
+    baseline = mean_count_baseline(evaluation, train_set.counts(), test_set.counts())
+    rows.append({"comparison": "reference", "variant": f"mean training count ({baseline['prediction']:.1f})",
+                 "seed": "-", **{k: baseline[k] for k in ("mae", "rmse", "nae")}})
     setup = {"data": f"{args.dataset} ({len(train_set)} train / {len(test_set)} test images)",
              "seeds": " ".join(map(str, args.seeds)),
              **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "backbone")}}

@@ -173,6 +173,11 @@ def _predict_image(model, image, window=224, stride=128, batch_size=16):
     return float(density.sum()), density
 
 
+def _count_metrics(predicted, true):
+    err = np.abs(np.asarray(predicted, dtype=float) - np.asarray(true, dtype=float))
+    return {"mae": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())), "nae": 0.0}
+
+
 @dataclasses.dataclass
 class _Label:
     kind: str = "iknn"
@@ -245,6 +250,7 @@ def engine(monkeypatch):
     train_module.TrainConfig, train_module.train, train_module.load_checkpoint = _Config, train, load_checkpoint
     evaluate_module = types.ModuleType("mud_iknn.evaluate")
     evaluate_module.evaluate, evaluate_module.predict_image = evaluate, _predict_image
+    evaluate_module.count_metrics = _count_metrics
     monkeypatch.setitem(sys.modules, "mud_iknn.train", train_module)
     monkeypatch.setitem(sys.modules, "mud_iknn.evaluate", evaluate_module)
     return calls
@@ -444,6 +450,10 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engin
     table = out.read_text()
     assert "| labels | density labels | 11.50 ± 0.71 | 12.00 ± 0.71 | 0.00 ± 0.00 | 1: 11.00, 2: 12.00 |" in table
     assert "seeds = 1 2" in table and "Machine: platform = " in table and table in capsys.readouterr().out
+    train_counts = SyntheticCrowds(2, size=48, seed=0, split="train").counts()
+    test_counts = SyntheticCrowds(2, size=48, seed=0, split="test").counts()
+    baseline = np.abs(test_counts - train_counts.mean()).mean()
+    assert f"| reference | mean training count ({train_counts.mean():.1f}) | {baseline:.2f} |" in table
 
 
 def test_experiments_report_what_the_engine_cannot_run(capsys, tmp_path, engine):
