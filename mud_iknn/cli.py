@@ -429,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "not beat the baseline.")
     demo.add_argument("--out", type=Path, default=Path("mud-iknn-demo"), metavar="DIR",
                       help="where demo.png, demo.json and the checkpoint go (default: ./mud-iknn-demo)")
-    demo.add_argument("--steps", type=int, default=240, help="training steps (default 240)")
+    demo.add_argument("--steps", type=int, default=1500,
+                      help="training steps, unless --max-seconds runs out first (default 1500: about a minute "
+                           "on two idle cores)")
     demo.add_argument("--max-seconds", type=_positive_float, default=100.0, metavar="S",
                       help="training time budget: training stops at the first 20-step boundary past it "
                            "(default 100)")
