@@ -350,11 +350,11 @@ def _cmd_demo(args) -> int:
     from .visualize import save_demo_figure
 
     start = time.perf_counter()
+    engine, evaluation = _project("train"), _project("evaluate")
     out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     train_set = SyntheticCrowds(args.train_images, size=args.image_size, seed=args.seed, split="train")
     val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
-    engine, evaluation = _project("train"), _project("evaluate")
     config = _demo_config(engine, args, out_dir)
     print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
           f"{args.image_size}x{args.image_size} px; training the small configuration on {config.device}")
@@ -394,8 +394,8 @@ def _repository_root() -> Path:
 def _cmd_bench(args) -> int:
     script = _repository_root() / "bench" / "bench_labels.py"
     if not script.is_file():
-        raise FileNotFoundError(f"the label benchmarks ({script}) ship with the source repository, not the "
-                                f"installed package: run mud-iknn bench from a checkout")
+        raise FileNotFoundError(f"label benchmarks not found: {script} (they ship with the source repository, "
+                                f"not the installed package: run mud-iknn bench from a checkout)")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_repository_root()), env.get("PYTHONPATH")) if p)
     command = [sys.executable, str(script), *([] if args.full else ["--quick"]), *args.extra]
