@@ -96,31 +96,19 @@ MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpe
 }
 
 // The cells of row y that are in `now` but not in `before` (the ring between two blocks), as up to
-// two inclusive column spans. Returns how many spans (0, 1 or 2). `first` means no block before.
-MUD_HD int ring_spans(int y, const CellBlock& now, const CellBlock& before, bool first, int* a0, int* a1,
-                      int* b0, int* b1) {
-  if (first || y < before.y0 || y > before.y1) {
-    *a0 = now.x0;
-    *a1 = now.x1;
-    return 1;
-  }
-  int n = 0;
-  if (now.x0 < before.x0) {
-    *a0 = now.x0;
-    *a1 = before.x0 - 1;
-    n = 1;
-  }
-  if (now.x1 > before.x1) {
-    if (n == 0) {
-      *a0 = before.x1 + 1;
-      *a1 = now.x1;
-    } else {
-      *b0 = before.x1 + 1;
-      *b1 = now.x1;
-    }
-    ++n;
-  }
-  return n;
+// two inclusive column spans [lo0, hi0] and [lo1, hi1]. `first` means there is no block before.
+struct RowSpans {
+  int count;
+  int lo0, hi0, lo1, hi1;
+};
+
+MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before, bool first) {
+  if (first || y < before.y0 || y > before.y1) return RowSpans{1, now.x0, now.x1, 0, -1};
+  const bool left = now.x0 < before.x0, right = now.x1 > before.x1;
+  if (left && right) return RowSpans{2, now.x0, before.x0 - 1, before.x1 + 1, now.x1};
+  if (left) return RowSpans{1, now.x0, before.x0 - 1, 0, -1};
+  if (right) return RowSpans{1, before.x1 + 1, now.x1, 0, -1};
+  return RowSpans{0, 0, -1, 0, -1};
 }
 
 // The KMAX smallest squared distances seen so far, ascending in d[0, k); slots >= k stay unused.

@@ -64,11 +64,10 @@ struct Grid {
     const int64_t* row_start = start.data() + b * spec.cells();
     int64_t visited = 0;
     for (int y = now.y0; y <= now.y1; ++y) {
-      int span[4];
-      const int spans = ring_spans(y, now, before, first, &span[0], &span[1], &span[2], &span[3]);
-      for (int s = 0; s < spans; ++s) {
-        const int64_t lo = row_start[int64_t(y) * spec.gx + span[2 * s]];
-        const int64_t hi = row_start[int64_t(y) * spec.gx + span[2 * s + 1] + 1];
+      const RowSpans spans = ring_spans(y, now, before, first);
+      for (int s = 0; s < spans.count; ++s) {
+        const int64_t lo = row_start[int64_t(y) * spec.gx + (s == 0 ? spans.lo0 : spans.lo1)];
+        const int64_t hi = row_start[int64_t(y) * spec.gx + (s == 0 ? spans.hi0 : spans.hi1) + 1];
         for (int64_t i = lo; i < hi; ++i) fn(xy[2 * i], xy[2 * i + 1]);
         visited += hi - lo;
       }

@@ -134,19 +134,24 @@ def _check_positive(value, name: str) -> float:
     return float(value)
 
 
-def _output_guard(batch: int, height: int, width: int):
+class _OutputGuard:
     """Turns an allocation failure of the (B, H, W) output into an error that names the size."""
-    class _Guard:
-        def __enter__(self):
-            return self
 
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None and issubclass(exc_type, (torch.OutOfMemoryError, MemoryError)):
-                gib = batch * height * width * 4 / 2**30
-                raise MemoryError(f"size ({height}, {width}) with batch {batch}: the {gib:.1f} GiB "
-                                  f"output cannot be allocated") from exc
-            return False
-    return _Guard()
+    def __init__(self, batch: int, height: int, width: int):
+        self.batch, self.height, self.width = batch, height, width
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        out_of_memory = exc_type is not None and (
+            issubclass(exc_type, (torch.OutOfMemoryError, MemoryError)) or
+            (issubclass(exc_type, RuntimeError) and "allocate" in str(exc)))
+        if out_of_memory:
+            gib = self.batch * self.height * self.width * 4 / 2**30
+            raise MemoryError(f"size ({self.height}, {self.width}) with batch {self.batch}: the {gib:.1f} GiB "
+                              f"output cannot be allocated") from exc
+        return False
 
 
 def knn_distance_maps(points: PointsLike, size, k: int = 1, *, offsets=None,
@@ -176,7 +181,7 @@ def _knn(points, size, k, offsets, max_distance, transform, validate) -> torch.T
     k = _check_k(k)
     clip = math.inf if max_distance is None else _check_positive(max_distance, "max_distance")
     packed, offs = pack_points(points, offsets, validate=validate)
-    with _output_guard(offs.numel() - 1, height, width):
+    with _OutputGuard(offs.numel() - 1, height, width):
         return torch.ops.mud_iknn.knn_maps(packed, offs, height, width, k, clip, _TRANSFORMS[transform])
 
 
@@ -227,7 +232,7 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
     else:
         value = _check_positive(sigma, "sigma")
         sigmas = torch.full((packed.shape[0],), value, dtype=torch.float32, device=packed.device)
-    with _output_guard(offs.numel() - 1, height, width):
+    with _OutputGuard(offs.numel() - 1, height, width):
         return torch.ops.mud_iknn.density_maps(packed, offs, sigmas, height, width, truncate)
 
 

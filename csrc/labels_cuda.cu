@@ -1,0 +1,400 @@
+// CUDA label engine. Per call, on the caller's stream, with no host synchronisation:
+//   1. bucket the points of every image into its uniform grid (count, exclusive scan, scatter);
+//   2. kNN maps: one block per 16x16 pixel tile; ring by ring the block stages the candidate heads
+//      of the ring's cells in shared memory, each thread keeps its pixel's k smallest squared
+//      distances in registers, and the block stops once every pixel's k-th distance is within the
+//      exact bound to the unvisited cells (or the whole grid is visited, or the bound passes
+//      max_distance);
+//   3. adaptive sigmas: one thread per head, the same ring search over the grid;
+//   4. density maps: one block per head stamps its separable Gaussian with float atomics.
+#include <cuda_runtime.h>
+
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
+#include <stdexcept>
+#include <string>
+
+#include "labels.h"
+
+namespace mud_iknn {
+namespace {
+
+constexpr int kThreads = kTile * kTile;
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("mud_iknn: CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+// Makes `device` current for the scope of a call, restoring the caller's device after.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceScope() { cudaSetDevice(previous_); }
+
+ private:
+  int previous_ = 0;
+};
+
+// The grid of every image in one workspace; each array 256-byte aligned.
+struct GridBuffers {
+  int* counts;    // B * G + 1 points per cell (the last entry stays 0)
+  int* starts;    // B * G + 1 exclusive prefix sum of counts: cell c holds sorted[starts[c], starts[c + 1])
+  int* cell;      // P global cell of each point, -1 for a point no image owns
+  int* rank;      // P position of each point within its cell
+  float2* sorted; // P points ordered by (image, cell)
+  void* scan_tmp;
+  size_t scan_bytes;
+  size_t total;
+};
+
+size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
+
+GridBuffers layout(char* base, int64_t cells, int64_t count) {
+  GridBuffers w{};
+  check(cub::DeviceScan::ExclusiveSum(nullptr, w.scan_bytes, static_cast<int*>(nullptr),
+                                      static_cast<int*>(nullptr), int(cells + 1)),
+        "cub scan size");
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    char* p = base ? base + at : nullptr;
+    at += align256(bytes);
+    return p;
+  };
+  w.counts = reinterpret_cast<int*>(take(sizeof(int) * (cells + 1)));
+  w.starts = reinterpret_cast<int*>(take(sizeof(int) * (cells + 1)));
+  w.cell = reinterpret_cast<int*>(take(sizeof(int) * count));
+  w.rank = reinterpret_cast<int*>(take(sizeof(int) * count));
+  w.sorted = reinterpret_cast<float2*>(take(sizeof(float2) * count));
+  w.scan_tmp = take(w.scan_bytes);
+  w.total = at;
+  return w;
+}
+
+__device__ __forceinline__ int clamp_index(int v, int count) { return v < 0 ? 0 : (v > count ? count : v); }
+
+__global__ void bucket_count(const float2* __restrict__ points, const int64_t* __restrict__ offsets, int count,
+                             GridSpec g, int* __restrict__ counts, int* __restrict__ cell, int* __restrict__ rank) {
+  const int64_t b = blockIdx.y;
+  int64_t s, e;
+  image_range(offsets, b, count, &s, &e);
+  for (int64_t i = s + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < e; i += int64_t(gridDim.x) * blockDim.x) {
+    const float2 p = points[i];
+    const int c = int(b * g.cells()) + cell_of(p.y, g.cell, g.gy) * g.gx + cell_of(p.x, g.cell, g.gx);
+    cell[i] = c;
+    rank[i] = atomicAdd(&counts[c], 1);
+  }
+}
+
+__global__ void bucket_scatter(const float2* __restrict__ points, int count, const int* __restrict__ cell,
+                               const int* __restrict__ rank, const int* __restrict__ starts,
+                               float2* __restrict__ sorted) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
+    const int c = cell[i];
+    if (c < 0) continue;
+    const int at = starts[c] + rank[i];
+    if (at < count) sorted[at] = points[i];  // always true for valid offsets
+  }
+}
+
+void build_grid(const float* points, const int64_t* offsets, int64_t batch, int64_t count, const GridSpec& g,
+                const GridBuffers& w, cudaStream_t stream) {
+  const int64_t cells = batch * g.cells();
+  check(cudaMemsetAsync(w.counts, 0, sizeof(int) * (cells + 1), stream), "memset counts");
+  check(cudaMemsetAsync(w.cell, 0xff, sizeof(int) * count, stream), "memset cells");
+  const auto* pts = reinterpret_cast<const float2*>(points);
+  const int per_image = int(std::min<int64_t>((count / std::max<int64_t>(batch, 1) + 255) / 256 + 1, 1024));
+  bucket_count<<<dim3(per_image, unsigned(batch)), 256, 0, stream>>>(pts, offsets, int(count), g, w.counts,
+                                                                       w.cell, w.rank);
+  check(cudaGetLastError(), "bucket_count launch");
+  size_t scan_bytes = w.scan_bytes;
+  check(cub::DeviceScan::ExclusiveSum(w.scan_tmp, scan_bytes, w.counts, w.starts, int(cells + 1), stream),
+        "cub scan");
+  const int blocks = int(std::min<int64_t>((count + 255) / 256, 4096));
+  bucket_scatter<<<blocks, 256, 0, stream>>>(pts, int(count), w.cell, w.rank, w.starts, w.sorted);
+  check(cudaGetLastError(), "bucket_scatter launch");
+}
+
+// Number of points of image b in the grid (its cells' total).
+__device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t cells, int count) {
+  return clamp_index(starts[(b + 1) * cells], count) - clamp_index(starts[b * cells], count);
+}
+
+template <int KMAX>
+__global__ void __launch_bounds__(kThreads) knn_tile_kernel(const float2* __restrict__ sorted,
+                                                           const int* __restrict__ starts, int count, int height,
+                                                           int width, GridSpec g, int k, float clip, int transform,
+                                                           float* __restrict__ out) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ float2 cand[kThreads];
+  __shared__ int span_begin[2][kThreads];
+  __shared__ int span_len0[kThreads];
+  __shared__ int span_prefix[kThreads];
+
+  const int64_t b = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int x0 = blockIdx.x * kTile, y0 = blockIdx.y * kTile;
+  const int px = x0 + tid % kTile, py = y0 + tid / kTile;
+  const bool inside = px < width && py < height;
+  const int64_t cells = g.cells();
+  const int* row_start = starts + b * cells;
+  const int n = grid_count(starts, b, cells, count);
+  float* map = out + b * int64_t(height) * width;
+  if (n == 0) {  // block-uniform
+    if (inside) map[int64_t(py) * width + px] = apply_transform(INFINITY, transform);
+    return;
+  }
+  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTile, width) - 1), g.cell, g.gx);
+  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTile, height) - 1), g.cell, g.gy);
+  const float fx = float(px), fy = float(py);
+
+  TopK<KMAX> best;
+  best.reset();
+  float kth = INFINITY;
+  int seen = 0;
+  CellBlock before{0, -1, 0, -1};
+  for (int ring = 0;; ++ring) {
+    const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
+    if (ring > 0 && now.same(before)) break;  // block-uniform: the whole grid is visited
+    const int rows = now.y1 - now.y0 + 1;
+    for (int r0 = 0; r0 < rows; r0 += kThreads) {
+      // Each thread describes the ring's cells in one row as up to two runs of sorted points.
+      int begin0 = 0, len0 = 0, begin1 = 0, len1 = 0;
+      if (r0 + tid < rows) {
+        const int y = now.y0 + r0 + tid;
+        const RowSpans spans = ring_spans(y, now, before, ring == 0);
+        const int* rs = row_start + int64_t(y) * g.gx;
+        if (spans.count >= 1) {
+          begin0 = clamp_index(rs[spans.lo0], count);
+          len0 = max(clamp_index(rs[spans.hi0 + 1], count) - begin0, 0);
+        }
+        if (spans.count == 2) {
+          begin1 = clamp_index(rs[spans.lo1], count);
+          len1 = max(clamp_index(rs[spans.hi1 + 1], count) - begin1, 0);
+        }
+      }
+      int prefix, total;
+      Scan(scan_tmp).ExclusiveSum(len0 + len1, prefix, total);
+      span_begin[0][tid] = begin0;
+      span_begin[1][tid] = begin1;
+      span_len0[tid] = len0;
+      span_prefix[tid] = prefix;
+      __syncthreads();
+      for (int c0 = 0; c0 < total; c0 += kThreads) {
+        const int e = c0 + tid;
+        if (e < total) {
+          int lo = 0, hi = kThreads - 1;  // the last row whose run starts at or before e
+          while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (span_prefix[mid] <= e) lo = mid; else hi = mid - 1;
+          }
+          const int local = e - span_prefix[lo];
+          const int idx = local < span_len0[lo] ? span_begin[0][lo] + local : span_begin[1][lo] + local - span_len0[lo];
+          cand[tid] = sorted[min(idx, count - 1)];
+        }
+        __syncthreads();
+        const int staged = min(kThreads, total - c0);
+        if (inside) {
+          for (int j = 0; j < staged; ++j) {
+            const float2 h = cand[j];
+            const float dx = h.x - fx, dy = h.y - fy;
+            const float d2 = fmaf(dx, dx, dy * dy);
+            if (d2 < kth) kth = best.push(d2, k);
+          }
+        }
+        __syncthreads();
+      }
+      seen += total;
+      __syncthreads();  // scan_tmp and the span arrays are rewritten next
+    }
+    before = now;
+    const float bound = outside_bound(fx, fy, now, g);
+    const bool done = !inside || seen >= n || kth <= bound * bound || bound >= clip;
+    if (__syncthreads_and(done)) break;
+  }
+  if (inside) map[int64_t(py) * width + px] = apply_transform(best.mean_distance(0, min(k, n), clip), transform);
+}
+
+template <int KMAX>
+__global__ void head_sigma_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
+                                  const float2* __restrict__ sorted, const int* __restrict__ starts, int count,
+                                  GridSpec g, int k, float beta, float lone, float* __restrict__ out) {
+  const int64_t b = blockIdx.y;
+  const int64_t cells = g.cells();
+  const int* row_start = starts + b * cells;
+  const int n = grid_count(starts, b, cells, count);
+  const int m = min(k, n - 1);  // other heads in the mean
+  int64_t s, e;
+  image_range(offsets, b, count, &s, &e);
+  for (int64_t i = s + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < e; i += int64_t(gridDim.x) * blockDim.x) {
+    if (m <= 0) {
+      out[i] = lone;
+      continue;
+    }
+    const float2 q = points[i];
+    const int cx = cell_of(q.x, g.cell, g.gx), cy = cell_of(q.y, g.cell, g.gy);
+    TopK<KMAX> best;
+    best.reset();
+    float kth = INFINITY;
+    int seen = 0;
+    CellBlock before{0, -1, 0, -1};
+    for (int ring = 0;; ++ring) {
+      const CellBlock now = grow(cx, cx, cy, cy, ring, g);
+      if (ring > 0 && now.same(before)) break;
+      for (int y = now.y0; y <= now.y1; ++y) {
+        const RowSpans spans = ring_spans(y, now, before, ring == 0);
+        const int* rs = row_start + int64_t(y) * g.gx;
+        MUD_UNROLL
+        for (int sp = 0; sp < 2; ++sp) {
+          if (sp >= spans.count) break;
+          const int lo = clamp_index(rs[sp == 0 ? spans.lo0 : spans.lo1], count);
+          const int hi = clamp_index(rs[(sp == 0 ? spans.hi0 : spans.hi1) + 1], count);
+          for (int j = lo; j < hi; ++j) {
+            const float2 h = sorted[j];
+            const float dx = h.x - q.x, dy = h.y - q.y;
+            const float d2 = fmaf(dx, dx, dy * dy);
+            if (d2 < kth) kth = best.push(d2, m + 1);
+          }
+          seen += max(hi - lo, 0);
+        }
+      }
+      before = now;
+      const float bound = outside_bound(q.x, q.y, now, g);
+      if (seen >= n || kth <= bound * bound) break;
+    }
+    out[i] = beta * best.mean_distance(1, m, INFINITY);  // d[0] is the head itself
+  }
+}
+
+__global__ void density_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
+                               const float* __restrict__ sigmas, int64_t batch, int count, int height, int width,
+                               float truncate, float* __restrict__ out) {
+  __shared__ double partial[kThreads / 32];
+  for (int i = blockIdx.x; i < count; i += gridDim.x) {
+    int64_t lo = 0, hi = batch - 1;  // the image owning point i: last b with offsets[b] <= i
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) >> 1;
+      if (offsets[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    const int64_t b = lo;
+    const float2 p = points[i];
+    const float sigma = sigmas[i];
+    if (i < offsets[b] || i >= offsets[b + 1]) continue;
+    if (!(isfinite(p.x) && isfinite(p.y) && sigma >= 0.0f && sigma <= 1e7f)) continue;
+    const int r = gaussian_radius(sigma, truncate);
+    if (p.x + 1.0f < float(-r) || p.x >= float(width + r) || p.y + 1.0f < float(-r) || p.y >= float(height + r))
+      continue;  // the kernel misses the map (also keeps the integer casts below in range)
+    const int cx = int(floorf(p.x)), cy = int(floorf(p.y));
+    const int xa = max(cx - r, 0), xb = min(cx + r + 1, width);
+    const int ya = max(cy - r, 0), yb = min(cy + r + 1, height);
+    if (xa >= xb || ya >= yb) continue;
+    const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+    double norm = 0.0;
+    for (int t = -r + int(threadIdx.x); t <= r; t += blockDim.x) norm += exp(scale * double(t) * double(t));
+    for (int off = 16; off > 0; off >>= 1) norm += __shfl_down_sync(0xffffffffu, norm, off);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = norm;
+    __syncthreads();
+    double total = 0.0;
+    for (int w = 0; w < int(blockDim.x >> 5); ++w) total += partial[w];
+    __syncthreads();  // `partial` is reused by the next head
+    const float inv = float(1.0 / total), fscale = float(scale);
+    const int cols = xb - xa, area = cols * (yb - ya);
+    float* map = out + b * int64_t(height) * width;
+    for (int a = threadIdx.x; a < area; a += blockDim.x) {
+      const int xx = xa + a % cols, yy = ya + a / cols;
+      const float tx = float(xx - cx), ty = float(yy - cy);
+      const float w = expf(fscale * tx * tx) * inv * (expf(fscale * ty * ty) * inv);
+      atomicAdd(map + int64_t(yy) * width + xx, w);
+    }
+  }
+}
+
+template <template <int> class Launch, class... Args>
+void dispatch_k(int k, Args&&... args) {
+  if (k <= 1) Launch<1>::run(args...);
+  else if (k <= 4) Launch<4>::run(args...);
+  else if (k <= 8) Launch<8>::run(args...);
+  else if (k <= 16) Launch<16>::run(args...);
+  else if (k <= 32) Launch<32>::run(args...);
+  else Launch<kMaxK>::run(args...);
+}
+
+template <int KMAX>
+struct LaunchKnn {
+  static void run(const GridBuffers& w, int64_t batch, int64_t count, int64_t height, int64_t width,
+                  const GridSpec& g, int k, float clip, int transform, float* out, cudaStream_t stream) {
+    const dim3 blocks(unsigned((width + kTile - 1) / kTile), unsigned((height + kTile - 1) / kTile), unsigned(batch));
+    knn_tile_kernel<KMAX><<<blocks, kThreads, 0, stream>>>(w.sorted, w.starts, int(count), int(height), int(width),
+                                                          g, k, clip, transform, out);
+  }
+};
+
+template <int KMAX>
+struct LaunchSigma {
+  static void run(const float* points, const int64_t* offsets, const GridBuffers& w, int64_t batch, int64_t count,
+                  const GridSpec& g, int k, float beta, float lone, float* out, cudaStream_t stream) {
+    const int per_image = int(std::min<int64_t>((count / std::max<int64_t>(batch, 1) + 127) / 128 + 1, 1024));
+    head_sigma_kernel<KMAX><<<dim3(per_image, unsigned(batch)), 128, 0, stream>>>(
+        reinterpret_cast<const float2*>(points), offsets, w.sorted, w.starts, int(count), g, k, beta, lone, out);
+  }
+};
+
+GridBuffers checked_layout(void* workspace, int64_t workspace_bytes, int64_t cells, int64_t count) {
+  GridBuffers w = layout(static_cast<char*>(workspace), cells, count);
+  if (int64_t(w.total) > workspace_bytes)
+    throw std::runtime_error("mud_iknn: workspace too small (" + std::to_string(workspace_bytes) + " < " +
+                             std::to_string(w.total) + " bytes)");
+  return w;
+}
+
+}  // namespace
+
+int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+  const GridSpec g = make_grid_spec(batch, count, height, width, k);
+  return int64_t(layout(nullptr, batch * g.cells(), count).total);
+}
+
+void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                   int64_t width, int k, float max_distance, int transform, float* out, void* workspace,
+                   int64_t workspace_bytes, void* stream_handle, int device) {
+  DeviceScope scope(device);
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  const GridSpec g = make_grid_spec(batch, count, height, width, k);
+  const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
+  if (count > 0) build_grid(points, offsets, batch, count, g, w, stream);
+  else check(cudaMemsetAsync(w.starts, 0, sizeof(int) * (batch * g.cells() + 1), stream), "memset starts");
+  dispatch_k<LaunchKnn>(k, w, batch, count, height, width, g, k, max_distance, transform, out, stream);
+  check(cudaGetLastError(), "knn_tile_kernel launch");
+}
+
+void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                      int64_t width, int k, float beta, float* out, void* workspace, int64_t workspace_bytes,
+                      void* stream_handle, int device) {
+  if (count == 0) return;
+  DeviceScope scope(device);
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  const GridSpec g = make_grid_spec(batch, count, height, width, k + 1);
+  const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
+  build_grid(points, offsets, batch, count, g, w, stream);
+  dispatch_k<LaunchSigma>(k + 1, points, offsets, w, batch, count, g, k, beta, float(height + width) / 8.0f, out,
+                          stream);
+  check(cudaGetLastError(), "head_sigma_kernel launch");
+}
+
+void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
+                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* stream_handle,
+                       int device) {
+  if (count == 0 || batch == 0) return;
+  DeviceScope scope(device);
+  auto stream = static_cast<cudaStream_t>(stream_handle);
+  const int blocks = int(std::min<int64_t>(count, 1 << 20));
+  density_kernel<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<const float2*>(points), offsets, sigmas, batch,
+                                                  int(count), int(height), int(width), truncate, out);
+  check(cudaGetLastError(), "density_kernel launch");
+}
+
+}  // namespace mud_iknn

@@ -1,0 +1,308 @@
+"""The label engine (every backend) against the scipy reference, hand-worked cases and invariants."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
+from scipy.spatial import KDTree
+
+import mud_iknn
+from mud_iknn import reference
+from conftest import clustered_points
+
+
+def as_np(t):
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+def assert_distance_close(d, d_ref, rtol=1e-5):
+    d, d_ref = as_np(d), np.asarray(d_ref)
+    assert d.shape == d_ref.shape
+    inf = np.isinf(d_ref)
+    assert (np.isinf(d) == inf).all()
+    np.testing.assert_allclose(d[~inf], d_ref[~inf], rtol=rtol, atol=1e-6)
+
+
+# ---- kNN distance and ikNN maps ---------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 16])
+def test_knn_matches_reference_on_clustered_heads(device, k):
+    rng = np.random.default_rng(k)
+    pts = clustered_points(rng, 300, 96, 130)
+    d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), (96, 130), k)
+    assert d.device.type == device.type and d.dtype == torch.float32
+    assert_distance_close(d, reference.knn_distance_maps(pts, (96, 130), k))
+    m = mud_iknn.iknn_maps(torch.from_numpy(pts).to(device), (96, 130), k)
+    np.testing.assert_allclose(as_np(m), reference.iknn_maps(pts, (96, 130), k), atol=1e-6, rtol=0)
+    s = mud_iknn.iknn_maps(torch.from_numpy(pts).to(device), (96, 130), k, transform="inverse_sqrt")
+    np.testing.assert_allclose(as_np(s), reference.iknn_maps(pts, (96, 130), k, transform="inverse_sqrt"),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_max_distance_clips_each_neighbour_before_the_mean(device, k):
+    rng = np.random.default_rng(7)
+    pts = clustered_points(rng, 40, 80, 60, clusters=3)
+    for clip in (0.5, 4.0, 25.0):
+        d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), (80, 60), k, max_distance=clip)
+        assert_distance_close(d, reference.knn_distance_maps(pts, (80, 60), k, max_distance=clip))
+        assert float(d.max()) <= clip * (1 + 1e-6)
+
+
+def test_hand_worked_single_head(device):
+    pts = torch.tensor([[1.0, 2.0]], device=device)  # on the centre of pixel (row 2, col 1)
+    d = mud_iknn.knn_distance_maps(pts, (3, 4))[0].cpu()
+    ys, xs = torch.meshgrid(torch.arange(3.0), torch.arange(4.0), indexing="ij")
+    torch.testing.assert_close(d, torch.sqrt((xs - 1) ** 2 + (ys - 2) ** 2))
+    m = mud_iknn.iknn_maps(pts, (3, 4))[0].cpu()
+    assert m[2, 1] == 1.0 and abs(float(m[0, 0]) - 1 / (math.sqrt(5) + 1)) < 1e-7
+
+
+def test_hand_worked_two_heads_k2_mean_and_k_above_n(device):
+    pts = torch.tensor([[0.0, 0.0], [3.0, 4.0]], device=device)
+    d2 = mud_iknn.knn_distance_maps(pts, (5, 5), 2)[0].cpu()
+    assert abs(float(d2[0, 0]) - 2.5) < 1e-6           # mean(0, 5)
+    d5 = mud_iknn.knn_distance_maps(pts, (5, 5), 5)[0].cpu()  # k > N: mean over the N = 2 available
+    torch.testing.assert_close(d5, d2)
+
+
+def test_no_heads_gives_infinite_distance_and_zero_maps(device):
+    empty = torch.zeros(0, 2, device=device)
+    assert torch.isinf(mud_iknn.knn_distance_maps(empty, (7, 9), 3)).all()
+    assert (mud_iknn.iknn_maps(empty, (7, 9), 3, max_distance=5.0) == 0).all()
+    assert (mud_iknn.iknn_maps(empty, (7, 9), transform="inverse_sqrt") == 0).all()
+    assert (mud_iknn.density_maps(empty, (7, 9)) == 0).all()
+
+
+def test_packed_batch_equals_per_image_calls(device):
+    rng = np.random.default_rng(3)
+    images = [clustered_points(rng, n, 40, 50) for n in (0, 1, 5, 120, 2)]
+    packed = torch.from_numpy(np.concatenate(images)).to(device)
+    offsets = torch.tensor(np.cumsum([0] + [len(p) for p in images]), device=device)
+    batch = mud_iknn.iknn_maps(packed, (40, 50), 3, offsets=offsets)
+    listed = mud_iknn.iknn_maps([torch.from_numpy(p).to(device) for p in images], (40, 50), 3)
+    assert batch.shape == (5, 40, 50)
+    torch.testing.assert_close(batch, listed, rtol=0, atol=0)
+    for b, pts in enumerate(images):
+        np.testing.assert_allclose(as_np(batch[b]), reference.iknn_maps(pts, (40, 50), 3)[0], atol=1e-6)
+
+
+def test_dense_heads_far_outside_and_duplicates(device):
+    rng = np.random.default_rng(11)
+    inside = rng.uniform(0, 32, (200, 2))
+    far = rng.uniform(-5000, 5000, (300, 2))
+    dup = np.repeat(inside[:5], 3, axis=0)
+    pts = np.concatenate([inside, far, dup]).astype(np.float32)
+    for k in (1, 4, 9):
+        d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), (32, 32), k)
+        assert_distance_close(d, reference.knn_distance_maps(pts, (32, 32), k))
+    only_far = far[np.abs(far).min(axis=1) > 1000].astype(np.float32)
+    d = mud_iknn.knn_distance_maps(torch.from_numpy(only_far).to(device), (16, 24), 3)
+    assert_distance_close(d, reference.knn_distance_maps(only_far, (16, 24), 3))
+
+
+coords = st.one_of(
+    st.floats(-60, 120, allow_nan=False, width=32),              # anywhere, outside included
+    st.integers(-4, 70).map(float),                               # pixel centres and cell borders
+    st.sampled_from([-1e4, 1e4, 0.5, 15.5, 16.0, 31.999]),       # far away, half-pixels
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(height=st.integers(1, 40), width=st.integers(1, 70), k=st.integers(1, 10),
+       pts=st.lists(st.tuples(coords, coords), min_size=0, max_size=120),
+       dup=st.integers(0, 3), clip=st.one_of(st.none(), st.floats(0.25, 50)))
+def test_property_any_layout_matches_reference(height, width, k, pts, dup, clip):
+    pts = np.array(pts + pts[:dup], dtype=np.float32).reshape(-1, 2)
+    d = mud_iknn.knn_distance_maps(pts, (height, width), k, max_distance=clip)
+    assert_distance_close(d, reference.knn_distance_maps(pts, (height, width), k, max_distance=clip))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1000, 3000), seed=st.integers(0, 2**16))
+def test_property_thousands_of_heads(n, seed):
+    pts = clustered_points(np.random.default_rng(seed), n, 64, 48, clusters=5)
+    d = mud_iknn.knn_distance_maps(pts, (64, 48), 4)
+    assert_distance_close(d, reference.knn_distance_maps(pts, (64, 48), 4))
+
+
+def test_horizontal_flip_equivariance(device):
+    rng = np.random.default_rng(5)
+    h, w = 45, 61
+    pts = torch.from_numpy(clustered_points(rng, 150, h, w)).to(device)
+    flipped = pts.clone()
+    flipped[:, 0] = (w - 1) - flipped[:, 0]
+    for k in (1, 3):
+        a = mud_iknn.iknn_maps(pts, (h, w), k)
+        b = mud_iknn.iknn_maps(flipped, (h, w), k)
+        torch.testing.assert_close(b, a.flip(-1), atol=2e-6, rtol=0)
+
+
+def test_crop_of_full_map_equals_map_of_shifted_heads(device):
+    rng = np.random.default_rng(9)
+    h, w = 120, 150
+    pts = torch.from_numpy(clustered_points(rng, 400, h, w)).to(device)
+    full = mud_iknn.iknn_maps(pts, (h, w), 3)
+    full_density = mud_iknn.density_maps(pts, (h, w))
+    for top, left, ch, cw in [(0, 0, 32, 32), (37, 91, 50, 59), (100, 3, 20, 147)]:
+        shifted = pts - torch.tensor([left, top], dtype=torch.float32, device=device)
+        crop = mud_iknn.iknn_maps(shifted, (ch, cw), 3)[0]
+        torch.testing.assert_close(crop, full[0, top:top + ch, left:left + cw], atol=1e-6, rtol=0)
+        crop_density = mud_iknn.density_maps(shifted, (ch, cw))[0]
+        torch.testing.assert_close(crop_density, full_density[0, top:top + ch, left:left + cw],
+                                   atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_result_does_not_depend_on_thread_count():
+    pts = clustered_points(np.random.default_rng(1), 500, 100, 100)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = mud_iknn.iknn_maps(pts, (100, 100), 3), mud_iknn.density_maps(pts, (100, 100))
+        torch.set_num_threads(2)
+        two = mud_iknn.iknn_maps(pts, (100, 100), 3), mud_iknn.density_maps(pts, (100, 100))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+# ---- density maps -----------------------------------------------------------------------------
+
+def csrnet_density(points, height, width):
+    """CSRNet's gaussian_filter_density script, written the way it is distributed (scipy filters)."""
+    density = np.zeros((height, width))
+    tree = KDTree(points.copy(), leafsize=2048)
+    distances, _ = tree.query(points, k=4)
+    for i, pt in enumerate(points):
+        pt2d = np.zeros((height, width))
+        pt2d[int(pt[1]), int(pt[0])] = 1.0
+        sigma = (distances[i][1] + distances[i][2] + distances[i][3]) * 0.1
+        density += gaussian_filter(pt2d, sigma, mode="constant")
+    return density
+
+
+def test_adaptive_density_equals_csrnet_script(device):
+    rng = np.random.default_rng(2)
+    pts = rng.uniform([0, 0], [90, 70], size=(60, 2)).astype(np.float32)
+    ours = mud_iknn.density_maps(torch.from_numpy(pts).to(device), (70, 90))[0]
+    expected = csrnet_density(pts.astype(np.float64), 70, 90)
+    np.testing.assert_allclose(as_np(ours), expected, atol=1e-5 * expected.max(), rtol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7, 3.0, 12.5])
+def test_fixed_sigma_density_matches_reference(device, sigma):
+    pts = clustered_points(np.random.default_rng(4), 80, 50, 64)
+    ours = mud_iknn.density_maps(torch.from_numpy(pts).to(device), (50, 64), sigma if sigma else 1e-20)
+    ref = reference.density_maps(pts, (50, 64), sigma if sigma else 1e-20)
+    np.testing.assert_allclose(as_np(ours), ref, atol=1e-5 * ref.max(), rtol=0)
+
+
+def test_density_conserves_mass_away_from_borders(device):
+    pts = torch.tensor([[20.3, 30.9], [40.0, 25.5], [30.0, 30.0]], device=device)
+    d = mud_iknn.density_maps(pts, (60, 60), 2.0)
+    assert abs(float(d.sum()) - 3.0) < 1e-5
+    lone = mud_iknn.density_maps(pts[:1], (60, 60))  # a lone head: sigma (H + W) / 8 = 15
+    ref = reference.density_maps(pts[:1].cpu().numpy(), (60, 60))
+    np.testing.assert_allclose(as_np(lone), ref, atol=1e-5 * ref.max())
+    assert float(lone.sum()) < 1.0  # the wide kernel loses mass past the border
+
+
+def test_per_head_sigmas_and_adaptive_parameters(device):
+    rng = np.random.default_rng(6)
+    images = [clustered_points(rng, n, 40, 40) for n in (1, 2, 30)]
+    packed = torch.from_numpy(np.concatenate(images)).to(device)
+    offsets = torch.tensor([0, 1, 3, 33], device=device)
+    sig = mud_iknn.head_sigmas(packed, (40, 40), k=5, beta=0.2, offsets=offsets)
+    expected = np.concatenate([reference.head_sigmas(p, (40, 40), 5, 0.2) for p in images])
+    np.testing.assert_allclose(as_np(sig), expected, rtol=1e-5)
+    assert abs(float(sig[0]) - 10.0) < 1e-6  # lone head: (40 + 40) / 8
+    a = mud_iknn.density_maps(packed, (40, 40), sig, offsets=offsets)
+    b = mud_iknn.density_maps(packed, (40, 40), "adaptive", k=5, beta=0.2, offsets=offsets)
+    torch.testing.assert_close(a, b)
+    ref = reference.density_maps(np.concatenate(images), (40, 40), "adaptive", k=5, beta=0.2,
+                                 offsets=[0, 1, 3, 33])
+    np.testing.assert_allclose(as_np(b), ref, atol=1e-5 * ref.max())
+
+
+# ---- input forms and bad input ----------------------------------------------------------------
+
+def test_input_forms_and_dtypes_are_converted():
+    pts64 = np.array([[1.5, 2.0], [3.0, 0.0]])
+    want = mud_iknn.iknn_maps(pts64.astype(np.float32), (4, 5))
+    assert want.shape == (1, 4, 5) and want.device.type == "cpu"
+    for form in (pts64, pts64.astype(np.int32).astype(np.float32), torch.tensor(pts64),
+                 torch.tensor(pts64, dtype=torch.float16), [pts64]):
+        got = mud_iknn.iknn_maps(form, (4, 5))
+        assert got.dtype == torch.float32 and got.shape == (1, 4, 5)
+    torch.testing.assert_close(mud_iknn.iknn_maps(torch.tensor([[1, 2]]), (3, 3)),
+                               mud_iknn.iknn_maps(np.array([[1.0, 2.0]]), (3, 3)))
+    assert mud_iknn.iknn_maps([], (3, 3)).shape == (0, 3, 3)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: mud_iknn.iknn_maps(np.array([[np.nan, 1.0]]), (4, 4)), ValueError, "points"),
+    (lambda: mud_iknn.iknn_maps(np.array([[np.inf, 1.0]]), (4, 4)), ValueError, "infinite"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 3)), (4, 4)), ValueError, "shape (N, 2)"),
+    (lambda: mud_iknn.iknn_maps([np.zeros((2, 2)), np.zeros(3)], (4, 4)), ValueError, "points[1]"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[1, 3]), ValueError, "offsets"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[0, 2, 1, 3]), ValueError, "offsets"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[0, 2]), ValueError, "P = 3"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[0.0, 3.0]), TypeError, "offsets"),
+    (lambda: mud_iknn.iknn_maps([np.zeros((1, 2))], (4, 4), offsets=[0, 1]), ValueError, "offsets"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), k=0), ValueError, "k must be"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), k=mud_iknn.MAX_K + 1), ValueError, "k must be"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), k=2.5), TypeError, "k must be an integer"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (0, 4)), ValueError, "size"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (-2, 4)), ValueError, "size"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4.5, 4)), TypeError, "size"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), 4), TypeError, "size"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2), dtype=bool), (4, 4)), TypeError, "points"),
+    (lambda: mud_iknn.iknn_maps(torch.zeros(3, 2, dtype=torch.complex64), (4, 4)), TypeError, "points"),
+    (lambda: mud_iknn.iknn_maps(np.array([["a", "b"]]), (4, 4)), TypeError, "points"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), transform="log"), ValueError, "transform"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), max_distance=0), ValueError, "max_distance"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), max_distance=float("nan")), ValueError,
+     "max_distance"),
+    (lambda: mud_iknn.iknn_maps(torch.zeros(3, 2), (4, 4), offsets=torch.tensor([0, 3], device="meta")),
+     ValueError, "offsets is on meta"),
+    (lambda: mud_iknn.iknn_maps([torch.zeros(1, 2), torch.zeros(1, 2, device="meta")], (4, 4)), ValueError,
+     "one device"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (100000, 100000)), ValueError, "100000x100000"),
+    (lambda: mud_iknn.iknn_maps([np.zeros((1, 2))] * 4000, (4000, 4000)), MemoryError, "cannot be allocated"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=-1.0), ValueError, "sigma"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma="wide"), ValueError, "sigma"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=torch.ones(2)), ValueError, "(P,)"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=torch.tensor([1.0, -1, 1])), ValueError,
+     "sigma"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), truncate=0), ValueError, "truncate"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), beta=-0.3), ValueError, "beta"),
+])
+def test_bad_input_raises_a_clear_error(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_custom_ops_pass_torch_opcheck_and_compile():
+    pts = torch.from_numpy(clustered_points(np.random.default_rng(0), 30, 20, 24))
+    offsets = torch.tensor([0, 10, 30])
+    sigmas = torch.full((30,), 2.0)
+    torch.library.opcheck(torch.ops.mud_iknn.knn_maps.default, (pts, offsets, 20, 24, 3, math.inf, 1))
+    torch.library.opcheck(torch.ops.mud_iknn.head_sigmas.default, (pts, offsets, 20, 24, 3, 0.3))
+    torch.library.opcheck(torch.ops.mud_iknn.density_maps.default, (pts, offsets, sigmas, 20, 24, 4.0))
+
+    def labels(p, o):
+        return mud_iknn.iknn_maps(p, (20, 24), 3, offsets=o, validate=False) * 2.0
+
+    compiled = torch.compile(labels, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(pts, offsets), labels(pts, offsets))
+
+
+def test_backend_info_describes_the_build():
+    info = mud_iknn.backend_info()
+    assert set(info) >= {"cuda_compiled", "cuda_architectures", "cuda_devices", "max_k"}
+    assert info["max_k"] == mud_iknn.MAX_K
+    assert info["cuda_compiled"] == bool(info["cuda_architectures"])
