@@ -1,5 +1,6 @@
 """Training engine: loss goes down, label variants, checkpoints, exact resume after a kill."""
 import json
+import math
 
 import pytest
 import torch
@@ -62,6 +63,7 @@ def test_label_variant_switch(tmp_path, monkeypatch):
         def wrapper(*args, **kwargs):
             calls[name] += 1
             assert kwargs["validate"] is False  # no host sync in the training step
+            assert args[0].device.type == "cpu"  # device="cpu": the C++ kernel
             return function(*args, **kwargs)
         return wrapper
 
@@ -153,3 +155,25 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, model, config, step=2)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.jsonl"]
+
+
+@pytest.mark.cuda
+def test_cuda_training_makes_labels_on_the_gpu_with_amp(tmp_path, monkeypatch):
+    devices = []
+    original = mud_iknn.labels.iknn_maps
+
+    def spy(points, *args, **kwargs):
+        devices.append(points.device.type)
+        return original(points, *args, **kwargs)
+
+    monkeypatch.setattr(mud_iknn.labels, "iknn_maps", spy)
+    data = Blobs(n=6, size=48)
+    result = train(_config(tmp_path, steps=20, device="cuda", amp=True, grad_clip=10.0, eval_every=10,
+                           eval_stride=16), data, val_set=Blobs(n=2, size=48, seed=1))
+    assert devices == ["cuda"] * 20
+    losses = [r["loss"] for r in _records(result["metrics_file"])]
+    assert all(map(math.isfinite, losses)) and sum(losses[-5:]) < sum(losses[:5])
+    assert next(result["model"].parameters()).is_cuda
+    assert [r["step"] for r in _records(result["metrics_file"], "val")] == [10, 20]
+    model, _, _ = load_checkpoint(result["checkpoint"], map_location="cuda")
+    assert next(model.parameters()).is_cuda
