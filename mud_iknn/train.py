@@ -318,8 +318,8 @@ def _setup(config: TrainConfig) -> _Context:
     else:
         rank, world = 0, 1
     if want_cuda:
-        device = torch.device(f"cuda:{local_rank}") if world > 1 or config.device == "cuda" \
-            else torch.device(config.device if config.device.startswith("cuda:") else "cuda")
+        explicit = config.device.startswith("cuda:") and world == 1
+        device = torch.device(config.device if explicit else f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -327,11 +327,17 @@ def _setup(config: TrainConfig) -> _Context:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drops records after ``step`` (written by a run killed after its last checkpoint)."""
+    """Drops records after ``step`` (written by a run killed after its last checkpoint), and a
+    last line cut short by the kill."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -116,6 +116,25 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
 
 
+def test_validation_during_training(tmp_path):
+    result = train(_config(tmp_path, steps=4, eval_every=2, eval_stride=16), Blobs(n=4, size=32),
+                   val_set=Blobs(n=3, size=40, seed=1))
+    val = _records(result["metrics_file"], "val")
+    assert [r["step"] for r in val] == [2, 4]
+    assert result["val"] == val[-1] and result["val"]["mae"] >= 0 and result["val"]["rmse"] >= result["val"]["mae"]
+
+
+def test_resume_drops_a_log_line_cut_by_the_kill(tmp_path):
+    data = Blobs(n=4, size=32)
+    config = _config(tmp_path, steps=2, checkpoint_every=1)
+    train(config, data)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 3, "lo')
+    config.steps = 3
+    result = train(config, data, resume=True)
+    assert [r["step"] for r in _records(result["metrics_file"])] == [1, 2, 3]
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     config = _config(tmp_path, steps=1)
     result = train(config, Blobs(n=2, size=32))
