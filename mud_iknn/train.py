@@ -412,7 +412,6 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
         persistent_workers=False)
     loss_fn = MUDLoss(config.map_weight)
     spec = config.label
-    record: dict = {}
     last_train: dict = {}
     progress = None
     if ctx.is_main and config.progress and step < config.steps:
