@@ -15,7 +15,8 @@ Small configuration for CPU demos and tests: ``MUDIKNN.small(input_size=64)`` (o
 ``TrainConfig(backbone="densenet_tiny", patch_size=64)``) keeps the architecture on a reduced
 DenseNet of about 0.17 M parameters. On a 2-core CPU (one thread), 400 steps of batch 8 at 64 px
 on a synthetic blob set took about 15 s and brought the validation MAE from 3.8 to 2.2 heads
-(2026-11-26); DenseNet-201 needs seconds per step there.
+(2026-11-26); DenseNet-201 needs about half a second per batch-4 step there.
+``TrainConfig.small()`` is the matching training configuration.
 """
 from __future__ import annotations
 

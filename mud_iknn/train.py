@@ -127,6 +127,19 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
+    @classmethod
+    def small(cls, **overrides) -> "TrainConfig":
+        """A configuration that trains in seconds to minutes on a CPU (demos, tests): the
+        "densenet_tiny" backbone on 64 px patches, batch 8, 400 steps, Adam lr 1e-3 (x0.1 after 300),
+        BatchNorm trained (a randomly initialised network has no statistics worth freezing),
+        validation every 100 steps, no worker processes, on the CPU. ``overrides`` set any field.
+        """
+        values = dict(backbone="densenet_tiny", patch_size=64, batch_size=8, steps=400, lr=1e-3, lr_step=300,
+                      frozen_batchnorm=False, num_workers=0, device="cpu", checkpoint_every=200,
+                      eval_every=100, log_every=50)
+        values.update(overrides)
+        return cls(**values)
+
     @property
     def window_stride(self) -> int:
         return self.eval_stride if self.eval_stride is not None else max(1, self.patch_size * 4 // 7)

@@ -154,3 +154,18 @@ def test_local_weights_file(tmp_path):
         MUDIKNN.small(weights=tmp_path / "missing.pt")
     with pytest.raises(TypeError, match="weights"):
         MUDIKNN.small(weights=3)
+
+
+def test_imagenet_weights_use_torchvision_enum(monkeypatch):
+    import mud_iknn.model as model_module
+    asked = []
+
+    def factory(weights=None):
+        asked.append(weights)
+        return torchvision.models.DenseNet(growth_rate=12, block_config=(2, 4, 4, 2), num_init_features=24)
+
+    monkeypatch.setitem(model_module._DENSENETS, "densenet121", (factory, "DenseNet121_Weights"))
+    MUDIKNN(weights="imagenet", backbone="densenet121", input_size=64)  # no download: the factory is fake
+    assert asked == [torchvision.models.DenseNet121_Weights.IMAGENET1K_V1]
+    with pytest.raises(ValueError, match="imagenet"):
+        MUDIKNN.small(weights="imagenet")

@@ -47,6 +47,11 @@ def test_config_defaults_and_json_round_trip():
         TrainConfig(device="tpu")
 
 
+def test_small_config_for_cpu_demos():
+    c = TrainConfig.small(steps=10)
+    assert (c.backbone, c.patch_size, c.device, c.steps, c.frozen_batchnorm) == ("densenet_tiny", 64, "cpu", 10, False)
+
+
 def test_short_training_lowers_the_loss(tmp_path):
     data = Blobs(n=8, size=48)
     result = train(_config(tmp_path, steps=30, patch_size=32), data)
@@ -70,7 +75,8 @@ def test_label_variant_switch(tmp_path, monkeypatch):
     monkeypatch.setattr(mud_iknn.labels, "iknn_maps", spy("iknn", mud_iknn.labels.iknn_maps))
     monkeypatch.setattr(mud_iknn.labels, "density_maps", spy("density", mud_iknn.labels.density_maps))
     data = Blobs(n=4, size=32)
-    train(_config(tmp_path / "density", steps=2, label=LabelSpec("density")), data)
+    train(_config(tmp_path / "density", steps=2, label=LabelSpec("density"), scale_range=(0.8, 1.25),
+                  grad_clip=100.0), data)
     assert calls == {"iknn": 0, "density": 2}
     train(_config(tmp_path / "iknn", steps=3, label=LabelSpec("iknn", k=2)), data)
     assert calls == {"iknn": 3, "density": 2}
@@ -196,3 +202,14 @@ def test_cuda_training_makes_labels_on_the_gpu_with_amp(tmp_path, monkeypatch):
     assert [r["step"] for r in _records(result["metrics_file"], "val")] == [10, 20]
     model, _, _ = load_checkpoint(result["checkpoint"], map_location="cuda")
     assert next(model.parameters()).is_cuda
+
+
+def test_plot_reader_names_a_broken_file(tmp_path):
+    from mud_iknn.plots import plot_metrics, read_metrics
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"split": "train", "step": 1, "loss": 2.0}\n\n{"split": "val", "step": 1, "mae": 1.5}\n')
+    assert [r["step"] for r in read_metrics(path)] == [1, 1]
+    assert plot_metrics(path, tmp_path / "c.png").stat().st_size > 1000
+    path.write_text('{"split": "train"\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:1"):
+        read_metrics(path)
