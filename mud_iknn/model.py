@@ -29,7 +29,7 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-__all__ = ["MapModule", "MapNetwork", "MUDIKNN", "build_backbone", "freeze_batchnorm",
+__all__ = ["MapModule", "MapNetwork", "MUDIKNN", "build_backbone", "freeze_batchnorm", "BACKBONES",
            "DENSENET_LAYERS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -1,11 +1,9 @@
 """The loss against hand-worked values, and the label variants it is trained against."""
-import math
 
 import numpy as np
 import pytest
 import torch
 
-import mud_iknn
 from mud_iknn import reference
 from mud_iknn.loss import LabelSpec, MUDLoss, count_loss, map_loss
 
