@@ -21,6 +21,11 @@
 
 namespace mud_iknn {
 
+// min / max that compile to one instruction on the CPU too (std::fmin is a libm call there).
+// A NaN argument yields the second operand.
+MUD_HD float min_f(float a, float b) { return a < b ? a : b; }
+MUD_HD float max_f(float a, float b) { return a > b ? a : b; }
+
 constexpr int kMaxK = 64;       // largest k of a kNN map (k + 1 <= kMaxK for adaptive sigmas)
 constexpr int kMargin = 1;      // grid cells beyond the map on every side; farther heads are clamped in
 constexpr int kTile = 16;       // pixels per side of the tile that shares candidate heads
@@ -55,7 +60,7 @@ inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int
 // Cell index along one axis of coordinate v; NaN lands in cell 0 (and never matches a distance).
 MUD_HD int cell_of(float v, int cell, int n) {
   float f = floorf(v / float(cell)) + float(kMargin);
-  f = fminf(fmaxf(f, 0.0f), float(n - 1));
+  f = min_f(max_f(f, 0.0f), float(n - 1));
   return int(f);
 }
 
@@ -88,11 +93,11 @@ MUD_HD CellBlock grow(int cx0, int cx1, int cy0, int cy1, int ring, const GridSp
 // cell outside the block. +inf once the block is the whole grid.
 MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpec& g) {
   float b = INFINITY;
-  if (c.x0 > 0) b = fminf(b, px - float((c.x0 - kMargin) * g.cell));
-  if (c.x1 < g.gx - 1) b = fminf(b, float((c.x1 + 1 - kMargin) * g.cell) - px);
-  if (c.y0 > 0) b = fminf(b, py - float((c.y0 - kMargin) * g.cell));
-  if (c.y1 < g.gy - 1) b = fminf(b, float((c.y1 + 1 - kMargin) * g.cell) - py);
-  return fmaxf(b, 0.0f);
+  if (c.x0 > 0) b = min_f(b, px - float((c.x0 - kMargin) * g.cell));
+  if (c.x1 < g.gx - 1) b = min_f(b, float((c.x1 + 1 - kMargin) * g.cell) - px);
+  if (c.y0 > 0) b = min_f(b, py - float((c.y0 - kMargin) * g.cell));
+  if (c.y1 < g.gy - 1) b = min_f(b, float((c.y1 + 1 - kMargin) * g.cell) - py);
+  return max_f(b, 0.0f);
 }
 
 // The cells of row y that are in `now` but not in `before` (the ring between two blocks), as up to
@@ -141,7 +146,7 @@ MUD_UNROLL
     float s = 0.0f;
 MUD_UNROLL
     for (int i = 0; i < KMAX; ++i)
-      if (i >= first && i < first + m) s += fminf(sqrtf(d[i]), clip);
+      if (i >= first && i < first + m) s += min_f(sqrtf(d[i]), clip);
     return s / float(m);
   }
 };
