@@ -2,6 +2,9 @@
 """Label-engine benchmark: scipy (the reference) vs the C++ CPU kernel vs the CUDA kernel, one run.
 
 Prints a markdown table of median times and speed-up ratios over scipy at the same thread count.
+CUDA "end to end" is the wall time per call of back-to-back calls from Python (points on the device
+to maps on the device, host overhead included); "GPU time" replays one call captured in a CUDA
+graph (possible only because a call never synchronises with the host).
     python bench/bench_labels.py --quick                    # small cases, a minute on a laptop
     python bench/bench_labels.py --device all --out t.md    # every case, CPU and CUDA
 """
@@ -53,6 +56,24 @@ def cuda_time(fn, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def cuda_graph_time(fn, repeats: int):
+    """Seconds of GPU time per call: the call captured once in a CUDA graph, replays timed.
+
+    None when the call cannot be captured (it would have to synchronise with the host)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm-up outside the capture, as torch's graph docs ask
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError:
+        return None
+    return cuda_time(graph.replay, repeats)
+
+
 def fmt(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -94,14 +115,15 @@ def run(cases, ks, devices, threads, scipy_limit, repeats):
                 ref()
                 t_ref = time.perf_counter() - t  # scipy runs once: seconds per case
             t_cpu = wall(lambda: ours(cpu_pts, cpu_off), repeats) if "cpu" in devices else None
-            t_cuda = None
+            t_cuda = t_graph = None
             if "cuda" in devices:
                 gpu_pts, gpu_off = packed(pts, "cuda")
                 t_cuda = cuda_time(lambda: ours(gpu_pts, gpu_off), max(repeats, 20))
+                t_graph = cuda_graph_time(lambda: ours(gpu_pts, gpu_off), max(repeats, 20))
             ws = mud_iknn._ops._C.knn_workspace_bytes(case.batch, len(cpu_pts), case.height, case.width, k) \
                 if "cuda" in devices and kind.startswith("knn") else None
             rows.append([case.name, kind, fmt(t_ref), fmt(t_cpu), ratio(t_ref, t_cpu), fmt(t_cuda),
-                         ratio(t_ref, t_cuda), "-" if ws is None else f"{ws / 2**20:.2f} MiB"])
+                         fmt(t_graph), ratio(t_ref, t_cuda), "-" if ws is None else f"{ws / 2**20:.2f} MiB"])
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -133,7 +155,7 @@ def main(argv=None) -> int:
     ks = [3] if args.quick else args.k
     rows = run(cases, ks, devices, args.threads, args.scipy_limit, args.repeats)
     head = ["case", "map", f"scipy ({args.threads} thr)", f"C++ CPU ({args.threads} thr)", "CPU vs scipy",
-            "CUDA", "CUDA vs scipy", "CUDA workspace"]
+            "CUDA end to end", "CUDA GPU time", "CUDA vs scipy", "CUDA workspace"]
     lines = [f"Label engine, {date.today()}: {machine()}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -4,7 +4,7 @@
 # included), a compute-sanitizer memcheck of every kernel on small cases, and the label
 # benchmarks; writes summary.md, bench.md and the logs under $OUT (default ./out).
 set -u
-OUT=${OUT:-out}
+OUT=$(realpath -m "${OUT:-out}")
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -28,7 +28,7 @@ else
 fi
 
 t=$(date +%s)
-(cd "$ROOT/tests" && timeout 150 $PY -m pytest -q -p no:cacheprovider -rs . > "$ROOT/$OUT/tests.log" 2>&1)
+(cd "$ROOT/tests" && timeout 150 $PY -m pytest -q -p no:cacheprovider -rs . > "$OUT/tests.log" 2>&1)
 status tests "exit $? ($(( $(date +%s) - t )) s): $(tail -1 "$OUT/tests.log")"
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -39,7 +39,7 @@ status memcheck "exit $? ($(( $(date +%s) - t )) s): $(grep -E 'ERROR SUMMARY|al
 
 t=$(date +%s)
 (cd /tmp && timeout 150 $PY "$ROOT/bench/bench_labels.py" --device all --threads "$(nproc)" --scipy-limit 1e7 \
-  --out "$ROOT/$OUT/bench.md") > "$OUT/bench.log" 2>&1
+  --out "$OUT/bench.md") > "$OUT/bench.log" 2>&1
 status bench "exit $? ($(( $(date +%s) - t )) s)"
 cat "$OUT/bench.md" 2>/dev/null
 echo

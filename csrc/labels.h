@@ -43,11 +43,10 @@ struct GridSpec {
   MUD_HD int64_t cells() const { return int64_t(gx) * gy; }
 };
 
-// Cell side chosen from the mean area per head so that a cell holds about max(1, k / 2) heads:
-// O(P) cells, and a tile's first rings usually hold its k nearest heads.
-inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+// Cell side chosen from the mean area per head so that a cell holds about `occupancy` heads: O(P)
+// cells. Each backend picks its occupancy (see cpu_occupancy / cuda_occupancy).
+inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, double occupancy) {
   const double area = double(batch) * double(height) * double(width) / double(std::max<int64_t>(count, 1));
-  const double occupancy = std::max(1.0, k / 2.0);
   const int64_t longest = std::max(height, width);
   const int64_t cell = std::clamp<int64_t>(std::llround(std::sqrt(area * occupancy)), 1, longest);
   GridSpec g;
@@ -56,6 +55,12 @@ inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int
   g.gy = int((height + cell - 1) / cell) + 2 * kMargin;
   return g;
 }
+
+// The CPU prunes candidates row by row, so small cells (few candidates, more rings) pay off.
+inline double cpu_occupancy(int k) { return std::max(1.0, k / 2.0); }
+// A GPU block pays a memory round trip per ring, so cells are large enough that the tile's cells
+// plus one ring around them (its first pass) usually hold every pixel's k nearest heads.
+inline double cuda_occupancy(int k) { return k + 1.0; }
 
 // Cell index along one axis of coordinate v; NaN lands in cell 0 (and never matches a distance).
 MUD_HD int cell_of(float v, int cell, int n) {
@@ -115,41 +120,6 @@ MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before,
   if (right) return RowSpans{1, before.x1 + 1, now.x1, 0, -1};
   return RowSpans{0, 0, -1, 0, -1};
 }
-
-// The KMAX smallest squared distances seen so far, ascending in d[0, k); slots >= k stay unused.
-// Runtime k <= KMAX; the loops unroll over KMAX so the list lives in registers on the GPU.
-template <int KMAX>
-struct TopK {
-  float d[KMAX];
-  MUD_HD void reset() {
-MUD_UNROLL
-    for (int i = 0; i < KMAX; ++i) d[i] = INFINITY;
-  }
-  // Inserts v keeping d[0, k) sorted; returns the new k-th smallest.
-  MUD_HD float push(float v, int k) {
-    float kth = INFINITY;
-MUD_UNROLL
-    for (int i = 0; i < KMAX; ++i) {
-      if (i < k) {
-        if (v < d[i]) {
-          const float t = d[i];
-          d[i] = v;
-          v = t;
-        }
-        if (i == k - 1) kth = d[i];
-      }
-    }
-    return kth;
-  }
-  // Mean of the square roots of d[first, first + m), each clipped at `clip`.
-  MUD_HD float mean_distance(int first, int m, float clip) const {
-    float s = 0.0f;
-MUD_UNROLL
-    for (int i = 0; i < KMAX; ++i)
-      if (i >= first && i < first + m) s += min_f(sqrtf(d[i]), clip);
-    return s / float(m);
-  }
-};
 
 MUD_HD float apply_transform(float dist, int transform) {
   if (transform == kInverse) return 1.0f / (dist + 1.0f);

@@ -33,7 +33,7 @@ struct Grid {
 
   Grid(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
        int64_t width, int k)
-      : spec(make_grid_spec(batch, count, height, width, k)) {
+      : spec(make_grid_spec(batch, count, height, width, cpu_occupancy(k))) {
     const int64_t cells = spec.cells();
     start.assign(batch * cells + 1, 0);
     std::vector<int64_t> cell_of_point(count, -1);
