@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU check: run once on the GPU machine from the repository root (about 5 minutes).
 # Builds and installs the package for the local GPU, runs the whole test suite (CUDA tests
-# included), a compute-sanitizer memcheck of every kernel on small cases, and the label
-# benchmarks; writes summary.md, bench.md and the logs under $OUT (default ./out).
+# included), a compute-sanitizer memcheck of every kernel on small cases, the label benchmarks and
+# the training-step benchmark (on-the-fly vs precomputed vs scipy labels, DenseNet-201 batch 16);
+# writes summary.md, bench.md, bench_training.md and the logs under $OUT (default ./out).
 set -u
 OUT=$(realpath -m "${OUT:-out}")
 mkdir -p "$OUT"
@@ -41,7 +42,18 @@ t=$(date +%s)
 (cd /tmp && timeout 150 $PY "$ROOT/bench/bench_labels.py" --device all --threads "$(nproc)" --scipy-limit 1e7 \
   --out "$OUT/bench.md") > "$OUT/bench.log" 2>&1
 status bench "exit $? ($(( $(date +%s) - t )) s)"
+
+t=$(date +%s)
+: > "$OUT/bench_training.md"
+for args in "--heads 150" "--heads 150 --amp" "--heads 1000"; do
+  (cd /tmp && timeout 100 $PY "$ROOT/bench/bench_training.py" --device cuda --model densenet201 --batch 16 \
+    --size 224 --steps 20 --workers 8 $args --json "$OUT/bench_training_$(echo $args | tr -d ' -').json") \
+    >> "$OUT/bench_training.md" 2>&1
+  echo >> "$OUT/bench_training.md"
+done
+status bench_training "exit $? ($(( $(date +%s) - t )) s)"
 cat "$OUT/bench.md" 2>/dev/null
+cat "$OUT/bench_training.md"
 echo
 cat "$summary"
 grep -E "FAILED|Error" "$OUT/tests.log" | head -20

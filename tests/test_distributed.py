@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+import mud_iknn
 from mud_iknn.train import _PatchStream, build_model, load_checkpoint
 
 from synthetic import Blobs
@@ -25,8 +26,9 @@ def test_ranks_get_disjoint_shards_of_each_epoch():
 
 
 def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]),
-               OMP_NUM_THREADS="1")
+    # the workers import the same mud_iknn as this process (a source tree or an installed package)
+    package_root = Path(mud_iknn.__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package_root), str(TESTS)]), OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
