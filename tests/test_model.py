@@ -7,12 +7,7 @@ from torch import nn
 from mud_iknn.model import MUDIKNN, MapModule, MapNetwork, _ExtentConv, build_backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

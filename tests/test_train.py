@@ -12,12 +12,7 @@ from mud_iknn.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from synthetic import Blobs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(tmp_path, **kwargs):
