@@ -159,9 +159,10 @@ class TrainConfig:
         return cls(**data)
 
 
-def build_model(config: TrainConfig, weights: Optional[str] = "config") -> MUDIKNN:
-    """The MUD-ikNN network ``config`` describes (``weights`` overrides config.weights)."""
-    return MUDIKNN(weights=config.weights if weights == "config" else weights, label_size=config.label_size,
+def build_model(config: TrainConfig, load_weights: bool = True) -> MUDIKNN:
+    """The MUD-ikNN network ``config`` describes; with load_weights=False randomly initialised
+    whatever config.weights says (for a checkpoint's weights to replace)."""
+    return MUDIKNN(weights=config.weights if load_weights else None, label_size=config.label_size,
                    normalization=config.normalization, backbone=config.backbone,
                    input_size=config.patch_size, frozen_batchnorm=config.frozen_batchnorm)
 
@@ -245,7 +246,7 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
     """
     state = read_checkpoint(path, map_location)
     config = TrainConfig.from_dict(state["config"])
-    model = build_model(config, weights=None)
+    model = build_model(config, load_weights=False)
     model.load_state_dict(state["model"])
     model.to(map_location).eval()
     extra = {key: state[key] for key in ("step", "metrics", "optimizer", "scheduler", "scaler", "rng")}
@@ -394,7 +395,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     device = ctx.device
-    model = build_model(config, weights=None if resume and ckpt_path.exists() else "config").to(device)
+    model = build_model(config, load_weights=not (resume and ckpt_path.exists())).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     use_amp = config.amp and device.type == "cuda"
