@@ -1,10 +1,17 @@
 """Training engine: loss goes down, label variants, checkpoints, exact resume after a kill."""
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
+import mud_iknn
 import mud_iknn.labels
 from mud_iknn.loss import LabelSpec
 from mud_iknn.train import TrainConfig, load_checkpoint, save_checkpoint, train
@@ -91,16 +98,24 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     data = Blobs(n=6, size=40)
     full = train(_config(tmp_path / "full", steps=6, checkpoint_every=2, lr_step=3, lr_gamma=0.5), data)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step, record):
-        if step == 5:
-            raise Killed
-
     config = _config(tmp_path / "killed", steps=6, checkpoint_every=2, lr_step=3, lr_gamma=0.5)
-    with pytest.raises(Killed):
-        train(config, data, on_step=kill_at_5)
+    # the same run in another process, SIGKILLed after step 5 (after the step-4 checkpoint)
+    script = textwrap.dedent(f"""
+        import json, os, signal, torch
+        from mud_iknn.train import TrainConfig, train
+        from synthetic import Blobs
+        torch.set_num_threads(1)
+        def kill(step, record):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(TrainConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))})), Blobs(n=6, size=40),
+              on_step=kill)
+    """)
+    package_root = Path(mud_iknn.__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package_root), str(Path(__file__).parent)]))
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [r["step"] for r in _records(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")[2]["step"] == 4
     steps_run = []
     resumed = train(config, data, resume=True, on_step=lambda step, record: steps_run.append(step))
