@@ -108,3 +108,19 @@ def test_collate_packs_points_in_order():
     assert torch.equal(moved.points, batch.points) and len(moved) == 3
     with pytest.raises(ValueError, match="one shape"):
         collate_crowd([a, _marked(9, 8, [])])
+
+
+def test_labels_of_transformed_points_equal_transformed_labels():
+    # crop and flip act on points exactly as on pixels: the ikNN map made after them is the same
+    # crop/flip of the whole image's map (heads outside the patch included)
+    import mud_iknn
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(25, 2, generator=g) * torch.tensor([70.0, 50.0])
+    sample = CrowdSample(torch.zeros(3, 50, 70, dtype=torch.uint8), points)
+    full = mud_iknn.iknn_maps(points, (50, 70), k=2)[0]
+    for top, left in [(0, 0), (26, 46), (7, 31)]:
+        patch = crop(sample, top, left, 24, 24)
+        window = full[top:top + 24, left:left + 24]
+        torch.testing.assert_close(mud_iknn.iknn_maps(patch.points, (24, 24), k=2)[0], window)
+        torch.testing.assert_close(mud_iknn.iknn_maps(hflip(patch).points, (24, 24), k=2)[0], window.flip(-1))
