@@ -164,11 +164,10 @@ class MapNetwork(nn.Module):
     label_stride: the maps are (H, W) / label_stride; 1 (default) is full resolution. A power of
     two no larger than the smallest map-layer stride.
     normalization: "imagenet" ((x - mean) / std) or "tanh" (2x - 1, the original x / 127.5 - 1).
-    map_channels: must equal len(map_layers) (one channel per map module).
     frozen_batchnorm: keep BatchNorm layers in eval mode even in ``train()``.
 
     forward(images (B, 3, H, W) float in [0, 1] or uint8) -> (maps (B, M, H / s, W / s),
-    counts (B,)). H and W need not be multiples of the largest stride: the normalised image is
+    counts (B,)), M = ``map_channels`` = len(map_layers), one channel per map module. H and W need not be multiples of the largest stride: the normalised image is
     zero-padded at the bottom and right and the maps are cropped back.
     """
 
@@ -201,7 +200,7 @@ class MapNetwork(nn.Module):
         shapes = self._probe(input_size)
         strides = []
         for name in self.map_layers:
-            c, h, w = shapes[name]
+            _, h, w = shapes[name]
             stride = input_size // h
             if stride * h != input_size or input_size // w != stride or not _is_power_of_two(stride):
                 raise ValueError(f"layer {name!r} has extent {h}x{w} on a {input_size} input: its stride "
@@ -234,6 +233,7 @@ class MapNetwork(nn.Module):
 
     @property
     def map_channels(self) -> int:
+        """M, the channels of the maps: one per map module."""
         return len(self.map_modules)
 
     def label_shape(self, height: int, width: int) -> tuple[int, int]:
