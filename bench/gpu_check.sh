@@ -21,6 +21,7 @@ status() { echo "- $1: $2" | tee -a "$summary"; }
   echo "- torch: $($PY -c 'import torch; print(torch.__version__)' 2>&1)"
 } > "$summary"
 
+rm -rf build  # no CMake cache from an earlier (e.g. tuning) build
 t=$(date +%s)
 if MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
   status build "ok ($(( $(date +%s) - t )) s): $(cd /tmp && $PY -c 'import mud_iknn; print(mud_iknn.backend_info())')"

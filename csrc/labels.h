@@ -28,7 +28,6 @@ MUD_HD float max_f(float a, float b) { return a > b ? a : b; }
 
 constexpr int kMaxK = 64;       // largest k of a kNN map (k + 1 <= kMaxK for adaptive sigmas)
 constexpr int kMargin = 1;      // grid cells beyond the map on every side; farther heads are clamped in
-constexpr int kTile = 16;       // pixels per side of the tile that shares candidate heads
 
 // Transforms of the mean kNN distance D applied when writing a map.
 enum Transform : int { kDistance = 0, kInverse = 1, kInverseSqrt = 2 };
@@ -60,7 +59,10 @@ inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int
 inline double cpu_occupancy(int k) { return std::max(1.0, k / 2.0); }
 // A GPU block pays a memory round trip per ring, so cells are large enough that the tile's cells
 // plus one ring around them (its first pass) usually hold every pixel's k nearest heads.
-inline double cuda_occupancy(int k) { return k + 1.0; }
+#ifndef MUD_IKNN_CUDA_OCCUPANCY_SCALE
+#define MUD_IKNN_CUDA_OCCUPANCY_SCALE 0.5
+#endif
+inline double cuda_occupancy(int k) { return (k + 1.0) * MUD_IKNN_CUDA_OCCUPANCY_SCALE; }
 
 // Cell index along one axis of coordinate v; NaN lands in cell 0 (and never matches a distance).
 MUD_HD int cell_of(float v, int cell, int n) {

@@ -8,7 +8,7 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kCpuTile = 16;  // pixels per side of a CPU tile (the GPU tile is kTile)
+constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candidate heads
 
 // Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
 template <class Fn>

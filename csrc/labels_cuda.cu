@@ -19,7 +19,8 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kThreads = kTile * kTile;
+constexpr int kThreads = 256;   // per block: the tile kernel's 32 columns x 8 rows of threads
+constexpr int kTileW = 32;      // tile width in pixels (one warp per tile row)
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -151,11 +152,16 @@ __device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t 
   return clamp_index(starts[(b + 1) * cells], count) - clamp_index(starts[b * cells], count);
 }
 
+// Rows of pixels each thread of the tile kernel handles for a list size KMAX: the lists of all of
+// them stay in registers. The tile is kTileW x (8 * rows) pixels.
+__host__ __device__ constexpr int pixel_rows(int kmax) { return kmax <= 4 ? 4 : (kmax <= 8 ? 2 : 1); }
+
 template <int KMAX>
-__global__ void __launch_bounds__(kThreads, KMAX <= 16 ? 4 : 2) knn_tile_kernel(const float2* __restrict__ sorted,
-                                                           const int* __restrict__ starts, int count, int height,
-                                                           int width, GridSpec g, int k, float clip, int transform,
-                                                           float* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
+    knn_tile_kernel(const float2* __restrict__ sorted, const int* __restrict__ starts, int count, int height,
+                    int width, GridSpec g, int k, float clip, int transform, float* __restrict__ out) {
+  constexpr int kRows = pixel_rows(KMAX);
+  constexpr int kTileH = 8 * kRows;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ float2 cand[kThreads];
@@ -165,23 +171,26 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 16 ? 4 : 2) knn_tile_kernel(
 
   const int64_t b = blockIdx.z;
   const int tid = threadIdx.x;
-  const int x0 = blockIdx.x * kTile, y0 = blockIdx.y * kTile;
-  const int px = x0 + tid % kTile, py = y0 + tid / kTile;
-  const bool inside = px < width && py < height;
+  const int x0 = blockIdx.x * kTileW, y0 = blockIdx.y * kTileH;
+  const int px = x0 + tid % kTileW;  // this thread's pixels: (px, py0 + 8 j), j < kRows
+  const int py0 = y0 + tid / kTileW;
   const int64_t cells = g.cells();
   const int* row_start = starts + b * cells;
   const int n = grid_count(starts, b, cells, count);
   float* map = out + b * int64_t(height) * width;
   if (n == 0) {  // block-uniform
-    if (inside) map[int64_t(py) * width + px] = apply_transform(INFINITY, transform);
+    MUD_UNROLL
+    for (int j = 0; j < kRows; ++j)
+      if (px < width && py0 + 8 * j < height) map[int64_t(py0 + 8 * j) * width + px] = apply_transform(INFINITY, transform);
     return;
   }
-  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTile, width) - 1), g.cell, g.gx);
-  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTile, height) - 1), g.cell, g.gy);
-  const float fx = float(px), fy = float(py);
+  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTileW, width) - 1), g.cell, g.gx);
+  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTileH, height) - 1), g.cell, g.gy);
+  const float fx = float(px);
 
-  TopK<KMAX> best;
-  best.reset(k);
+  TopK<KMAX> best[kRows];
+  MUD_UNROLL
+  for (int j = 0; j < kRows; ++j) best[j].reset(k);
   int seen = 0;
   CellBlock before{0, -1, 0, -1};
   // The first pass takes the tile's cells and one ring around them at once: one round trip.
@@ -226,12 +235,14 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 16 ? 4 : 2) knn_tile_kernel(
         }
         __syncthreads();
         const int staged = min(kThreads, total - c0);
-        if (inside) {
-          for (int j = 0; j < staged; ++j) {
-            const float2 h = cand[j];
-            const float dx = h.x - fx, dy = h.y - fy;
-            const float d2 = fmaf(dx, dx, dy * dy);
-            if (d2 < best.kth()) best.push(d2);
+        for (int i = 0; i < staged; ++i) {
+          const float2 h = cand[i];
+          const float dx = h.x - fx, dx2 = dx * dx;
+          MUD_UNROLL
+          for (int j = 0; j < kRows; ++j) {
+            const float dy = h.y - float(py0 + 8 * j);
+            const float d2 = fmaf(dy, dy, dx2);
+            if (d2 < best[j].kth()) best[j].push(d2);
           }
         }
         __syncthreads();
@@ -240,11 +251,23 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 16 ? 4 : 2) knn_tile_kernel(
       __syncthreads();  // scan_tmp and the span arrays are rewritten next
     }
     before = now;
-    const float bound = outside_bound(fx, fy, now, g);
-    const bool done = !inside || seen >= n || best.kth() <= bound * bound || bound >= clip;
+    bool done = seen >= n;
+    if (!done) {
+      done = true;
+      MUD_UNROLL
+      for (int j = 0; j < kRows; ++j) {
+        const float bound = outside_bound(fx, float(py0 + 8 * j), now, g);
+        const bool outside_map = px >= width || py0 + 8 * j >= height;
+        done = done && (outside_map || best[j].kth() <= bound * bound || bound >= clip);
+      }
+    }
     if (__syncthreads_and(done)) break;
   }
-  if (inside) map[int64_t(py) * width + px] = apply_transform(best.mean_distance(k, 0, min(k, n), clip), transform);
+  const int m = min(k, n);
+  MUD_UNROLL
+  for (int j = 0; j < kRows; ++j)
+    if (px < width && py0 + 8 * j < height)
+      map[int64_t(py0 + 8 * j) * width + px] = apply_transform(best[j].mean_distance(k, 0, m, clip), transform);
 }
 
 template <int KMAX>
@@ -354,7 +377,9 @@ template <int KMAX>
 struct LaunchKnn {
   static void run(const GridBuffers& w, int64_t batch, int64_t count, int64_t height, int64_t width,
                   const GridSpec& g, int k, float clip, int transform, float* out, cudaStream_t stream) {
-    const dim3 blocks(unsigned((width + kTile - 1) / kTile), unsigned((height + kTile - 1) / kTile), unsigned(batch));
+    constexpr int tile_h = 8 * pixel_rows(KMAX);
+    const dim3 blocks(unsigned((width + kTileW - 1) / kTileW), unsigned((height + tile_h - 1) / tile_h),
+                      unsigned(batch));
     knn_tile_kernel<KMAX><<<blocks, kThreads, 0, stream>>>(w.sorted, w.starts, int(count), int(height), int(width),
                                                           g, k, clip, transform, out);
   }
