@@ -191,10 +191,13 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   TopK<KMAX> best[kRows];
   MUD_UNROLL
   for (int j = 0; j < kRows; ++j) best[j].reset(k);
+  float worst = INFINITY;  // the largest k-th distance among this thread's pixels
   int seen = 0;
   CellBlock before{0, -1, 0, -1};
-  // The first pass takes the tile's cells and one ring around them at once: one round trip.
-  for (int ring = 1;; ++ring) {
+  // Each pass costs the block a chain of dependent loads and barriers, so the first takes the
+  // tile's cells and one ring around them, and the radius doubles after that: a tile far from
+  // every head reaches them in a few passes.
+  for (int ring = 1;; ring *= 2) {
     const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
     if (ring > 1 && now.same(before)) break;  // block-uniform: the whole grid is visited
     const int rows = now.y1 - now.y0 + 1;
@@ -238,12 +241,16 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
         for (int i = 0; i < staged; ++i) {
           const float2 h = cand[i];
           const float dx = h.x - fx, dx2 = dx * dx;
+          if (dx2 >= worst) continue;  // too far sideways for every pixel of this thread
           MUD_UNROLL
           for (int j = 0; j < kRows; ++j) {
             const float dy = h.y - float(py0 + 8 * j);
             const float d2 = fmaf(dy, dy, dx2);
             if (d2 < best[j].kth()) best[j].push(d2);
           }
+          worst = best[0].kth();
+          MUD_UNROLL
+          for (int j = 1; j < kRows; ++j) worst = fmaxf(worst, best[j].kth());
         }
         __syncthreads();
       }
