@@ -21,9 +21,13 @@
 
 namespace mud_iknn {
 
+// min / max that compile to one instruction on the CPU too (std::fmin is a libm call there).
+// A NaN argument yields the second operand.
+MUD_HD float min_f(float a, float b) { return a < b ? a : b; }
+MUD_HD float max_f(float a, float b) { return a > b ? a : b; }
+
 constexpr int kMaxK = 64;       // largest k of a kNN map (k + 1 <= kMaxK for adaptive sigmas)
 constexpr int kMargin = 1;      // grid cells beyond the map on every side; farther heads are clamped in
-constexpr int kTile = 16;       // pixels per side of the tile that shares candidate heads
 
 // Transforms of the mean kNN distance D applied when writing a map.
 enum Transform : int { kDistance = 0, kInverse = 1, kInverseSqrt = 2 };
@@ -38,11 +42,10 @@ struct GridSpec {
   MUD_HD int64_t cells() const { return int64_t(gx) * gy; }
 };
 
-// Cell side chosen from the mean area per head so that a cell holds about max(1, k / 2) heads:
-// O(P) cells, and a tile's first rings usually hold its k nearest heads.
-inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+// Cell side chosen from the mean area per head so that a cell holds about `occupancy` heads: O(P)
+// cells. Each backend picks its occupancy (see cpu_occupancy / cuda_occupancy).
+inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, double occupancy) {
   const double area = double(batch) * double(height) * double(width) / double(std::max<int64_t>(count, 1));
-  const double occupancy = std::max(1.0, k / 2.0);
   const int64_t longest = std::max(height, width);
   const int64_t cell = std::clamp<int64_t>(std::llround(std::sqrt(area * occupancy)), 1, longest);
   GridSpec g;
@@ -52,10 +55,19 @@ inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int
   return g;
 }
 
+// The CPU prunes candidates row by row, so small cells (few candidates, more rings) pay off.
+inline double cpu_occupancy(int k) { return std::max(1.0, k / 2.0); }
+// A GPU block pays a memory round trip per ring, so cells are large enough that the tile's cells
+// plus one ring around them (its first pass) usually hold every pixel's k nearest heads.
+#ifndef MUD_IKNN_CUDA_OCCUPANCY_SCALE
+#define MUD_IKNN_CUDA_OCCUPANCY_SCALE 0.5
+#endif
+inline double cuda_occupancy(int k) { return (k + 1.0) * MUD_IKNN_CUDA_OCCUPANCY_SCALE; }
+
 // Cell index along one axis of coordinate v; NaN lands in cell 0 (and never matches a distance).
 MUD_HD int cell_of(float v, int cell, int n) {
   float f = floorf(v / float(cell)) + float(kMargin);
-  f = fminf(fmaxf(f, 0.0f), float(n - 1));
+  f = min_f(max_f(f, 0.0f), float(n - 1));
   return int(f);
 }
 
@@ -88,11 +100,11 @@ MUD_HD CellBlock grow(int cx0, int cx1, int cy0, int cy1, int ring, const GridSp
 // cell outside the block. +inf once the block is the whole grid.
 MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpec& g) {
   float b = INFINITY;
-  if (c.x0 > 0) b = fminf(b, px - float((c.x0 - kMargin) * g.cell));
-  if (c.x1 < g.gx - 1) b = fminf(b, float((c.x1 + 1 - kMargin) * g.cell) - px);
-  if (c.y0 > 0) b = fminf(b, py - float((c.y0 - kMargin) * g.cell));
-  if (c.y1 < g.gy - 1) b = fminf(b, float((c.y1 + 1 - kMargin) * g.cell) - py);
-  return fmaxf(b, 0.0f);
+  if (c.x0 > 0) b = min_f(b, px - float((c.x0 - kMargin) * g.cell));
+  if (c.x1 < g.gx - 1) b = min_f(b, float((c.x1 + 1 - kMargin) * g.cell) - px);
+  if (c.y0 > 0) b = min_f(b, py - float((c.y0 - kMargin) * g.cell));
+  if (c.y1 < g.gy - 1) b = min_f(b, float((c.y1 + 1 - kMargin) * g.cell) - py);
+  return max_f(b, 0.0f);
 }
 
 // The cells of row y that are in `now` but not in `before` (the ring between two blocks), as up to
@@ -110,41 +122,6 @@ MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before,
   if (right) return RowSpans{1, before.x1 + 1, now.x1, 0, -1};
   return RowSpans{0, 0, -1, 0, -1};
 }
-
-// The KMAX smallest squared distances seen so far, ascending in d[0, k); slots >= k stay unused.
-// Runtime k <= KMAX; the loops unroll over KMAX so the list lives in registers on the GPU.
-template <int KMAX>
-struct TopK {
-  float d[KMAX];
-  MUD_HD void reset() {
-MUD_UNROLL
-    for (int i = 0; i < KMAX; ++i) d[i] = INFINITY;
-  }
-  // Inserts v keeping d[0, k) sorted; returns the new k-th smallest.
-  MUD_HD float push(float v, int k) {
-    float kth = INFINITY;
-MUD_UNROLL
-    for (int i = 0; i < KMAX; ++i) {
-      if (i < k) {
-        if (v < d[i]) {
-          const float t = d[i];
-          d[i] = v;
-          v = t;
-        }
-        if (i == k - 1) kth = d[i];
-      }
-    }
-    return kth;
-  }
-  // Mean of the square roots of d[first, first + m), each clipped at `clip`.
-  MUD_HD float mean_distance(int first, int m, float clip) const {
-    float s = 0.0f;
-MUD_UNROLL
-    for (int i = 0; i < KMAX; ++i)
-      if (i >= first && i < first + m) s += fminf(sqrtf(d[i]), clip);
-    return s / float(m);
-  }
-};
 
 MUD_HD float apply_transform(float dist, int transform) {
   if (transform == kInverse) return 1.0f / (dist + 1.0f);

@@ -8,6 +8,8 @@
 namespace mud_iknn {
 namespace {
 
+constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candidate heads
+
 // Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
 template <class Fn>
 void parallel_for(int64_t tasks, int threads, Fn fn) {
@@ -31,7 +33,7 @@ struct Grid {
 
   Grid(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
        int64_t width, int k)
-      : spec(make_grid_spec(batch, count, height, width, k)) {
+      : spec(make_grid_spec(batch, count, height, width, cpu_occupancy(k))) {
     const int64_t cells = spec.cells();
     start.assign(batch * cells + 1, 0);
     std::vector<int64_t> cell_of_point(count, -1);
@@ -87,11 +89,11 @@ inline float push_sorted(float* list, int k, float v) {
   return list[k - 1];
 }
 
-// One kTile x kTile tile of one image's kNN map.
+// One kCpuTile x kCpuTile tile of one image's kNN map.
 void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t width, int64_t x0, int64_t y0,
               int k, float clip, int transform, float* out) {
   const GridSpec& g = grid.spec;
-  const int64_t x1 = std::min<int64_t>(x0 + kTile, width), y1 = std::min<int64_t>(y0 + kTile, height);
+  const int64_t x1 = std::min<int64_t>(x0 + kCpuTile, width), y1 = std::min<int64_t>(y0 + kCpuTile, height);
   const int tw = int(x1 - x0), th = int(y1 - y0);
   float* map = out + b * height * width;
   if (n == 0) {
@@ -99,10 +101,15 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
       for (int64_t x = x0; x < x1; ++x) map[y * width + x] = apply_transform(INFINITY, transform);
     return;
   }
-  float best[kTile * kTile * kMaxK];
-  float kth[kTile * kTile];
-  std::fill(best, best + tw * th * k, INFINITY);
-  std::fill(kth, kth + tw * th, INFINITY);
+  // Lists and k-th distances are laid out kCpuTile wide; the columns past the tile's edge hold -inf
+  // k-th distances, which no candidate beats, so every row loop runs kCpuTile wide and vectorises.
+  float best[kCpuTile * kCpuTile * kMaxK];
+  float kth[kCpuTile * kCpuTile];
+  std::fill(best, best + kCpuTile * kCpuTile * k, INFINITY);
+  for (int ty = 0; ty < kCpuTile; ++ty)
+    for (int tx = 0; tx < kCpuTile; ++tx) kth[ty * kCpuTile + tx] = tx < tw ? INFINITY : -INFINITY;
+  float fx[kCpuTile];
+  for (int tx = 0; tx < kCpuTile; ++tx) fx[tx] = float(x0 + tx);
   const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(x1 - 1), g.cell, g.gx);
   const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(y1 - 1), g.cell, g.gy);
   int64_t seen = 0;
@@ -110,16 +117,28 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
   for (int ring = 0;; ++ring) {
     const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
     if (ring > 0 && now.same(before)) break;  // the whole grid has been visited
+    // Rows whose worst k-th distance a candidate cannot beat skip it: once the first rings have
+    // set the lists, most candidates of later rings touch no row at all.
+    float row_worst[kCpuTile];
+    for (int ty = 0; ty < th; ++ty) row_worst[ty] = *std::max_element(kth + ty * kCpuTile, kth + (ty + 1) * kCpuTile);
     seen += grid.visit_ring(b, now, before, ring == 0, [&](float hx, float hy) {
+      const float ox = max_f(max_f(float(x0) - hx, hx - float(x1 - 1)), 0.0f);
+      const float ox2 = ox * ox;
       for (int ty = 0; ty < th; ++ty) {
         const float dy = hy - float(y0 + ty);
         const float dy2 = dy * dy;
-        float* kth_row = kth + ty * tw;
-        for (int tx = 0; tx < tw; ++tx) {
-          const float dx = hx - float(x0 + tx);
-          const float d2 = dx * dx + dy2;
-          if (d2 < kth_row[tx]) kth_row[tx] = push_sorted(best + (ty * tw + tx) * k, k, d2);
+        if (dy2 + ox2 >= row_worst[ty]) continue;
+        float* kth_row = kth + ty * kCpuTile;
+        float d2[kCpuTile];
+        int closer = 0;
+        for (int tx = 0; tx < kCpuTile; ++tx) {
+          const float dx = hx - fx[tx];
+          d2[tx] = dx * dx + dy2;
+          closer |= d2[tx] < kth_row[tx];
         }
+        if (!closer) continue;
+        for (int tx = 0; tx < tw; ++tx)
+          if (d2[tx] < kth_row[tx]) kth_row[tx] = push_sorted(best + (ty * kCpuTile + tx) * k, k, d2[tx]);
       }
     });
     before = now;
@@ -128,7 +147,7 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
     for (int ty = 0; ty < th && (done || clip_done); ++ty)
       for (int tx = 0; tx < tw; ++tx) {
         const float bound = outside_bound(float(x0 + tx), float(y0 + ty), now, g);
-        done = done && kth[ty * tw + tx] <= bound * bound;
+        done = done && kth[ty * kCpuTile + tx] <= bound * bound;
         clip_done = clip_done && bound >= clip;
       }
     // clip_done: every unvisited head lies beyond `clip`, where its INFINITY slot clips to the same value
@@ -137,9 +156,9 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
   const int m = int(std::min<int64_t>(k, n));
   for (int ty = 0; ty < th; ++ty)
     for (int tx = 0; tx < tw; ++tx) {
-      const float* list = best + (ty * tw + tx) * k;
+      const float* list = best + (ty * kCpuTile + tx) * k;
       float s = 0.0f;
-      for (int i = 0; i < m; ++i) s += std::fmin(std::sqrt(list[i]), clip);
+      for (int i = 0; i < m; ++i) s += min_f(std::sqrt(list[i]), clip);
       map[(y0 + ty) * width + x0 + tx] = apply_transform(s / float(m), transform);
     }
 }
@@ -149,12 +168,12 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
 void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
                   int64_t width, int k, float max_distance, int transform, float* out, int threads) {
   const Grid grid(points, offsets, batch, count, height, width, k);
-  const int64_t tiles_x = (width + kTile - 1) / kTile, tiles_y = (height + kTile - 1) / kTile;
+  const int64_t tiles_x = (width + kCpuTile - 1) / kCpuTile, tiles_y = (height + kCpuTile - 1) / kCpuTile;
   parallel_for(batch * tiles_y * tiles_x, threads, [&](int64_t task) {
     const int64_t b = task / (tiles_x * tiles_y), rest = task % (tiles_x * tiles_y);
     const int64_t cells = grid.spec.cells();
     const int64_t n = grid.start[(b + 1) * cells] - grid.start[b * cells];
-    knn_tile(grid, b, n, height, width, (rest % tiles_x) * kTile, (rest / tiles_x) * kTile, k, max_distance,
+    knn_tile(grid, b, n, height, width, (rest % tiles_x) * kCpuTile, (rest / tiles_x) * kCpuTile, k, max_distance,
              transform, out);
   });
 }

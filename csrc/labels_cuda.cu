@@ -19,7 +19,8 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kThreads = kTile * kTile;
+constexpr int kThreads = 256;   // per block: the tile kernel's 32 columns x 8 rows of threads
+constexpr int kTileW = 32;      // tile width in pixels (one warp per tile row)
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -74,6 +75,34 @@ GridBuffers layout(char* base, int64_t cells, int64_t count) {
   return w;
 }
 
+// The k smallest squared distances seen so far, for a runtime k <= KMAX, in registers: kept
+// ascending in d[KMAX - k, KMAX) with -inf below, so the k-th smallest is always d[KMAX - 1] and
+// every index is a compile-time constant (a runtime index would push the list to local memory).
+template <int KMAX>
+struct TopK {
+  float d[KMAX];
+  __device__ __forceinline__ void reset(int k) {
+    MUD_UNROLL
+    for (int i = 0; i < KMAX; ++i) d[i] = i < KMAX - k ? -INFINITY : INFINITY;
+  }
+  __device__ __forceinline__ float kth() const { return d[KMAX - 1]; }
+  // Inserts v, dropping the largest: d'[i] = max(d[i-1], min(d[i], v)), top down, branch-free.
+  __device__ __forceinline__ void push(float v) {
+    MUD_UNROLL
+    for (int i = KMAX - 1; i > 0; --i) d[i] = fmaxf(d[i - 1], fminf(d[i], v));
+    d[0] = fminf(d[0], v);
+  }
+  // Mean of the square roots of the m values after the `skip` smallest, each clipped at `clip`.
+  __device__ __forceinline__ float mean_distance(int k, int skip, int m, float clip) const {
+    const int lo = KMAX - k + skip;
+    float s = 0.0f;
+    MUD_UNROLL
+    for (int i = 0; i < KMAX; ++i)
+      if (i >= lo && i < lo + m) s += fminf(sqrtf(d[i]), clip);
+    return s / float(m);
+  }
+};
+
 __device__ __forceinline__ int clamp_index(int v, int count) { return v < 0 ? 0 : (v > count ? count : v); }
 
 __global__ void bucket_count(const float2* __restrict__ points, const int64_t* __restrict__ offsets, int count,
@@ -123,11 +152,16 @@ __device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t 
   return clamp_index(starts[(b + 1) * cells], count) - clamp_index(starts[b * cells], count);
 }
 
+// Rows of pixels each thread of the tile kernel handles for a list size KMAX: the lists of all of
+// them stay in registers. The tile is kTileW x (8 * rows) pixels.
+__host__ __device__ constexpr int pixel_rows(int kmax) { return kmax <= 4 ? 4 : (kmax <= 8 ? 2 : 1); }
+
 template <int KMAX>
-__global__ void __launch_bounds__(kThreads) knn_tile_kernel(const float2* __restrict__ sorted,
-                                                           const int* __restrict__ starts, int count, int height,
-                                                           int width, GridSpec g, int k, float clip, int transform,
-                                                           float* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
+    knn_tile_kernel(const float2* __restrict__ sorted, const int* __restrict__ starts, int count, int height,
+                    int width, GridSpec g, int k, float clip, int transform, float* __restrict__ out) {
+  constexpr int kRows = pixel_rows(KMAX);
+  constexpr int kTileH = 8 * kRows;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ float2 cand[kThreads];
@@ -137,36 +171,42 @@ __global__ void __launch_bounds__(kThreads) knn_tile_kernel(const float2* __rest
 
   const int64_t b = blockIdx.z;
   const int tid = threadIdx.x;
-  const int x0 = blockIdx.x * kTile, y0 = blockIdx.y * kTile;
-  const int px = x0 + tid % kTile, py = y0 + tid / kTile;
-  const bool inside = px < width && py < height;
+  const int x0 = blockIdx.x * kTileW, y0 = blockIdx.y * kTileH;
+  const int px = x0 + tid % kTileW;  // this thread's pixels: (px, py0 + 8 j), j < kRows
+  const int py0 = y0 + tid / kTileW;
   const int64_t cells = g.cells();
   const int* row_start = starts + b * cells;
   const int n = grid_count(starts, b, cells, count);
   float* map = out + b * int64_t(height) * width;
   if (n == 0) {  // block-uniform
-    if (inside) map[int64_t(py) * width + px] = apply_transform(INFINITY, transform);
+    MUD_UNROLL
+    for (int j = 0; j < kRows; ++j)
+      if (px < width && py0 + 8 * j < height) map[int64_t(py0 + 8 * j) * width + px] = apply_transform(INFINITY, transform);
     return;
   }
-  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTile, width) - 1), g.cell, g.gx);
-  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTile, height) - 1), g.cell, g.gy);
-  const float fx = float(px), fy = float(py);
+  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTileW, width) - 1), g.cell, g.gx);
+  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTileH, height) - 1), g.cell, g.gy);
+  const float fx = float(px);
 
-  TopK<KMAX> best;
-  best.reset();
-  float kth = INFINITY;
+  TopK<KMAX> best[kRows];
+  MUD_UNROLL
+  for (int j = 0; j < kRows; ++j) best[j].reset(k);
+  float worst = INFINITY;  // the largest k-th distance among this thread's pixels
   int seen = 0;
   CellBlock before{0, -1, 0, -1};
-  for (int ring = 0;; ++ring) {
+  // Each pass costs the block a chain of dependent loads and barriers, so the first takes the
+  // tile's cells and one ring around them, and the radius doubles after that: a tile far from
+  // every head reaches them in a few passes.
+  for (int ring = 1;; ring *= 2) {
     const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
-    if (ring > 0 && now.same(before)) break;  // block-uniform: the whole grid is visited
+    if (ring > 1 && now.same(before)) break;  // block-uniform: the whole grid is visited
     const int rows = now.y1 - now.y0 + 1;
     for (int r0 = 0; r0 < rows; r0 += kThreads) {
       // Each thread describes the ring's cells in one row as up to two runs of sorted points.
       int begin0 = 0, len0 = 0, begin1 = 0, len1 = 0;
       if (r0 + tid < rows) {
         const int y = now.y0 + r0 + tid;
-        const RowSpans spans = ring_spans(y, now, before, ring == 0);
+        const RowSpans spans = ring_spans(y, now, before, ring == 1);
         const int* rs = row_start + int64_t(y) * g.gx;
         if (spans.count >= 1) {
           begin0 = clamp_index(rs[spans.lo0], count);
@@ -198,13 +238,19 @@ __global__ void __launch_bounds__(kThreads) knn_tile_kernel(const float2* __rest
         }
         __syncthreads();
         const int staged = min(kThreads, total - c0);
-        if (inside) {
-          for (int j = 0; j < staged; ++j) {
-            const float2 h = cand[j];
-            const float dx = h.x - fx, dy = h.y - fy;
-            const float d2 = fmaf(dx, dx, dy * dy);
-            if (d2 < kth) kth = best.push(d2, k);
+        for (int i = 0; i < staged; ++i) {
+          const float2 h = cand[i];
+          const float dx = h.x - fx, dx2 = dx * dx;
+          if (dx2 >= worst) continue;  // too far sideways for every pixel of this thread
+          MUD_UNROLL
+          for (int j = 0; j < kRows; ++j) {
+            const float dy = h.y - float(py0 + 8 * j);
+            const float d2 = fmaf(dy, dy, dx2);
+            if (d2 < best[j].kth()) best[j].push(d2);
           }
+          worst = best[0].kth();
+          MUD_UNROLL
+          for (int j = 1; j < kRows; ++j) worst = fmaxf(worst, best[j].kth());
         }
         __syncthreads();
       }
@@ -212,11 +258,23 @@ __global__ void __launch_bounds__(kThreads) knn_tile_kernel(const float2* __rest
       __syncthreads();  // scan_tmp and the span arrays are rewritten next
     }
     before = now;
-    const float bound = outside_bound(fx, fy, now, g);
-    const bool done = !inside || seen >= n || kth <= bound * bound || bound >= clip;
+    bool done = seen >= n;
+    if (!done) {
+      done = true;
+      MUD_UNROLL
+      for (int j = 0; j < kRows; ++j) {
+        const float bound = outside_bound(fx, float(py0 + 8 * j), now, g);
+        const bool outside_map = px >= width || py0 + 8 * j >= height;
+        done = done && (outside_map || best[j].kth() <= bound * bound || bound >= clip);
+      }
+    }
     if (__syncthreads_and(done)) break;
   }
-  if (inside) map[int64_t(py) * width + px] = apply_transform(best.mean_distance(0, min(k, n), clip), transform);
+  const int m = min(k, n);
+  MUD_UNROLL
+  for (int j = 0; j < kRows; ++j)
+    if (px < width && py0 + 8 * j < height)
+      map[int64_t(py0 + 8 * j) * width + px] = apply_transform(best[j].mean_distance(k, 0, m, clip), transform);
 }
 
 template <int KMAX>
@@ -238,8 +296,7 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
     const float2 q = points[i];
     const int cx = cell_of(q.x, g.cell, g.gx), cy = cell_of(q.y, g.cell, g.gy);
     TopK<KMAX> best;
-    best.reset();
-    float kth = INFINITY;
+    best.reset(m + 1);
     int seen = 0;
     CellBlock before{0, -1, 0, -1};
     for (int ring = 0;; ++ring) {
@@ -257,16 +314,16 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
             const float2 h = sorted[j];
             const float dx = h.x - q.x, dy = h.y - q.y;
             const float d2 = fmaf(dx, dx, dy * dy);
-            if (d2 < kth) kth = best.push(d2, m + 1);
+            if (d2 < best.kth()) best.push(d2);
           }
           seen += max(hi - lo, 0);
         }
       }
       before = now;
       const float bound = outside_bound(q.x, q.y, now, g);
-      if (seen >= n || kth <= bound * bound) break;
+      if (seen >= n || best.kth() <= bound * bound) break;
     }
-    out[i] = beta * best.mean_distance(1, m, INFINITY);  // d[0] is the head itself
+    out[i] = beta * best.mean_distance(m + 1, 1, m, INFINITY);  // the smallest is the head itself
   }
 }
 
@@ -327,7 +384,9 @@ template <int KMAX>
 struct LaunchKnn {
   static void run(const GridBuffers& w, int64_t batch, int64_t count, int64_t height, int64_t width,
                   const GridSpec& g, int k, float clip, int transform, float* out, cudaStream_t stream) {
-    const dim3 blocks(unsigned((width + kTile - 1) / kTile), unsigned((height + kTile - 1) / kTile), unsigned(batch));
+    constexpr int tile_h = 8 * pixel_rows(KMAX);
+    const dim3 blocks(unsigned((width + kTileW - 1) / kTileW), unsigned((height + tile_h - 1) / tile_h),
+                      unsigned(batch));
     knn_tile_kernel<KMAX><<<blocks, kThreads, 0, stream>>>(w.sorted, w.starts, int(count), int(height), int(width),
                                                           g, k, clip, transform, out);
   }
@@ -354,7 +413,7 @@ GridBuffers checked_layout(void* workspace, int64_t workspace_bytes, int64_t cel
 }  // namespace
 
 int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  const GridSpec g = make_grid_spec(batch, count, height, width, k);
+  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_occupancy(k));
   return int64_t(layout(nullptr, batch * g.cells(), count).total);
 }
 
@@ -363,7 +422,7 @@ void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, i
                    int64_t workspace_bytes, void* stream_handle, int device) {
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = make_grid_spec(batch, count, height, width, k);
+  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_occupancy(k));
   const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
   if (count > 0) build_grid(points, offsets, batch, count, g, w, stream);
   else check(cudaMemsetAsync(w.starts, 0, sizeof(int) * (batch * g.cells() + 1), stream), "memset starts");
@@ -377,7 +436,7 @@ void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch
   if (count == 0) return;
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = make_grid_spec(batch, count, height, width, k + 1);
+  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_occupancy(k + 1));
   const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
   build_grid(points, offsets, batch, count, g, w, stream);
   dispatch_k<LaunchSigma>(k + 1, points, offsets, w, batch, count, g, k, beta, float(height + width) / 8.0f, out,

@@ -21,6 +21,7 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -135,12 +136,21 @@ def _check_positive(value, name: str) -> float:
 
 
 class _OutputGuard:
-    """Turns an allocation failure of the (B, H, W) output into an error that names the size."""
+    """Refuses a (B, H, W) float32 output larger than the host's memory (an over-committed
+    allocation would only fail when written), and turns an allocation failure into an error that
+    names the size."""
 
-    def __init__(self, batch: int, height: int, width: int):
-        self.batch, self.height, self.width = batch, height, width
+    def __init__(self, batch: int, height: int, width: int, device: torch.device):
+        self.batch, self.height, self.width, self.device = batch, height, width, device
+
+    def _error(self) -> MemoryError:
+        gib = self.batch * self.height * self.width * 4 / 2**30
+        return MemoryError(f"size ({self.height}, {self.width}) with batch {self.batch}: the {gib:.1f} GiB "
+                           f"output cannot be allocated on {self.device}")
 
     def __enter__(self):
+        if self.device.type == "cpu" and self.batch * self.height * self.width * 4 > _HOST_MEMORY_BYTES:
+            raise self._error()
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -148,10 +158,18 @@ class _OutputGuard:
             issubclass(exc_type, (torch.OutOfMemoryError, MemoryError)) or
             (issubclass(exc_type, RuntimeError) and "allocate" in str(exc)))
         if out_of_memory:
-            gib = self.batch * self.height * self.width * 4 / 2**30
-            raise MemoryError(f"size ({self.height}, {self.width}) with batch {self.batch}: the {gib:.1f} GiB "
-                              f"output cannot be allocated") from exc
+            raise self._error() from exc
         return False
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: rely on the allocator's own error
+        return 2**63
+
+
+_HOST_MEMORY_BYTES = _host_memory_bytes()
 
 
 def knn_distance_maps(points: PointsLike, size, k: int = 1, *, offsets=None,
@@ -181,7 +199,7 @@ def _knn(points, size, k, offsets, max_distance, transform, validate) -> torch.T
     k = _check_k(k)
     clip = math.inf if max_distance is None else _check_positive(max_distance, "max_distance")
     packed, offs = pack_points(points, offsets, validate=validate)
-    with _OutputGuard(offs.numel() - 1, height, width):
+    with _OutputGuard(offs.numel() - 1, height, width, packed.device):
         return torch.ops.mud_iknn.knn_maps(packed, offs, height, width, k, clip, _TRANSFORMS[transform])
 
 
@@ -232,7 +250,7 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
     else:
         value = _check_positive(sigma, "sigma")
         sigmas = torch.full((packed.shape[0],), value, dtype=torch.float32, device=packed.device)
-    with _OutputGuard(offs.numel() - 1, height, width):
+    with _OutputGuard(offs.numel() - 1, height, width, packed.device):
         return torch.ops.mud_iknn.density_maps(packed, offs, sigmas, height, width, truncate)
 
 

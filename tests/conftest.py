@@ -26,3 +26,12 @@ def clustered_points(rng, count, height, width, clusters=8, spread=0.08, outside
     n_out = int(outside * count)
     pts[:n_out] = rng.uniform([-0.3 * width, -0.3 * height], [1.3 * width, 1.3 * height], size=(n_out, 2))
     return pts.astype(np.float32)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (the shared CI cores), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The prepared GPU check: run once on the GPU machine from the repository root (about 5 minutes).
+# Builds and installs the package for the local GPU, runs the whole test suite (CUDA tests
+# included), a compute-sanitizer memcheck of every kernel on small cases, the label benchmarks and
+# the training-step benchmark (on-the-fly vs precomputed vs scipy labels, DenseNet-201 batch 16);
+# writes summary.md, bench.md, bench_training.md and the logs under $OUT (default ./out).
+set -u
+OUT=$(realpath -m "${OUT:-out}")
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+ROOT=$(pwd)
+summary="$OUT/summary.md"
+status() { echo "- $1: $2" | tee -a "$summary"; }
+
+{
+  echo "# GPU check, $(date -u +%Y-%m-%d)"
+  echo
+  echo "- card: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)"
+  echo "- nvcc: $(nvcc --version 2>&1 | tail -1)"
+  echo "- torch: $($PY -c 'import torch; print(torch.__version__)' 2>&1)"
+} > "$summary"
+
+rm -rf build  # no CMake cache from an earlier (e.g. tuning) build
+t=$(date +%s)
+if MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
+  status build "ok ($(( $(date +%s) - t )) s): $(cd /tmp && $PY -c 'import mud_iknn; print(mud_iknn.backend_info())')"
+else
+  status build "FAILED, see build.log"; tail -40 "$OUT/build.log"; exit 1
+fi
+
+t=$(date +%s)
+(cd "$ROOT/tests" && timeout 150 $PY -m pytest -q -p no:cacheprovider -rs . > "$OUT/tests.log" 2>&1)
+status tests "exit $? ($(( $(date +%s) - t )) s): $(tail -1 "$OUT/tests.log")"
+
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+t=$(date +%s)
+(cd /tmp && timeout 120 "$SAN" --tool memcheck --error-exitcode 9 $PY "$ROOT/bench/sanitize_case.py") \
+  > "$OUT/memcheck.log" 2>&1
+status memcheck "exit $? ($(( $(date +%s) - t )) s): $(grep -E 'ERROR SUMMARY|all calls returned' "$OUT/memcheck.log" | tr '\n' ' ')"
+
+t=$(date +%s)
+(cd /tmp && timeout 150 $PY "$ROOT/bench/bench_labels.py" --device all --threads "$(nproc)" --scipy-limit 1e7 \
+  --out "$OUT/bench.md") > "$OUT/bench.log" 2>&1
+status bench "exit $? ($(( $(date +%s) - t )) s)"
+
+t=$(date +%s)
+: > "$OUT/bench_training.md"
+for args in "--heads 150" "--heads 150 --amp" "--heads 1000"; do
+  (cd /tmp && timeout 100 $PY "$ROOT/bench/bench_training.py" --device cuda --model densenet201 --batch 16 \
+    --size 224 --steps 20 --workers 8 $args --json "$OUT/bench_training_$(echo $args | tr -d ' -').json") \
+    >> "$OUT/bench_training.md" 2>&1
+  echo >> "$OUT/bench_training.md"
+done
+status bench_training "exit $? ($(( $(date +%s) - t )) s)"
+cat "$OUT/bench.md" 2>/dev/null
+cat "$OUT/bench_training.md"
+echo
+cat "$summary"
+grep -E "FAILED|Error" "$OUT/tests.log" | head -20

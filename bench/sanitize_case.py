@@ -1,0 +1,32 @@
+"""Small CUDA calls for compute-sanitizer: every kernel, edge cases, and unvalidated bad offsets.
+
+Run: compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_case.py
+"""
+import torch
+
+import mud_iknn
+
+dev = torch.device("cuda")
+g = torch.Generator().manual_seed(0)
+pts = (torch.rand(300, 2, generator=g) * torch.tensor([90.0, 70.0]) - 10).to(dev)
+offsets = torch.tensor([0, 0, 1, 120, 300], device=dev)
+for k in (1, 3, 8, 20, mud_iknn.MAX_K):
+    mud_iknn.iknn_maps(pts, (61, 83), k, offsets=offsets)
+    mud_iknn.knn_distance_maps(pts, (61, 83), k, offsets=offsets, max_distance=6.0)
+mud_iknn.density_maps(pts, (61, 83), offsets=offsets)
+mud_iknn.density_maps(pts, (61, 83), 2.5, offsets=offsets)
+mud_iknn.iknn_maps(torch.zeros(0, 2, device=dev), (5, 7), 3)
+mud_iknn.iknn_maps(pts[:4], (1, 1), 3)
+far = torch.tensor([[1e6, -1e6], [5.0, 5.0]], device=dev)
+mud_iknn.iknn_maps(far, (16, 16), 2)
+mud_iknn.density_maps(far, (16, 16))
+# Unvalidated garbage must stay inside its buffers (the maps are then undefined).
+bad = torch.tensor([0, 250, 100, 500, 300], device=dev)
+mud_iknn.iknn_maps(pts, (33, 40), 3, offsets=bad, validate=False)
+mud_iknn.density_maps(pts, (33, 40), offsets=bad, validate=False)
+nan = pts.clone()
+nan[::7] = float("nan")
+mud_iknn.iknn_maps(nan, (33, 40), 3, offsets=offsets, validate=False)
+mud_iknn.density_maps(nan, (33, 40), 2.0, offsets=offsets, validate=False)
+torch.cuda.synchronize()
+print("sanitize_case: all calls returned")

@@ -1,0 +1,512 @@
+"""Training with labels made per batch on the training device, after augmentation.
+
+Data flow of one step: CrowdSample (any reader) -> :class:`mud_iknn.transforms.TrainTransform`
+in DataLoader workers (crop/flip/scale on image and points together) -> :func:`collate_crowd`
+(uint8 images + packed points) -> device -> :meth:`LabelSpec.make` (ikNN or density maps, on the
+GPU when training on a GPU, with the C++ kernel on the CPU) -> model -> :class:`MUDLoss`.
+
+Reproducibility: the order of the samples comes from a seeded ``DistributedSampler`` per epoch and
+each sample's augmentation from its own generator seeded by (seed, rank, position in the stream),
+so a run does not depend on the number of workers, and :func:`train` with ``resume=True`` continues
+a killed run from its last checkpoint exactly as if it had never stopped (bit for bit on the CPU).
+
+Distributed: under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) each process
+trains a DistributedDataParallel replica on its own shard (NCCL on GPUs, gloo on CPUs); rank 0
+writes logs, plots and checkpoints. ``batch_size`` is per process.
+
+Outputs in ``out_dir``: ``checkpoint.pt`` (the last checkpoint), ``metrics.jsonl`` (one JSON
+record per line: ``{"split": "train", "step", "loss", "count_loss", "map_loss", "lr",
+"sec_per_step"}`` or ``{"split": "val", "step", "mae", "rmse", "nae"}``), ``curves.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .evaluate import evaluate
+from .loss import LabelSpec, MUDLoss
+from .model import MUDIKNN
+from .transforms import TrainTransform, collate_crowd
+
+__all__ = ["TrainConfig", "train", "build_model", "save_checkpoint", "load_checkpoint",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "mud_iknn.checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+PLOT_NAME = "curves.png"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; JSON-able through :meth:`to_dict` / :meth:`from_dict`.
+
+    Defaults are the authors': 224 patches, flip p = 0.5, batch 25, Adam lr 1e-4, lr x0.1 every
+    100k steps, BatchNorm frozen, DenseNet-201, ikNN labels with k = 1, lambda = 1.
+
+    steps: optimiser steps in all. batch_size: patches per step and process. patch_size: the
+    square crop (pixels), also the model's ``input_size`` and the evaluation window.
+    lr, lr_step, lr_gamma, weight_decay: Adam and its step schedule (per optimiser step).
+    label: which labels the map modules learn (:class:`LabelSpec`). map_weight: lambda.
+    flip_p, scale_range: augmentation (see :class:`TrainTransform`).
+    amp: float16 autocast + gradient scaling, used only on CUDA. grad_clip: max gradient norm or None.
+    seed: seeds model init, sample order and augmentation. deterministic: ask torch for
+    deterministic kernels (CUDA density labels still use float atomics).
+    num_workers: DataLoader worker processes. device: "auto" (cuda if available), "cpu", "cuda".
+    out_dir: where checkpoints, metrics and plots go. checkpoint_every, eval_every, log_every:
+    in steps (0 turns checkpoints / periodic evaluation off; a final checkpoint is always written).
+    eval_stride: sliding-window stride for validation (None: patch_size * 4 // 7, 128 for 224);
+    eval_limit: validate on the first images only.
+    backbone, weights, label_size, normalization, frozen_batchnorm: the model (see
+    :class:`mud_iknn.model.MUDIKNN`); backbone="densenet_tiny" with patch_size 64-128 is the small
+    configuration that trains on a CPU in minutes.
+    progress: a progress bar on rank 0.
+    """
+
+    steps: int = 300_000
+    batch_size: int = 25
+    patch_size: int = 224
+    lr: float = 1e-4
+    lr_step: int = 100_000
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    label: LabelSpec = field(default_factory=LabelSpec)
+    map_weight: float = 1.0
+    flip_p: float = 0.5
+    scale_range: Optional[tuple] = None
+    amp: bool = True
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = 4
+    device: str = "auto"
+    out_dir: str = "runs/mud_iknn"
+    checkpoint_every: int = 1000
+    eval_every: int = 0
+    log_every: int = 50
+    eval_stride: Optional[int] = None
+    eval_limit: Optional[int] = None
+    backbone: str = "densenet201"
+    weights: Optional[str] = None
+    label_size: Optional[int] = None
+    normalization: str = "imagenet"
+    frozen_batchnorm: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.label, dict):
+            self.label = LabelSpec.from_dict(self.label)
+        if not isinstance(self.label, LabelSpec):
+            raise TypeError(f"label must be a LabelSpec or a dict, got {type(self.label).__name__}")
+        if self.scale_range is not None:
+            self.scale_range = tuple(float(v) for v in self.scale_range)
+        for name in ("steps", "batch_size", "patch_size", "lr_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("checkpoint_every", "eval_every", "log_every", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    @classmethod
+    def small(cls, **overrides) -> "TrainConfig":
+        """A configuration that trains in seconds to minutes on a CPU (demos, tests): the
+        "densenet_tiny" backbone on 64 px patches, batch 8, 400 steps, Adam lr 1e-3 (x0.1 after 300),
+        BatchNorm trained (a randomly initialised network has no statistics worth freezing),
+        validation every 100 steps, no worker processes, on the CPU. ``overrides`` set any field.
+        """
+        values = dict(backbone="densenet_tiny", patch_size=64, batch_size=8, steps=400, lr=1e-3, lr_step=300,
+                      frozen_batchnorm=False, num_workers=0, device="cpu", checkpoint_every=200,
+                      eval_every=100, log_every=50)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def window_stride(self) -> int:
+        return self.eval_stride if self.eval_stride is not None else max(1, self.patch_size * 4 // 7)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["label"] = self.label.to_dict()
+        if self.scale_range is not None:
+            data["scale_range"] = list(self.scale_range)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"train config has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def build_model(config: TrainConfig, load_weights: bool = True) -> MUDIKNN:
+    """The MUD-ikNN network ``config`` describes; with load_weights=False randomly initialised
+    whatever config.weights says (for a checkpoint's weights to replace)."""
+    return MUDIKNN(weights=config.weights if load_weights else None, label_size=config.label_size,
+                   normalization=config.normalization, backbone=config.backbone,
+                   input_size=config.patch_size, frozen_batchnorm=config.frozen_batchnorm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_checkpoint(path, model: torch.nn.Module, config: TrainConfig, *, optimizer=None, scheduler=None,
+                    scaler=None, step: int = 0, metrics: Optional[dict] = None) -> Path:
+    """Writes a checkpoint atomically (a temporary file in the same folder, fsync, os.replace).
+
+    Holds the model, optimiser, scheduler and gradient-scaler states, the step, the RNG states
+    (torch, CUDA, numpy, python), the config as a dict and ``metrics``; everything loads with
+    ``torch.load(weights_only=True)``. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
+             "config": config.to_dict(), "model": model.state_dict(),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "scaler": scaler.state_dict() if scaler is not None else None,
+             "rng": _rng_state(), "metrics": json.loads(json.dumps(metrics or {}))}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """The raw checkpoint dict; ValueError naming the file when it is not a mud_iknn checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle and zip errors have no common base class
+        raise ValueError(f"{path} is not a mud_iknn checkpoint: torch.load(weights_only=True) failed "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a mud_iknn checkpoint (no '{CHECKPOINT_FORMAT}' format marker)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a mud_iknn checkpoint of version {state.get('version')!r}; this "
+                         f"version reads {CHECKPOINT_VERSION}")
+    return state
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dict]:
+    """(model, config, extra) from a checkpoint written by :func:`save_checkpoint`.
+
+    The model is rebuilt from the saved config (no weights download) in eval mode on
+    ``map_location``; ``extra`` holds "step", "metrics", "optimizer", "scheduler", "scaler", "rng".
+    Raises FileNotFoundError for a missing file and ValueError naming the file for anything else.
+    """
+    state = read_checkpoint(path, map_location)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config, load_weights=False)
+    model.load_state_dict(state["model"])
+    model.to(map_location).eval()
+    extra = {key: state[key] for key in ("step", "metrics", "optimizer", "scheduler", "scaler", "rng")}
+    return model, config, extra
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+def _augmentation_seed(seed: int, rank: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _AugmentedSamples(Dataset):
+    """Index by (sample index, augmentation seed) -> the augmented CrowdSample."""
+
+    def __init__(self, dataset, transform: TrainTransform):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        return self.transform(self.dataset[index], torch.Generator().manual_seed(seed))
+
+
+class _PatchStream(Sampler):
+    """Endless batches of (index, augmentation seed) for one rank, starting at ``start_step``.
+
+    The index stream is the concatenation of the rank's DistributedSampler epochs (seeded, shuffled,
+    padded to equal shards), cut into batches of ``batch_size``: step s always gets the same batch.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int, world_size: int, start_step: int = 0):
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=False)
+        self.batch_size, self.seed, self.rank, self.start_step = batch_size, seed, rank, start_step
+
+    def __iter__(self):
+        position = self.start_step * self.batch_size
+        epoch, skip = divmod(position, len(self.sampler))
+        batch = []
+        while True:
+            self.sampler.set_epoch(epoch)
+            for index in list(self.sampler)[skip:]:
+                batch.append((index, _augmentation_seed(self.seed, self.rank, position)))
+                position += 1
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            epoch, skip = epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+@dataclass
+class _Context:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(config: TrainConfig) -> _Context:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} was asked for but CUDA is not available")
+    owns_group = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+        owns_group = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if want_cuda:
+        explicit = config.device.startswith("cuda:") and world == 1
+        device = torch.device(config.device if explicit else f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return _Context(rank, world, device, owns_group)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drops records after ``step`` (written by a run killed after its last checkpoint), and a
+    last line cut short by the kill."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,
+          on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
+    """Trains MUD-ikNN on ``train_set`` (a torch Dataset of CrowdSample); see the module docstring.
+
+    val_set: evaluated with sliding windows every ``eval_every`` steps and at the end (rank 0).
+    resume: continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh).
+    on_step(step, record): called on every process after each step with that step's loss record
+    (values as Python floats only on logging steps; otherwise the record holds only "step").
+
+    Returns {"step", "train" (last logged record), "val" (last validation metrics or None),
+    "checkpoint", "metrics_file", "plot" (paths as str on rank 0), "model" (the trained
+    MUDIKNN, unwrapped, on the training device)}.
+    """
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty")
+    ctx = _setup(config)
+    try:
+        return _train(config, ctx, train_set, val_set, resume, on_step)
+    finally:
+        if ctx.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
+    out_dir = Path(config.out_dir)
+    ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = ctx.device
+    model = build_model(config, load_weights=not (resume and ckpt_path.exists())).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step = 0
+    last_val = None
+    if resume and ckpt_path.exists():
+        state = read_checkpoint(ckpt_path, map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        last_val = state["metrics"].get("val")
+        if ctx.is_main:
+            _truncate_log(log_path, step)
+    elif ctx.is_main and log_path.exists():
+        log_path.unlink()
+    net = model
+    if ctx.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = DataLoader(
+        _AugmentedSamples(train_set, TrainTransform(config.patch_size, config.flip_p, config.scale_range)),
+        batch_sampler=_PatchStream(train_set, config.batch_size, config.seed, ctx.rank, ctx.world_size, step),
+        collate_fn=collate_crowd, num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=False)
+    loss_fn = MUDLoss(config.map_weight)
+    spec = config.label
+    last_train: dict = {}
+    progress = None
+    if ctx.is_main and config.progress and step < config.steps:
+        from tqdm.auto import tqdm
+        progress = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    batches = iter(loader)
+    tic, tic_step = time.perf_counter(), step
+    try:
+        while step < config.steps:
+            batch = next(batches).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                maps, counts = net(batch.images)
+            labels = spec.make(batch.points, batch.offsets, tuple(maps.shape[-2:]), stride=model.label_stride)
+            loss, parts = loss_fn(maps, counts, labels, batch.counts)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            record = {"step": step}
+            if config.log_every and (step % config.log_every == 0 or step == config.steps):
+                values = torch.stack([loss.detach(), parts["count_loss"].detach(), parts["map_loss"].detach()])
+                if ctx.world_size > 1:
+                    dist.all_reduce(values)
+                    values /= ctx.world_size
+                now = time.perf_counter()
+                record = {"split": "train", "step": step, "loss": values[0].item(),
+                          "count_loss": values[1].item(), "map_loss": values[2].item(),
+                          "lr": scheduler.get_last_lr()[0], "sec_per_step": (now - tic) / (step - tic_step)}
+                tic, tic_step = now, step
+                last_train = record
+                if ctx.is_main:
+                    _append(log_path, record)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{record['loss']:.4g}")
+            if val_set is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                last_val = _validate(model, val_set, config, ctx, step, log_path)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, last_val, ctx)
+            if progress is not None:
+                progress.update(1)
+            if on_step is not None:
+                on_step(step, record)
+        if val_set is not None:
+            last_val = _validate(model, val_set, config, ctx, step, log_path)
+        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, last_val, ctx)
+    finally:
+        if progress is not None:
+            progress.close()
+    result = {"step": step, "train": last_train, "val": last_val, "model": model,
+              "checkpoint": None, "metrics_file": None, "plot": None}
+    if ctx.is_main:
+        result.update(checkpoint=str(ckpt_path), metrics_file=str(log_path))
+        if log_path.exists():
+            from .plots import plot_metrics
+            result["plot"] = str(plot_metrics(log_path, out_dir / PLOT_NAME))
+    return result
+
+
+def _validate(model, val_set, config, ctx, step, log_path) -> Optional[dict]:
+    metrics = None
+    if ctx.is_main:
+        result = evaluate(model, val_set, window=config.patch_size, stride=config.window_stride,
+                          limit=config.eval_limit)
+        metrics = {"split": "val", "step": step, "mae": result["mae"], "rmse": result["rmse"], "nae": result["nae"]}
+        _append(log_path, metrics)
+    if ctx.world_size > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+def _checkpoint(path, model, config, optimizer, scheduler, scaler, step, last_val, ctx) -> None:
+    if ctx.is_main:
+        save_checkpoint(path, model, config, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        step=step, metrics={"val": last_val})
+    if ctx.world_size > 1:
+        dist.barrier()

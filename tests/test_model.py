@@ -1,0 +1,166 @@
+"""The MUD-ikNN network: shapes, summed counts, frozen BatchNorm, map modules on other backbones."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mud_iknn.model import MUDIKNN, MapModule, MapNetwork, _ExtentConv, build_backbone
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def densenet201():
+    torch.manual_seed(0)
+    return MUDIKNN(weights=None).eval()
+
+
+def test_densenet201_layout_and_224_shapes(densenet201):
+    m = densenet201
+    assert [mod.upsample.in_channels for mod in m.map_modules] == [128, 256, 896]
+    assert [mod.factor for mod in m.map_modules] == [8, 16, 32]
+    assert m.final_count.in_channels == 1920
+    assert tuple(m.map_modules[0].count_head.weight.shape) == (1, 32, 28, 28)
+    with torch.no_grad():
+        maps, counts = m(torch.rand(2, 3, 224, 224))
+    assert maps.shape == (2, 3, 224, 224) and counts.shape == (2,)
+    with torch.no_grad():
+        maps, counts = m(torch.rand(1, 3, 100, 150))
+    assert maps.shape == (1, 3, 100, 150) and counts.shape == (1,)
+
+
+def test_count_is_the_sum_of_the_four_heads(densenet201):
+    m = densenet201
+    parts = []
+    hooks = [mod.register_forward_hook(lambda _m, _i, out: parts.append(out[1])) for mod in m.map_modules]
+    hooks.append(m.final_count.register_forward_hook(
+        lambda _m, _i, out: parts.append(nn.functional.leaky_relu(out, 0.01).flatten())))
+    try:
+        with torch.no_grad():
+            _, counts = m(torch.rand(2, 3, 224, 224))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(parts) == 4
+    torch.testing.assert_close(counts, parts[0] + parts[1] + parts[2] + parts[3])
+
+
+def test_small_model_other_sizes_and_label_size():
+    torch.manual_seed(0)
+    m = MUDIKNN.small(input_size=64)
+    assert m.backbone_name == "densenet_tiny" and sum(p.numel() for p in m.parameters()) < 300_000
+    for h, w in [(64, 64), (96, 128), (50, 70)]:
+        maps, counts = m(torch.rand(2, 3, h, w))
+        assert maps.shape == (2, 3, h, w) and counts.shape == (2,)
+    half = MUDIKNN.small(input_size=64, label_size=16)
+    assert half.label_stride == 4 and [mod.factor for mod in half.map_modules] == [2, 4, 8]
+    assert half(torch.rand(1, 3, 64, 64))[0].shape == (1, 3, 16, 16)
+    assert half(torch.rand(1, 3, 70, 90))[0].shape == (1, 3, 18, 23)
+    for bad in [3, 48, 128]:
+        with pytest.raises(ValueError, match="label_size"):
+            MUDIKNN.small(input_size=64, label_size=bad)
+    with pytest.raises(ValueError, match="map_channels"):
+        MUDIKNN.small(map_channels=2)
+    with pytest.raises(ValueError, match="backbone"):
+        MUDIKNN(backbone="resnet9")
+
+
+def test_normalisation_inside_the_model():
+    m = MUDIKNN.small(normalization="tanh")
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    assert torch.allclose(m.normalize(grey), torch.zeros_like(grey))
+    u8 = torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8)
+    assert torch.allclose(m.normalize(u8), u8.float() / 127.5 - 1, atol=1e-6)
+    imagenet = MUDIKNN.small()
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+    assert torch.allclose(imagenet.normalize(mean.expand(1, 3, 4, 4)), torch.zeros(1, 3, 4, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="normalization"):
+        MUDIKNN.small(normalization="minmax")
+    with pytest.raises(TypeError, match="images"):
+        m(torch.zeros(1, 3, 64, 64, dtype=torch.int32))
+
+
+def test_frozen_batchnorm_is_really_frozen():
+    torch.manual_seed(0)
+    m = MUDIKNN.small().train()
+    bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+    assert bns and all(not bn.training for bn in bns)
+    assert m.map_modules[0].training  # the rest trains
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(2):
+        maps, counts = m(torch.rand(2, 3, 64, 64))
+        (maps.square().mean() + counts.square().mean()).backward()
+        opt.step()
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # and BatchNorm affine parameters still learn
+    assert not torch.equal(bns[0].weight, torch.ones_like(bns[0].weight))
+    # control: unfrozen BatchNorm does update its statistics
+    free = MUDIKNN.small(frozen_batchnorm=False).train()
+    free(torch.rand(2, 3, 64, 64))
+    assert free.state_dict()["features.features.norm0.running_mean"].abs().sum() > 0
+
+
+def test_map_modules_on_resnet50():
+    torch.manual_seed(0)
+    net = MapNetwork(torchvision.models.resnet50(weights=None), ["layer1", "layer2", "layer3"], "layer4",
+                     input_size=64)
+    assert net.strides == (4, 8, 16)
+    assert [mod.upsample.in_channels for mod in net.map_modules] == [256, 512, 1024]
+    assert net.final_count.in_channels == 2048
+    maps, counts = net(torch.rand(2, 3, 64, 64))
+    assert maps.shape == (2, 3, 64, 64) and counts.shape == (2,)
+    (maps.mean() + counts.sum()).backward()
+    assert net.features.conv1.weight.grad.abs().sum() > 0  # gradients reach the backbone
+    with pytest.raises(ValueError, match="nodes"):
+        MapNetwork(torchvision.models.resnet50(weights=None), ["layer9"], input_size=64)
+
+
+def test_map_module_shapes():
+    mod = MapModule(in_channels=5, factor=4, count_extent=4)
+    density, count = mod(torch.rand(3, 5, 8, 8))
+    assert density.shape == (3, 1, 32, 32) and count.shape == (3,)
+    with pytest.raises(ValueError, match="factor"):
+        MapModule(5, 0)
+
+
+def test_extent_conv_scales_with_area():
+    conv = _ExtentConv(2, 1, kernel_size=4, bias=False)
+    nn.init.constant_(conv.weight, 0.25)
+    x = torch.ones(1, 2, 4, 4)
+    torch.testing.assert_close(conv(x), nn.functional.conv2d(x, conv.weight))
+    # a twice larger extent: the resampled kernel keeps its per-location weight, the sum is 4x
+    torch.testing.assert_close(conv(torch.ones(1, 2, 8, 8)), 4 * conv(x))
+
+
+def test_local_weights_file(tmp_path):
+    torch.manual_seed(1)
+    source = build_backbone("densenet_tiny")
+    path = tmp_path / "tiny.pt"
+    torch.save(source.state_dict(), path)
+    m = MUDIKNN.small(weights=str(path))
+    torch.testing.assert_close(m.features.features.conv0.weight, source.features.conv0.weight)
+    (tmp_path / "junk.pt").write_text("not a state dict")
+    with pytest.raises(ValueError, match="junk.pt"):
+        MUDIKNN.small(weights=tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="missing.pt"):
+        MUDIKNN.small(weights=tmp_path / "missing.pt")
+    with pytest.raises(TypeError, match="weights"):
+        MUDIKNN.small(weights=3)
+
+
+def test_imagenet_weights_use_torchvision_enum(monkeypatch):
+    import mud_iknn.model as model_module
+    asked = []
+
+    def factory(weights=None):
+        asked.append(weights)
+        return torchvision.models.DenseNet(growth_rate=12, block_config=(2, 4, 4, 2), num_init_features=24)
+
+    monkeypatch.setitem(model_module._DENSENETS, "densenet121", (factory, "DenseNet121_Weights"))
+    MUDIKNN(weights="imagenet", backbone="densenet121", input_size=64)  # no download: the factory is fake
+    assert asked == [torchvision.models.DenseNet121_Weights.IMAGENET1K_V1]
+    with pytest.raises(ValueError, match="imagenet"):
+        MUDIKNN.small(weights="imagenet")

@@ -1,0 +1,225 @@
+"""Training engine: loss goes down, label variants, checkpoints, exact resume after a kill."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import mud_iknn
+import mud_iknn.labels
+from mud_iknn.loss import LabelSpec
+from mud_iknn.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+from synthetic import Blobs
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(tmp_path, **kwargs):
+    base = dict(steps=4, batch_size=4, patch_size=32, lr=1e-3, backbone="densenet_tiny", num_workers=0,
+                device="cpu", out_dir=str(tmp_path), checkpoint_every=0, log_every=1, progress=False)
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+def _records(path, split="train"):
+    return [json.loads(line) for line in open(path) if json.loads(line)["split"] == split]
+
+
+def test_config_defaults_and_json_round_trip():
+    c = TrainConfig()
+    assert (c.patch_size, c.batch_size, c.lr, c.lr_step, c.lr_gamma, c.flip_p, c.frozen_batchnorm) == \
+        (224, 25, 1e-4, 100_000, 0.1, 0.5, True)
+    assert c.backbone == "densenet201" and c.label == LabelSpec("iknn") and c.window_stride == 128
+    c = TrainConfig(label=LabelSpec("density", beta=0.2), scale_range=(0.5, 2), grad_clip=1.0)
+    again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again == c
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="tpu")
+
+
+def test_small_config_for_cpu_demos():
+    c = TrainConfig.small(steps=10)
+    assert (c.backbone, c.patch_size, c.device, c.steps, c.frozen_batchnorm) == ("densenet_tiny", 64, "cpu", 10, False)
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    data = Blobs(n=8, size=48)
+    result = train(_config(tmp_path, steps=30, patch_size=32), data)
+    losses = [r["loss"] for r in _records(result["metrics_file"])]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert result["step"] == 30 and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_label_variant_switch(tmp_path, monkeypatch):
+    calls = {"iknn": 0, "density": 0}
+
+    def spy(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            assert kwargs["validate"] is False  # no host sync in the training step
+            assert args[0].device.type == "cpu"  # device="cpu": the C++ kernel
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(mud_iknn.labels, "iknn_maps", spy("iknn", mud_iknn.labels.iknn_maps))
+    monkeypatch.setattr(mud_iknn.labels, "density_maps", spy("density", mud_iknn.labels.density_maps))
+    data = Blobs(n=4, size=32)
+    train(_config(tmp_path / "density", steps=2, label=LabelSpec("density"), scale_range=(0.8, 1.25),
+                  grad_clip=100.0), data)
+    assert calls == {"iknn": 0, "density": 2}
+    train(_config(tmp_path / "iknn", steps=3, label=LabelSpec("iknn", k=2)), data)
+    assert calls == {"iknn": 3, "density": 2}
+    _, config, _ = load_checkpoint(tmp_path / "density" / "checkpoint.pt")
+    assert config.label.kind == "density"
+
+
+def test_runs_are_reproducible_whatever_the_workers(tmp_path):
+    data = Blobs(n=6, size=40)
+    a = train(_config(tmp_path / "a", steps=3), data)
+    b = train(_config(tmp_path / "b", steps=3, num_workers=1), data)
+    for key, value in a["model"].state_dict().items():
+        assert torch.equal(value, b["model"].state_dict()[key]), key
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
+    data = Blobs(n=6, size=40)
+    full = train(_config(tmp_path / "full", steps=6, checkpoint_every=2, lr_step=3, lr_gamma=0.5), data)
+
+    config = _config(tmp_path / "killed", steps=6, checkpoint_every=2, lr_step=3, lr_gamma=0.5)
+    # the same run in another process, SIGKILLed after step 5 (after the step-4 checkpoint)
+    script = textwrap.dedent(f"""
+        import json, os, signal, torch
+        from mud_iknn.train import TrainConfig, train
+        from synthetic import Blobs
+        torch.set_num_threads(1)
+        def kill(step, record):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(TrainConfig.from_dict(json.loads({json.dumps(json.dumps(config.to_dict()))})), Blobs(n=6, size=40),
+              on_step=kill)
+    """)
+    package_root = Path(mud_iknn.__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package_root), str(Path(__file__).parent)]))
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [r["step"] for r in _records(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")[2]["step"] == 4
+    steps_run = []
+    resumed = train(config, data, resume=True, on_step=lambda step, record: steps_run.append(step))
+    assert steps_run == [5, 6] and resumed["step"] == 6
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    # the log of the killed run's step 5 was replaced, not duplicated
+    strip = lambda records: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in records]
+    assert strip(_records(resumed["metrics_file"])) == strip(_records(full["metrics_file"]))
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert a["scheduler"] == b["scheduler"] and a["step"] == b["step"] == 6
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+
+
+def test_validation_during_training(tmp_path):
+    result = train(_config(tmp_path, steps=4, eval_every=2, eval_stride=16), Blobs(n=4, size=32),
+                   val_set=Blobs(n=3, size=40, seed=1))
+    val = _records(result["metrics_file"], "val")
+    assert [r["step"] for r in val] == [2, 4]
+    assert result["val"] == val[-1] and result["val"]["mae"] >= 0 and result["val"]["rmse"] >= result["val"]["mae"]
+
+
+def test_resume_drops_a_log_line_cut_by_the_kill(tmp_path):
+    data = Blobs(n=4, size=32)
+    config = _config(tmp_path, steps=2, checkpoint_every=1)
+    train(config, data)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 3, "lo')
+    config.steps = 3
+    result = train(config, data, resume=True)
+    assert [r["step"] for r in _records(result["metrics_file"])] == [1, 2, 3]
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    config = _config(tmp_path, steps=1)
+    result = train(config, Blobs(n=2, size=32))
+    model, loaded, extra = load_checkpoint(result["checkpoint"])
+    assert loaded == config and extra["step"] == 1 and not model.training
+    x = torch.rand(1, 3, 32, 32)
+    result["model"].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[1], result["model"](x)[1])
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt"):
+        load_checkpoint(tmp_path / "notes.txt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="plain.pt.*not a mud_iknn checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled_module.pt")  # needs pickle: refused by weights_only
+    with pytest.raises(ValueError, match="pickled_module.pt"):
+        load_checkpoint(tmp_path / "pickled_module.pt")
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        load_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    config = _config(tmp_path, steps=1)
+    model = train(config, Blobs(n=2, size=32))["model"]
+    path = tmp_path / "checkpoint.pt"
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, config, step=2)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "curves.png", "metrics.jsonl"]
+
+
+@pytest.mark.cuda
+def test_cuda_training_makes_labels_on_the_gpu_with_amp(tmp_path, monkeypatch):
+    devices = []
+    original = mud_iknn.labels.iknn_maps
+
+    def spy(points, *args, **kwargs):
+        devices.append(points.device.type)
+        return original(points, *args, **kwargs)
+
+    monkeypatch.setattr(mud_iknn.labels, "iknn_maps", spy)
+    data = Blobs(n=6, size=48)
+    result = train(_config(tmp_path, steps=20, device="cuda", amp=True, grad_clip=10.0, eval_every=10,
+                           eval_stride=16), data, val_set=Blobs(n=2, size=48, seed=1))
+    assert devices == ["cuda"] * 20
+    losses = [r["loss"] for r in _records(result["metrics_file"])]
+    assert all(map(math.isfinite, losses)) and sum(losses[-5:]) < sum(losses[:5])
+    assert next(result["model"].parameters()).is_cuda
+    assert [r["step"] for r in _records(result["metrics_file"], "val")] == [10, 20]
+    model, _, _ = load_checkpoint(result["checkpoint"], map_location="cuda")
+    assert next(model.parameters()).is_cuda
+
+
+def test_plot_reader_names_a_broken_file(tmp_path):
+    from mud_iknn.plots import plot_metrics, read_metrics
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"split": "train", "step": 1, "loss": 2.0}\n\n{"split": "val", "step": 1, "mae": 1.5}\n')
+    assert [r["step"] for r in read_metrics(path)] == [1, 1]
+    assert plot_metrics(path, tmp_path / "c.png").stat().st_size > 1000
+    path.write_text('{"split": "train"\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:1"):
+        read_metrics(path)
