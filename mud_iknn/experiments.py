@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -75,9 +76,7 @@ def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], compa
     cannot express. Variants with identical settings (the full network appears in both
     comparisons) are trained once per seed and share their row values.
     """
-    from . import evaluate as evaluation
-    from . import train as engine
-
+    engine, evaluation = importlib.import_module("mud_iknn.train"), importlib.import_module("mud_iknn.evaluate")
     rows, done = [], {}
     for comparison in comparisons:
         for variant in COMPARISONS[comparison]:
@@ -187,8 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work_dir = args.work_dir or Path(scratch)
         rows = run_comparisons(train_set, test_set, base, args.seeds, args.comparisons, work_dir,
                                log=lambda line: print(line, file=sys.stderr, flush=True))
-    from . import evaluate as evaluation
-
+    evaluation = importlib.import_module("mud_iknn.evaluate")
     baseline = mean_count_baseline(evaluation, train_set.counts(), test_set.counts())
     rows.append({"comparison": "reference", "variant": f"mean training count ({baseline['prediction']:.1f})",
                  "seed": "-", **{k: baseline[k] for k in ("mae", "rmse", "nae")}})
