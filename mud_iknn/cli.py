@@ -110,7 +110,7 @@ def _is_main_process() -> bool:
 
 def _cmd_labels(args) -> int:
     import numpy as np
-    import torch
+    from tqdm.auto import tqdm
 
     from . import density_maps, iknn_maps
     from .visualize import save_label_preview
@@ -127,18 +127,15 @@ def _cmd_labels(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     index = []
-    for i in range(count):
+    for i in tqdm(range(count), desc="labels", unit="image", disable=None):  # bar only on a terminal
         sample = dataset[i]
         height, width = sample.image.shape[1:]
-        with torch.no_grad():
-            label = make(sample.points, (height, width))[0].numpy()
+        label = make(sample.points, (height, width))[0].numpy()
         np.save(out / f"{sample.name}.npy", label)
         if not args.no_preview:
             save_label_preview(sample.image, label, out / f"{sample.name}.png")
         index.append({"name": sample.name, "file": f"{sample.name}.npy", "height": int(height),
                       "width": int(width), "count": float(sample.count), "map_sum": float(label.sum())})
-        if args.verbose:
-            print(f"{sample.name}: {sample.count:g} heads, {height}x{width}", file=sys.stderr)
     with open(out / "labels.json", "w") as f:
         json.dump({"dataset": args.dataset, "split": getattr(dataset, "split", args.split), "label": spec,
                    "images": index}, f, indent=1)
@@ -148,7 +145,10 @@ def _cmd_labels(args) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
@@ -159,7 +159,7 @@ def _sigma(text: str):
         return text
     try:
         return _positive_float(text)
-    except ValueError:
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be 'adaptive' or a positive number, got {text}") from None
 
 
@@ -174,8 +174,10 @@ def _read_config_file(path: Path) -> dict:
         raise FileNotFoundError(f"config file not found: {path}")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:
+                raise ValueError(f"{path}: TOML config files need Python 3.11 or newer; use JSON") from None
             with open(path, "rb") as f:
                 return tomllib.load(f)
         with open(path) as f:
@@ -512,7 +514,6 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--beta", type=_positive_float, default=0.3, help="density: adaptive sigma factor (0.3)")
     labels.add_argument("--limit", type=int, metavar="N", help="export the first N images only")
     labels.add_argument("--no-preview", action="store_true", help="skip the PNG previews")
-    labels.add_argument("--verbose", action="store_true", help="one line per image on stderr")
     labels.set_defaults(run=_cmd_labels, command_parser=labels)
 
     bench = commands.add_parser(

@@ -71,6 +71,8 @@ def test_unknown_data_set_is_a_usage_error(capsys, tmp_path):
     (["labels", "--dataset", "synthetic", "--num-images", "0", "--out", "o"], "--num-images must be at least 1"),
     (["labels", "--dataset", "synthetic", "--k", "1000", "--out", "o"], "--k must be in [1, "),
     (["labels", "--dataset", "synthetic", "--kind", "density", "--sigma", "-1", "--out", "o"], "--sigma"),
+    (["labels", "--dataset", "synthetic", "--max-distance", "far", "--out", "o"],
+     "argument --max-distance: must be a positive number, got far"),
     (["train", "--dataset", "synthetic", "--set", "novalue"], "--set expects KEY=VALUE"),
 ])
 def test_bad_arguments_exit_2_with_usage(capsys, tmp_path, monkeypatch, argv, message):
@@ -342,6 +344,15 @@ def test_train_merges_file_options_and_set(capsys, tmp_path, engine):
     assert "model" not in summary
 
 
+def test_train_reads_toml_config(capsys, tmp_path, engine):
+    config = tmp_path / "config.toml"
+    config.write_text('steps = 12\nlr = 0.005\n[label]\nkind = "density"\n')
+    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--config", config)
+    assert status == 0, err
+    cfg = engine["train"][-1][0]
+    assert (cfg.steps, cfg.lr, cfg.label.kind) == (12, 0.005, "density")
+
+
 def test_train_errors(capsys, tmp_path, engine):
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--config", tmp_path / "none.json")
     assert status == 1 and "config file not found" in err
@@ -484,8 +495,8 @@ def test_demo_end_to_end_with_the_real_model(capsys, tmp_path):
     pytest.importorskip("mud_iknn.evaluate")
     # a reduced demo (about 10 s on two idle cores) that must still beat the mean-count baseline
     status, out, err = run(capsys, "demo", "--out", tmp_path, "--train-images", "32", "--val-images", "8",
-                           "--image-size", "96", "--steps", "160", "--device", "cpu")
-    assert status == 0, out + err
+                           "--image-size", "96", "--steps", "160", "--max-seconds", "10000", "--device", "cpu")
+    assert status == 0, out + err  # (no time cap: the outcome must not depend on the machine's load)
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["model"]["mae"] < summary["mean_baseline"]["mae"] and summary["steps"] == 160
     with Image.open(tmp_path / "demo.png") as figure:
