@@ -368,7 +368,9 @@ def _cmd_demo(args) -> int:
 
     sample = val_set[0]
     height, width = sample.image.shape[1:]
-    true_map = iknn_maps(sample.points, (height, width), config.label.neighbours)[0]
+    spec = config.label  # the demo trains on the default labels: ikNN, k = 1
+    true_map = iknn_maps(sample.points, (height, width), spec.neighbours, max_distance=spec.max_distance,
+                         transform=spec.transform)[0]
     predicted, _ = evaluation.predict_image(model, sample.image, window=config.patch_size,
                                             stride=config.window_stride)
     with torch.no_grad():

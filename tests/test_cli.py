@@ -191,6 +191,8 @@ def _count_metrics(predicted, true):
 class _Label:
     kind: str = "iknn"
     k: int = None
+    transform: str = "inverse"
+    max_distance: float = None
 
     @property
     def neighbours(self):
