@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import types
@@ -529,3 +530,18 @@ def test_train_eval_count_with_the_real_engine(capsys, tmp_path):
     assert status == 0, err
     path, count = out.strip().split("\t")
     assert path == str(image) and float(count) >= 0 and (tmp_path / "overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_prints_once(tmp_path):
+    pytest.importorskip("mud_iknn.train")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mud_iknn", "train",
+               "--dataset", "synthetic", "--num-images", "4", "--image-size", "64", "--steps", "2",
+               "--batch-size", "2", "--patch-size", "64", "--backbone", "densenet_tiny", "--num-workers", "0",
+               "--device", "cpu", "--out-dir", str(tmp_path / "run"), "--val-split", "none",
+               "--set", "progress=false"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('"checkpoint"') == 1  # rank 0 only
+    assert json.loads(result.stdout)["step"] == 2 and (tmp_path / "run" / "checkpoint.pt").is_file()
