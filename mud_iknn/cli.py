@@ -461,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, help="learning rate")
     train.add_argument("--label", choices=("iknn", "density"), help="map labels the network learns (label.kind)")
     train.add_argument("--backbone", help="densenet201 (the paper's), densenet121, densenet169 or densenet_tiny")
-    train.add_argument("--weights", help="backbone initialisation: 'imagenet' or a local state-dict file")
+    train.add_argument("--weights", help="backbone initialisation: 'imagenet' (torchvision's weights, fetched "
+                                         "into its cache on first use) or a local state-dict file")
     train.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
