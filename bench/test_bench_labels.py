@@ -8,7 +8,6 @@ comparison as one markdown table with ratios.
 """
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,11 +17,6 @@ from cases import CASES
 
 THREADS = os.cpu_count()
 BACKENDS = ["scipy", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _packed(points, device):
-    flat = torch.from_numpy(np.concatenate(points)).to(device)
-    return flat, torch.tensor(np.cumsum([0] + [len(p) for p in points]), device=device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -39,7 +33,7 @@ def test_knn_maps(benchmark, name, k, backend):
         benchmark.pedantic(reference.knn_distance_maps, args=(pts, case.size, k), kwargs={"workers": THREADS},
                            rounds=1, iterations=1)
         return
-    p, o = _packed(pts, backend)
+    p, o = case.packed(backend)
 
     def call():
         out = mud_iknn.knn_distance_maps(p, case.size, k, offsets=o, validate=False)
