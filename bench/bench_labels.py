@@ -19,7 +19,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,18 +87,12 @@ def ratio(base, other) -> str:
     return "-" if base is None or other is None else f"{base / other:.1f}x"
 
 
-def packed(points, device):
-    flat = torch.from_numpy(np.concatenate(points)).to(device)
-    offsets = torch.tensor(np.cumsum([0] + [len(p) for p in points]), device=device)
-    return flat, offsets
-
-
 def run(cases, ks, devices, threads, scipy_limit, repeats):
     torch.set_num_threads(threads)
     rows = []
     for case in cases:
         pts = case.points()
-        cpu_pts, cpu_off = packed(pts, "cpu")
+        cpu_pts, cpu_off = case.packed("cpu")
         for kind in [f"knn k={k}" for k in ks] + ["density adaptive"]:
             k = int(kind.split("=")[1]) if kind.startswith("knn") else 3
             pixels = case.batch * case.height * case.width
@@ -117,7 +110,7 @@ def run(cases, ks, devices, threads, scipy_limit, repeats):
             t_cpu = wall(lambda: ours(cpu_pts, cpu_off), repeats) if "cpu" in devices else None
             t_cuda = t_graph = None
             if "cuda" in devices:
-                gpu_pts, gpu_off = packed(pts, "cuda")
+                gpu_pts, gpu_off = case.packed("cuda")
                 t_cuda = cuda_time(lambda: ours(gpu_pts, gpu_off), max(repeats, 20))
                 t_graph = cuda_graph_time(lambda: ours(gpu_pts, gpu_off), max(repeats, 20))
             ws = mud_iknn._ops._C.knn_workspace_bytes(case.batch, len(cpu_pts), case.height, case.width, k) \

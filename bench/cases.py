@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import mud_iknn
+
 
 @dataclass(frozen=True)
 class Case:
@@ -22,6 +24,11 @@ class Case:
         """B arrays of (heads, 2) float32 (x, y): Gaussian clusters, 10% scattered past the border."""
         rng = np.random.default_rng(seed)
         return [_clustered(rng, self.heads, self.height, self.width) for _ in range(self.batch)]
+
+    def packed(self, device="cpu", seed: int = 0):
+        """points() packed: (P, 2) float32 points and (B + 1,) int64 offsets on `device`."""
+        points, offsets = mud_iknn.pack_points(self.points(seed))
+        return points.to(device), offsets.to(device)
 
 
 def _clustered(rng, count, height, width):

@@ -78,16 +78,26 @@ struct Grid {
   }
 };
 
-// Sorted insertion of v into list[0, k) (ascending); returns the new k-th smallest.
-inline float push_sorted(float* list, int k, float v) {
-  int i = k - 1;
-  while (i > 0 && list[i - 1] > v) {
-    list[i] = list[i - 1];
-    --i;
-  }
-  list[i] = v;
-  return list[k - 1];
+// Inserts v into the ascending list[0, k) (`stride` floats apart), dropping the largest, without
+// branches: list'[i] = max(list[i-1], min(list[i], v)), top down. Returns the new k-th smallest.
+inline float push_sorted(float* list, int k, int stride, float v) {
+  for (int i = k - 1; i > 0; --i)
+    list[i * stride] = max_f(list[(i - 1) * stride], min_f(list[i * stride], v));
+  list[0] = min_f(list[0], v);
+  return list[(k - 1) * stride];
 }
+
+// The largest of values[0, n) (n <= kCpuTile), in a loop the compiler vectorises.
+inline float largest(const float* values, int n) {
+  float m = -INFINITY;
+  for (int i = 0; i < n; ++i) m = max_f(m, values[i]);
+  return m;
+}
+
+struct RingHead {
+  float centre_d2;  // squared distance to the tile centre
+  float x, y;
+};
 
 // One kCpuTile x kCpuTile tile of one image's kNN map.
 void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t width, int64_t x0, int64_t y0,
@@ -103,6 +113,7 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
   }
   // Lists and k-th distances are laid out kCpuTile wide; the columns past the tile's edge hold -inf
   // k-th distances, which no candidate beats, so every row loop runs kCpuTile wide and vectorises.
+  // Slot i of the pixels of row ty is best[(ty * k + i) * kCpuTile + tx]: contiguous per slot.
   float best[kCpuTile * kCpuTile * kMaxK];
   float kth[kCpuTile * kCpuTile];
   std::fill(best, best + kCpuTile * kCpuTile * k, INFINITY);
@@ -112,18 +123,35 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
   for (int tx = 0; tx < kCpuTile; ++tx) fx[tx] = float(x0 + tx);
   const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(x1 - 1), g.cell, g.gx);
   const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(y1 - 1), g.cell, g.gy);
+  const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);  // tile centre
+  const float half_diagonal = 0.5f * std::sqrt(float((tw - 1) * (tw - 1) + (th - 1) * (th - 1)));
+  thread_local std::vector<RingHead> ring_heads;
   int64_t seen = 0;
   CellBlock before{0, -1, 0, -1};
   for (int ring = 0;; ++ring) {
     const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
     if (ring > 0 && now.same(before)) break;  // the whole grid has been visited
-    // Rows whose worst k-th distance a candidate cannot beat skip it: once the first rings have
-    // set the lists, most candidates of later rings touch no row at all.
-    float row_worst[kCpuTile];
-    for (int ty = 0; ty < th; ++ty) row_worst[ty] = *std::max_element(kth + ty * kCpuTile, kth + (ty + 1) * kCpuTile);
+    // The ring's heads, nearest to the tile centre first: the lists then settle after a few
+    // candidates, later ones fail the row test below, and once a head is farther from the tile
+    // than every pixel's k-th distance, so is the rest of the ring.
+    ring_heads.clear();
     seen += grid.visit_ring(b, now, before, ring == 0, [&](float hx, float hy) {
+      const float dx = hx - cx, dy = hy - cy;
+      ring_heads.push_back({dx * dx + dy * dy, hx, hy});
+    });
+    std::sort(ring_heads.begin(), ring_heads.end(),
+              [](const RingHead& a, const RingHead& c) { return a.centre_d2 < c.centre_d2; });
+    // Rows whose worst k-th distance a candidate cannot beat skip it.
+    float row_worst[kCpuTile];
+    for (int ty = 0; ty < th; ++ty) row_worst[ty] = largest(kth + ty * kCpuTile, kCpuTile);
+    float tile_worst = largest(row_worst, th);
+    for (const RingHead& head : ring_heads) {
+      const float near = std::sqrt(head.centre_d2) - half_diagonal;  // lower bound to any pixel
+      if (near > 0.0f && near * near >= tile_worst) break;
+      const float hx = head.x, hy = head.y;
       const float ox = max_f(max_f(float(x0) - hx, hx - float(x1 - 1)), 0.0f);
       const float ox2 = ox * ox;
+      bool changed = false;
       for (int ty = 0; ty < th; ++ty) {
         const float dy = hy - float(y0 + ty);
         const float dy2 = dy * dy;
@@ -138,9 +166,12 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
         }
         if (!closer) continue;
         for (int tx = 0; tx < tw; ++tx)
-          if (d2[tx] < kth_row[tx]) kth_row[tx] = push_sorted(best + (ty * kCpuTile + tx) * k, k, d2[tx]);
+          if (d2[tx] < kth_row[tx]) kth_row[tx] = push_sorted(best + ty * k * kCpuTile + tx, k, kCpuTile, d2[tx]);
+        row_worst[ty] = largest(kth_row, kCpuTile);
+        changed = true;
       }
-    });
+      if (changed) tile_worst = largest(row_worst, th);
+    }
     before = now;
     if (seen >= n) break;
     bool done = true, clip_done = true;
@@ -154,13 +185,16 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
     if (done || clip_done) break;
   }
   const int m = int(std::min<int64_t>(k, n));
-  for (int ty = 0; ty < th; ++ty)
-    for (int tx = 0; tx < tw; ++tx) {
-      const float* list = best + (ty * kCpuTile + tx) * k;
-      float s = 0.0f;
-      for (int i = 0; i < m; ++i) s += min_f(std::sqrt(list[i]), clip);
-      map[(y0 + ty) * width + x0 + tx] = apply_transform(s / float(m), transform);
+  const float inv_m = 1.0f / float(m);
+  for (int ty = 0; ty < th; ++ty) {
+    float sum[kCpuTile] = {};
+    for (int i = 0; i < m; ++i) {
+      const float* slot = best + (ty * k + i) * kCpuTile;
+      for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slot[tx]), clip);
     }
+    float* row = map + (y0 + ty) * width + x0;
+    for (int tx = 0; tx < tw; ++tx) row[tx] = apply_transform(sum[tx] * inv_m, transform);
+  }
 }
 
 }  // namespace
@@ -205,7 +239,7 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
         if (ring > 0 && now.same(before)) break;
         seen += grid.visit_ring(b, now, before, ring == 0, [&](float hx, float hy) {
           const float dx = hx - qx, dy = hy - qy, d2 = dx * dx + dy * dy;
-          if (d2 < kth) kth = push_sorted(list, m + 1, d2);
+          if (d2 < kth) kth = push_sorted(list, m + 1, 1, d2);
         });
         before = now;
         const float bound = outside_bound(qx, qy, now, g);

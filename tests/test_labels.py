@@ -307,3 +307,16 @@ def test_backend_info_describes_the_build():
     assert set(info) >= {"cuda_compiled", "cuda_architectures", "cuda_devices", "max_k"}
     assert info["max_k"] == mud_iknn.MAX_K
     assert info["cuda_compiled"] == bool(info["cuda_architectures"])
+
+
+@pytest.mark.parametrize("size", [(1, 1500), (1500, 1), (2, 900), (700, 3)])
+def test_long_thin_maps(device, size):
+    rng = np.random.default_rng(sum(size))
+    h, w = size
+    pts = rng.uniform([-10, -10], [w + 10, h + 10], size=(40, 2)).astype(np.float32)
+    for k in (1, 4):
+        d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), size, k)
+        assert_distance_close(d, reference.knn_distance_maps(pts, size, k))
+    dens = mud_iknn.density_maps(torch.from_numpy(pts).to(device), size)
+    ref = reference.density_maps(pts, size)
+    np.testing.assert_allclose(as_np(dens), ref, atol=1e-5 * ref.max())

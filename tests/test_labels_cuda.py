@@ -3,7 +3,6 @@ stream, no host synchronisation, device placement. Skipped where no GPU is visib
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,19 +12,13 @@ pytestmark = pytest.mark.cuda
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
-def packed(points, device):
-    flat = torch.from_numpy(np.concatenate(points)).to(device)
-    return flat, torch.tensor(np.cumsum([0] + [len(p) for p in points]), device=device)
-
-
 @pytest.mark.parametrize("name, k", [("crop512_n300_b32", 3), ("img2048_n5000", 1), ("img2048_n5000", 3),
                                      ("img2048_n5000", 8), ("img1024x768_n500", 16)])
 def test_cuda_matches_cpu_kernel_on_benchmark_cases(name, k):
     from cases import CASES
     case = CASES[name]
-    pts = case.points(seed=1)
-    cp, co = packed(pts, "cpu")
-    gp, go = packed(pts, "cuda")
+    cp, co = case.packed("cpu", seed=1)
+    gp, go = case.packed("cuda", seed=1)
     cpu = mud_iknn.knn_distance_maps(cp, case.size, k, offsets=co)
     gpu = mud_iknn.knn_distance_maps(gp, case.size, k, offsets=go).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-5)

@@ -113,7 +113,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     """)
     package_root = Path(mud_iknn.__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package_root), str(Path(__file__).parent)]))
-    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    # cwd: `python -c` puts the working directory first on sys.path, where a source checkout
+    # (no compiled _C) would shadow the installed package.
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert [r["step"] for r in _records(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")[2]["step"] == 4

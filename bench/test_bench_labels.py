@@ -1,0 +1,44 @@
+"""pytest-benchmark view of the label engine: scipy vs C++ vs CUDA, grouped per case and map.
+
+    pytest bench/test_bench_labels.py --benchmark-group-by=group            # CPU (and CUDA if visible)
+    pytest bench/test_bench_labels.py -k "img2048 and k3" --benchmark-columns=median,rounds
+
+Not part of the default test run (testpaths = tests); bench/bench_labels.py prints the same
+comparison as one markdown table with ratios.
+"""
+import os
+
+import pytest
+import torch
+
+import mud_iknn
+from mud_iknn import reference
+from cases import CASES
+
+THREADS = os.cpu_count()
+BACKENDS = ["scipy", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 3, 8], ids=lambda k: f"k{k}")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_knn_maps(benchmark, name, k, backend):
+    case = CASES[name]
+    if backend == "scipy" and case.batch * case.height * case.width > 1e7:
+        pytest.skip("scipy takes tens of seconds on this case")
+    benchmark.group = f"{name} knn k={k}"
+    pts = case.points()
+    torch.set_num_threads(THREADS)
+    if backend == "scipy":
+        benchmark.pedantic(reference.knn_distance_maps, args=(pts, case.size, k), kwargs={"workers": THREADS},
+                           rounds=1, iterations=1)
+        return
+    p, o = case.packed(backend)
+
+    def call():
+        out = mud_iknn.knn_distance_maps(p, case.size, k, offsets=o, validate=False)
+        if backend == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    benchmark.pedantic(call, rounds=5, iterations=1, warmup_rounds=1)
