@@ -20,8 +20,6 @@ from PIL import Image
 from mud_iknn import cli
 from mud_iknn.data import SyntheticCrowds
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def run(capsys, *argv):
     """(exit status, stdout, stderr) of ``mud-iknn argv``; argparse's SystemExit becomes a status."""
@@ -97,9 +95,18 @@ def test_model_commands_without_the_engine_are_one_line(capsys, tmp_path, monkey
     assert not (tmp_path / "demo").exists()
 
 
-def test_module_entry_point_runs():
+def _subprocess_env() -> dict:
+    """The environment for a child Python that imports the same mud_iknn as this process (the
+    installed package, or the source tree when that is what the tests run against)."""
+    import mud_iknn
+
+    package_parent = str(Path(mud_iknn.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+
+
+def test_module_entry_point_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mud_iknn", "--version"], capture_output=True, text=True,
-                            cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+                            cwd=tmp_path, env=_subprocess_env(), timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("mud-iknn ")
 
 
@@ -541,7 +548,7 @@ def test_train_under_torchrun_prints_once(tmp_path):
                "--device", "cpu", "--out-dir", str(tmp_path / "run"), "--val-split", "none",
                "--set", "progress=false"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env=_subprocess_env())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('"checkpoint"') == 1  # rank 0 only
     assert json.loads(result.stdout)["step"] == 2 and (tmp_path / "run" / "checkpoint.pt").is_file()
