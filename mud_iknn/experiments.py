@@ -141,8 +141,9 @@ def _datasets(args):
     if args.root is None:
         raise ValueError(f"--dataset {args.dataset} needs --root DIR")
     test_split = DATASETS[args.dataset].test_split
-    return (open_dataset(args.dataset, args.root, split="train"),
-            open_dataset(args.dataset, args.root, split=test_split))
+    options = {"fold": args.fold} if args.dataset == "ucf_cc_50" else {}
+    return (open_dataset(args.dataset, args.root, split="train", **options),
+            open_dataset(args.dataset, args.root, split=test_split, **options))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--comparisons", nargs="+", choices=list(COMPARISONS), default=list(COMPARISONS))
     parser.add_argument("--dataset", choices=list(DATASETS), default="synthetic", metavar="NAME")
     parser.add_argument("--root", type=Path, metavar="DIR", help="the data set's folder (real data sets)")
+    parser.add_argument("--fold", type=int, default=0, help="ucf_cc_50: the cross-validation fold, 0..4 (default 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200, help="training steps per run (default 200)")
     parser.add_argument("--full-network", action="store_true",
