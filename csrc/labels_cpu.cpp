@@ -254,6 +254,21 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
 
 void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                       int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads) {
+  // Per head, once: its radius and the normalisation of its discrete Gaussian (r = -1: skipped).
+  std::vector<int> radius(count, -1);
+  std::vector<double> scale(count, 0.0), inv_norm(count, 0.0);
+  parallel_for(count, threads, [&](int64_t i) {
+    const float x = points[2 * i], y = points[2 * i + 1], sigma = sigmas[i];
+    if (!(std::isfinite(x) && std::isfinite(y) && sigma >= 0.0f && sigma <= 1e7f)) return;
+    const int r = gaussian_radius(sigma, truncate);
+    if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r))
+      return;  // misses the map (also keeps the integer casts below in range)
+    scale[i] = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+    double norm = 0.0;
+    for (int t = -r; t <= r; ++t) norm += std::exp(scale[i] * double(t) * double(t));
+    inv_norm[i] = 1.0 / norm;
+    radius[i] = r;
+  });
   // Row bands own disjoint parts of the output, so every thread writes without contention and the
   // sums come out in a fixed order (deterministic).
   constexpr int64_t kBand = 16;
@@ -265,26 +280,20 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
     image_range(offsets, b, count, &s, &e);
     std::vector<float> wx;
     for (int64_t i = s; i < e; ++i) {
-      const float x = points[2 * i], y = points[2 * i + 1], sigma = sigmas[i];
-      if (!(std::isfinite(x) && std::isfinite(y) && sigma >= 0.0f && sigma <= 1e7f)) continue;
-      const int r = gaussian_radius(sigma, truncate);
-      if (y + 1.0f < float(y0 - r) || y >= float(y1 + r) || x + 1.0f < float(-r) || x >= float(width + r))
-        continue;  // the kernel misses this band (also keeps the integer casts below in range)
-      const int64_t cx = int64_t(std::floor(x)), cy = int64_t(std::floor(y));
+      const int r = radius[i];
+      if (r < 0) continue;
+      const int64_t cx = int64_t(std::floor(points[2 * i])), cy = int64_t(std::floor(points[2 * i + 1]));
       const int64_t ya = std::max(cy - r, y0), yb = std::min(cy + r + 1, y1);
       const int64_t xa = std::max<int64_t>(cx - r, 0), xb = std::min<int64_t>(cx + r + 1, width);
       if (ya >= yb || xa >= xb) continue;
-      const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
-      double norm = 0.0;
-      for (int t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
       wx.resize(xb - xa);
       for (int64_t xx = xa; xx < xb; ++xx) {
         const double t = double(xx - cx);
-        wx[xx - xa] = float(std::exp(scale * t * t) / norm);
+        wx[xx - xa] = float(std::exp(scale[i] * t * t) * inv_norm[i]);
       }
       for (int64_t yy = ya; yy < yb; ++yy) {
         const double t = double(yy - cy);
-        const float wy = float(std::exp(scale * t * t) / norm);
+        const float wy = float(std::exp(scale[i] * t * t) * inv_norm[i]);
         float* row = map + yy * width;
         for (int64_t xx = xa; xx < xb; ++xx) row[xx] += wy * wx[xx - xa];
       }

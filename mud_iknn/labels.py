@@ -16,7 +16,10 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
 * ``validate=True`` checks that coordinates are finite and offsets consistent; for CUDA inputs
   this reads one flag back from the device. ``validate=False`` skips those value checks (never the
   shape, dtype and device checks) so that a training loop makes its labels without any
-  host-device synchronisation; the kernels then ignore non-finite heads and clamp offsets.
+  host-device synchronisation; NaN heads or bad offsets then give undefined maps, but the kernels
+  clamp every index, so they never read or write outside their buffers.
+* Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map, k <= MAX_K,
+  Gaussian widths up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px apart, are skipped).
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ __all__ = ["knn_distance_maps", "iknn_maps", "density_maps", "head_sigmas", "pac
 MAX_K = _ops.MAX_K
 _TRANSFORMS = {"distance": 0, "inverse": 1, "inverse_sqrt": 2}
 _MAX_MAP_PIXELS = 2**31 - 1
+_MAX_IMAGES = 65535        # CUDA grid dimension
+_MAX_POINTS = 2**31 - 1    # int32 indices in the kernels
+_MAX_SIGMA = 1e7           # kernels skip wider Gaussians (keeps radii in int range)
+_MAX_TRUNCATE = 100.0
 
 PointsLike = Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]]
 
@@ -102,6 +109,10 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
                                      f"decrease, got {offs.tolist() if offs.numel() <= 20 else 'a bad array'}")
     if validate and packed.numel() and not bool(torch.isfinite(packed).all()):
         raise ValueError("points holds NaN or infinite coordinates")
+    if offs.numel() - 1 > _MAX_IMAGES:
+        raise ValueError(f"points: at most {_MAX_IMAGES} images per call, got {offs.numel() - 1}")
+    if packed.shape[0] > _MAX_POINTS:
+        raise ValueError(f"points: at most {_MAX_POINTS} heads per call, got {packed.shape[0]}")
     return packed, offs
 
 
@@ -230,6 +241,8 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
     """
     height, width = _check_size(size)
     truncate = _check_positive(truncate, "truncate")
+    if truncate > _MAX_TRUNCATE:
+        raise ValueError(f"truncate must be at most {_MAX_TRUNCATE}, got {truncate}")
     packed, offs = pack_points(points, offsets, validate=validate)
     if isinstance(sigma, str):
         if sigma != "adaptive":
@@ -245,10 +258,12 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
         if sigmas.device != packed.device:
             raise ValueError(f"sigma is on {sigmas.device} but points is on {packed.device}")
         sigmas = sigmas.to(torch.float32).contiguous()
-        if validate and sigmas.numel() and not bool((torch.isfinite(sigmas) & (sigmas >= 0)).all()):
-            raise ValueError("sigma holds negative or non-finite values")
+        if validate and sigmas.numel() and not bool(((sigmas >= 0) & (sigmas <= _MAX_SIGMA)).all()):
+            raise ValueError(f"sigma holds values outside [0, {_MAX_SIGMA:g}] (or NaN)")
     else:
         value = _check_positive(sigma, "sigma")
+        if value > _MAX_SIGMA:
+            raise ValueError(f"sigma must be at most {_MAX_SIGMA:g} pixels, got {value}")
         sigmas = torch.full((packed.shape[0],), value, dtype=torch.float32, device=packed.device)
     with _OutputGuard(offs.numel() - 1, height, width, packed.device):
         return torch.ops.mud_iknn.density_maps(packed, offs, sigmas, height, width, truncate)

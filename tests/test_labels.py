@@ -279,6 +279,13 @@ def test_input_forms_and_dtypes_are_converted():
     (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=torch.tensor([1.0, -1, 1])), ValueError,
      "sigma"),
     (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), truncate=0), ValueError, "truncate"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), truncate=1000), ValueError, "truncate"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=2e7), ValueError, "sigma"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=torch.tensor([1.0, 2e7, 1])), ValueError,
+     "sigma"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=np.r_[np.zeros(70000, np.int64), 3]),
+     ValueError,
+     "65535 images"),
     (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), beta=-0.3), ValueError, "beta"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, words):
