@@ -500,9 +500,6 @@ def test_experiments_report_what_the_engine_cannot_run(capsys, tmp_path, engine)
 # ------------------------------------------------------------------ with the real model (after the merge)
 
 def test_demo_end_to_end_with_the_real_model(capsys, tmp_path):
-    pytest.importorskip("mud_iknn.model")
-    pytest.importorskip("mud_iknn.train")
-    pytest.importorskip("mud_iknn.evaluate")
     # a reduced demo (about 10 s on two idle cores) that must still beat the mean-count baseline
     status, out, err = run(capsys, "demo", "--out", tmp_path, "--train-images", "32", "--val-images", "8",
                            "--image-size", "96", "--steps", "160", "--max-seconds", "10000", "--device", "cpu")
@@ -515,7 +512,6 @@ def test_demo_end_to_end_with_the_real_model(capsys, tmp_path):
 
 
 def test_train_eval_count_with_the_real_engine(capsys, tmp_path):
-    pytest.importorskip("mud_iknn.train")
     run_dir = tmp_path / "run"
     status, out, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "4", "--image-size", "64",
                            "--steps", "2", "--batch-size", "2", "--patch-size", "64", "--backbone", "densenet_tiny",
@@ -541,7 +537,6 @@ def test_train_eval_count_with_the_real_engine(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_train_under_torchrun_prints_once(tmp_path):
-    pytest.importorskip("mud_iknn.train")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mud_iknn", "train",
                "--dataset", "synthetic", "--num-images", "4", "--image-size", "64", "--steps", "2",
                "--batch-size", "2", "--patch-size", "64", "--backbone", "densenet_tiny", "--num-workers", "0",

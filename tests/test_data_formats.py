@@ -283,7 +283,6 @@ def test_load_image_modes(tmp_path):
 
 
 def test_matlab_v73_file_gets_a_clear_error(tmp_path):
-    pytest.importorskip("scipy")
     if __import__("importlib.util").util.find_spec("h5py") is not None:
         pytest.skip("h5py installed: v7.3 files are readable")
     path = tmp_path / "GT_IMG_1.mat"
