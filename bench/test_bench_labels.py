@@ -13,7 +13,7 @@ import torch
 
 import mud_iknn
 from mud_iknn import reference
-from cases import CASES
+from mud_iknn.benchmark import CASES
 
 THREADS = os.cpu_count()
 BACKENDS = ["scipy", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -15,7 +15,6 @@ import importlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -391,19 +390,10 @@ def _cmd_demo(args) -> int:
 
 # ------------------------------------------------------------------ bench
 
-def _repository_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 def _cmd_bench(args) -> int:
-    script = _repository_root() / "bench" / "bench_labels.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"label benchmarks not found: {script} (they ship with the source repository, "
-                                f"not the installed package: run mud-iknn bench from a checkout)")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_repository_root()), env.get("PYTHONPATH")) if p)
-    command = [sys.executable, str(script), *([] if args.full else ["--quick"]), *args.extra]
-    return subprocess.call(command, env=env)
+    from .benchmark import main as benchmark
+
+    return benchmark([*([] if args.full else ["--quick"]), *args.extra])
 
 
 # ------------------------------------------------------------------ parser
@@ -520,9 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     labels.set_defaults(run=_cmd_labels, command_parser=labels)
 
     bench = commands.add_parser(
-        "bench", help="run the label benchmarks (source checkout only) and print the table",
-        description="Runs bench/bench_labels.py of the source repository (quick settings unless --full); "
-                    "any other arguments are passed on to it.")
+        "bench", help="run the label benchmarks and print the table",
+        description="Times scipy vs the C++ kernel (vs CUDA when a GPU is visible) on clustered crowds and "
+                    "prints a markdown table with ratios (mud_iknn.benchmark; quick settings unless --full). "
+                    "Other arguments are passed on: e.g. --cases img2048_n5000 --k 3 --threads 4 --out t.md.")
     bench.add_argument("--full", action="store_true", help="full sizes instead of --quick")
     bench.set_defaults(run=_cmd_bench, command_parser=bench)
     return parser

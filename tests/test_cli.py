@@ -423,22 +423,24 @@ def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, engi
 
 # ------------------------------------------------------------------ bench
 
-def test_bench_runs_the_repository_script(capfd, tmp_path, monkeypatch):
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "bench_labels.py").write_text(  # a stand-in printing what it was given
-        "import sys\nprint('| size | ms |'); print('args', sys.argv[1:]); sys.exit(3)\n")
-    monkeypatch.setattr(cli, "_repository_root", lambda: tmp_path)
+def test_bench_passes_quick_unless_full_and_forwards_the_rest(monkeypatch):
+    import mud_iknn.benchmark
+
+    calls = []
+    monkeypatch.setattr(mud_iknn.benchmark, "main", lambda argv: calls.append(argv) or 3)
     assert cli.main(["bench"]) == 3
-    assert "args ['--quick']" in capfd.readouterr().out
-    assert cli.main(["bench", "--full", "--sizes", "64"]) == 3
-    assert "args ['--sizes', '64']" in capfd.readouterr().out
+    assert cli.main(["bench", "--full", "--cases", "img2048_n5000", "--k", "3"]) == 3
+    assert calls == [["--quick"], ["--cases", "img2048_n5000", "--k", "3"]]
 
 
-def test_bench_without_repository_is_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_repository_root", lambda: tmp_path)
-    status, _, err = run(capsys, "bench")
-    assert status == 1 and len(err.strip().splitlines()) == 1
-    assert f"label benchmarks not found: {tmp_path / 'bench' / 'bench_labels.py'}" in err
+def test_bench_prints_a_real_table(capsys):
+    status = cli.main(["bench", "--cases", "img1024x768_n500", "--k", "1", "--device", "cpu", "--repeats", "1",
+                       "--scipy-limit", "0"])
+    out = capsys.readouterr().out
+    assert status == 0
+    rows = [line for line in out.splitlines() if line.startswith("| img1024x768_n500")]
+    assert [r.split("|")[2].strip() for r in rows] == ["knn k=1", "density adaptive"]
+    assert all(r.split("|")[4].strip().endswith("ms") for r in rows)  # the C++ column was measured
 
 
 # ------------------------------------------------------------------ the comparisons script

@@ -1,21 +1,17 @@
 """CUDA-only behaviour of the label engine: agreement with the C++ kernel at scale, the current
 stream, no host synchronisation, device placement. Skipped where no GPU is visible."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import mud_iknn
+from mud_iknn.benchmark import CASES
 
 pytestmark = pytest.mark.cuda
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 @pytest.mark.parametrize("name, k", [("crop512_n300_b32", 3), ("img2048_n5000", 1), ("img2048_n5000", 3),
                                      ("img2048_n5000", 8), ("img1024x768_n500", 16)])
 def test_cuda_matches_cpu_kernel_on_benchmark_cases(name, k):
-    from cases import CASES
     case = CASES[name]
     cp, co = case.packed("cpu", seed=1)
     gp, go = case.packed("cuda", seed=1)
