@@ -6,6 +6,9 @@ loss = count_loss + map_weight * map_loss, with
 * map_loss = mean over the batch of (sum over pixels of mean over the map channels of
   |M_hat - M|)^2, every predicted channel compared with the same label map M.
 
+A count-only network (no map channels) has no map term: its loss is count_loss alone and it needs
+no label maps.
+
 :class:`LabelSpec` makes M from packed head points on their device, through
 :func:`mud_iknn.iknn_maps` or :func:`mud_iknn.density_maps`.
 """
@@ -103,8 +106,12 @@ def count_loss(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 def map_loss(predicted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """mean over b of (sum over pixels of mean over channels |M_hat[b, c] - M[b]|)^2.
 
-    predicted: (B, C, H, W) maps; label: (B, H, W) (or (B, 1, H, W)), the same for every channel.
+    predicted: (B, C, H, W) maps, C >= 1; label: (B, H, W) (or (B, 1, H, W)), the same for every
+    channel. Units: (label units x pixels)^2.
     """
+    if predicted.dim() == 4 and predicted.shape[1] == 0:
+        raise ValueError("predicted maps have no channels (a count-only network): there is no map loss "
+                         "to compute")
     if label.dim() == 3:
         label = label.unsqueeze(1)
     if predicted.dim() != 4 or label.shape[0] != predicted.shape[0] or label.shape[1] != 1 \
@@ -118,8 +125,10 @@ def map_loss(predicted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 class MUDLoss(nn.Module):
     """count_loss + map_weight * map_loss (map_weight = lambda, 1 in the paper).
 
-    forward(maps (B, C, H, W), counts (B,), label (B, H, W), true_counts (B,)) returns
-    (total loss, {"count_loss": ..., "map_loss": ...}) as 0-dim tensors. Computed in float32.
+    forward(maps (B, C, H, W), counts (B,), label (B, H, W) or None, true_counts (B,)) returns
+    (total loss, {"count_loss": ..., "map_loss": ...}) as 0-dim float32 tensors. With C = 0 (a
+    count-only network) the label is not used (None is the expected value), the total is count_loss
+    itself and "map_loss" is an exact 0; with C >= 1 a label is required.
     """
 
     def __init__(self, map_weight: float = 1.0):
@@ -128,8 +137,13 @@ class MUDLoss(nn.Module):
             raise ValueError(f"map_weight must be a non-negative number, got {map_weight!r}")
         self.map_weight = float(map_weight)
 
-    def forward(self, maps: torch.Tensor, counts: torch.Tensor, label: torch.Tensor,
+    def forward(self, maps: torch.Tensor, counts: torch.Tensor, label: Optional[torch.Tensor],
                 true_counts: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c_loss = count_loss(counts.float(), true_counts.float())
+        if maps.dim() == 4 and maps.shape[1] == 0:
+            return c_loss, {"count_loss": c_loss, "map_loss": torch.zeros_like(c_loss)}
+        if label is None:
+            raise ValueError(f"label is None but the predicted maps have {maps.shape[1]} channels; only a "
+                             f"count-only network (no map channels) trains without label maps")
         m_loss = map_loss(maps.float(), label.float())
         return c_loss + self.map_weight * m_loss, {"count_loss": c_loss, "map_loss": m_loss}

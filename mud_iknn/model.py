@@ -5,11 +5,15 @@
 ``torchvision.models.feature_extraction``) and adds a final count from pooled last features.
 :class:`MUDIKNN` is the paper's configuration on DenseNet-201 (map modules on the three transition
 layers: 128 channels at 1/8, 256 at 1/16, 896 at 1/32 of the input; final count on norm5 + ReLU).
+``MUDIKNN(map_modules=False)`` is the count-only network of the same backbone (the paper's
+comparison of the map modules against the final count head alone): no map modules, the count is
+the final head's.
 
 Images go in as float (B, 3, H, W) in [0, 1] (or uint8 in [0, 255]); normalisation happens inside.
 Out come ``maps`` (B, M, H', W') float and ``counts`` (B,) float (heads), where (H', W') is the label
 size: (H, W) by default (the full-resolution comparison the paper argues for), or (H, W) divided by
-``label_stride``.
+``label_stride``, and M is the number of map modules (3 for MUD-ikNN, 0 for a count-only network,
+whose maps are an empty tensor).
 
 Small configuration for CPU demos and tests: ``MUDIKNN.small(input_size=64)`` (or
 ``TrainConfig(backbone="densenet_tiny", patch_size=64)``) keeps the architecture on a reduced
@@ -152,14 +156,28 @@ def _is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
 
+def _layer_stride(name: str, shape: Sequence[int], input_size: int) -> int:
+    """The stride (input pixels per feature pixel) of layer ``name``, whose output is ``shape``
+    (C, h, w) on an ``input_size`` square input; ValueError unless it is a power of two dividing it."""
+    if len(shape) != 3:
+        raise ValueError(f"layer {name!r} gives {tuple(shape)} per image, not a (C, h, w) feature map")
+    _, h, w = shape
+    stride = input_size // h
+    if stride * h != input_size or input_size // w != stride or not _is_power_of_two(stride):
+        raise ValueError(f"layer {name!r} has extent {h}x{w} on a {input_size} input: its stride "
+                         f"must be a power of two dividing input_size")
+    return stride
+
+
 class MapNetwork(nn.Module):
     """Map modules on named layers of a backbone, plus a final count; counts summed.
 
     backbone: any nn.Module taking (B, 3, H, W) images (a torchvision classifier, say).
     map_layers: names (``torchvision.models.feature_extraction`` node names) of the layers whose
-    outputs get a :class:`MapModule`; their strides must be powers of two.
+    outputs get a :class:`MapModule`; their strides must be powers of two. Empty for a count-only
+    network (then ``count_layer`` is required).
     count_layer: name of the layer for the final count: ReLU, global average pool, 1x1 conv -> 1,
-    LeakyReLU(0.01). None for no final count.
+    LeakyReLU(0.01). None for no final count (then ``map_layers`` must name at least one layer).
     input_size: the training patch size (224); fixes the count branches' extent.
     label_stride: the maps are (H, W) / label_stride; 1 (default) is full resolution. A power of
     two no larger than the smallest map-layer stride.
@@ -167,8 +185,12 @@ class MapNetwork(nn.Module):
     frozen_batchnorm: keep BatchNorm layers in eval mode even in ``train()``.
 
     forward(images (B, 3, H, W) float in [0, 1] or uint8) -> (maps (B, M, H / s, W / s),
-    counts (B,)), M = ``map_channels`` = len(map_layers), one channel per map module. H and W need not be multiples of the largest stride: the normalised image is
-    zero-padded at the bottom and right and the maps are cropped back.
+    counts (B,) in heads), M = ``map_channels`` = len(map_layers), one channel per map module; the
+    count is the sum of the map modules' counts and the final count. H and W need not be multiples
+    of the largest stride: the normalised image is zero-padded at the bottom and right (to a
+    multiple of the largest map-layer stride and of 8 * label_stride; of the count layer's stride
+    for a count-only network) and the maps are cropped back. A count-only network returns maps of
+    shape (B, 0, H / s, W / s) (on the images' device, in the count's dtype) and the final count.
     """
 
     def __init__(self, backbone: nn.Module, map_layers: Sequence[str], count_layer: Optional[str] = None,
@@ -177,8 +199,9 @@ class MapNetwork(nn.Module):
         super().__init__()
         if normalization not in ("imagenet", "tanh"):
             raise ValueError(f"normalization must be 'imagenet' or 'tanh', got {normalization!r}")
-        if not map_layers:
-            raise ValueError("map_layers must name at least one layer")
+        if not map_layers and count_layer is None:
+            raise ValueError("map_layers is empty and count_layer is None: a MapNetwork needs at least one "
+                             "map layer or a count layer")
         if isinstance(label_stride, bool) or not isinstance(label_stride, int) or not _is_power_of_two(label_stride):
             raise ValueError(f"label_stride must be a power of two, got {label_stride!r}")
         self.map_layers = tuple(map_layers)
@@ -200,19 +223,20 @@ class MapNetwork(nn.Module):
         shapes = self._probe(input_size)
         strides = []
         for name in self.map_layers:
-            _, h, w = shapes[name]
-            stride = input_size // h
-            if stride * h != input_size or input_size // w != stride or not _is_power_of_two(stride):
-                raise ValueError(f"layer {name!r} has extent {h}x{w} on a {input_size} input: its stride "
-                                 f"must be a power of two dividing input_size")
+            stride = _layer_stride(name, shapes[name], input_size)
             if stride < label_stride:
                 raise ValueError(f"layer {name!r} has stride {stride}, finer than label_stride {label_stride}")
             strides.append(stride)
+        #: the map layers' strides (input pixels per feature pixel), in map_layers order
         self.strides = tuple(strides)
-        self._pad_multiple = max(max(strides), 8 * label_stride)
+        if strides:
+            self._pad_multiple = max(max(strides), 8 * label_stride)
+        else:  # count-only: whole feature pixels under the final head (for MUD-ikNN the same padding
+            # as the full network's, whose coarsest map layer has the count layer's stride)
+            self._pad_multiple = _layer_stride(count_layer, shapes[count_layer], input_size)
         label = input_size // label_stride
         extent = label // 8
-        if extent < 1:
+        if strides and extent < 1:
             raise ValueError(f"the label size {label} must be at least 8 for the count branches")
         self.map_modules = nn.ModuleList(
             MapModule(shapes[name][0], stride // label_stride, extent) for name, stride in zip(self.map_layers, strides))
@@ -233,7 +257,7 @@ class MapNetwork(nn.Module):
 
     @property
     def map_channels(self) -> int:
-        """M, the channels of the maps: one per map module."""
+        """M, the channels of the maps: one per map module (0 for a count-only network)."""
         return len(self.map_modules)
 
     def label_shape(self, height: int, width: int) -> tuple[int, int]:
@@ -274,7 +298,10 @@ class MapNetwork(nn.Module):
             pooled = F.adaptive_avg_pool2d(F.relu(feats[self.count_layer]), 1)
             counts.append(F.leaky_relu(self.final_count(pooled), _NEGATIVE_SLOPE).flatten())
         label_h, label_w = self.label_shape(height, width)
-        maps = torch.cat(maps, dim=1)[:, :, :label_h, :label_w]
+        if maps:
+            maps = torch.cat(maps, dim=1)[:, :, :label_h, :label_w]
+        else:
+            maps = counts[0].new_zeros((images.shape[0], 0, label_h, label_w))
         return maps, torch.stack(counts, dim=0).sum(0)
 
 
@@ -286,12 +313,14 @@ class MUDIKNN(MapNetwork):
     label_size: None for maps at the input size (default); else the label size (int) for a
     ``input_size`` patch, which must be input_size / 2^j with 2^j <= 8 (e.g. 112 or 56 for 224).
     map_channels: 3, one per transition layer (the only value the architecture has).
+    map_modules: True (default) for the paper's network; False for the count-only network of the
+    same backbone (no map modules; maps (B, 0, H', W'), the count is the final head's alone).
     Other arguments as in :class:`MapNetwork`.
     """
 
     def __init__(self, weights=None, label_size: Optional[int] = None, normalization: str = "imagenet",
                  map_channels: int = 3, *, backbone: str = "densenet201", input_size: int = 224,
-                 frozen_batchnorm: bool = True):
+                 frozen_batchnorm: bool = True, map_modules: bool = True):
         if map_channels != len(DENSENET_LAYERS):
             raise ValueError(f"map_channels must be {len(DENSENET_LAYERS)} (one per transition layer), "
                              f"got {map_channels!r}")
@@ -304,7 +333,10 @@ class MUDIKNN(MapNetwork):
                 raise ValueError(f"label_size must be input_size ({input_size}) divided by 1, 2, 4 or 8, "
                                  f"got {label_size!r}")
             label_stride = input_size // label_size
-        super().__init__(build_backbone(backbone, weights), DENSENET_LAYERS, DENSENET_COUNT_LAYER,
+        if not isinstance(map_modules, bool):
+            raise TypeError(f"map_modules must be True or False, got {map_modules!r}")
+        super().__init__(build_backbone(backbone, weights), DENSENET_LAYERS if map_modules else (),
+                         DENSENET_COUNT_LAYER,
                          input_size=input_size, label_stride=label_stride, normalization=normalization,
                          frozen_batchnorm=frozen_batchnorm)
         self.backbone_name = backbone

@@ -4,6 +4,8 @@ Data flow of one step: CrowdSample (any reader) -> :class:`mud_iknn.transforms.T
 in DataLoader workers (crop/flip/scale on image and points together) -> :func:`collate_crowd`
 (uint8 images + packed points) -> device -> :meth:`LabelSpec.make` (ikNN or density maps, on the
 GPU when training on a GPU, with the C++ kernel on the CPU) -> model -> :class:`MUDLoss`.
+A count-only network (``TrainConfig.map_modules=False``) makes no label maps: its loss is the
+count loss alone.
 
 Reproducibility: the order of the samples comes from a seeded ``DistributedSampler`` per epoch and
 each sample's augmentation from its own generator seeded by (seed, rank, position in the stream),
@@ -72,6 +74,9 @@ class TrainConfig:
     backbone, weights, label_size, normalization, frozen_batchnorm: the model (see
     :class:`mud_iknn.model.MUDIKNN`); backbone="densenet_tiny" with patch_size 64-128 is the small
     configuration that trains on a CPU in minutes.
+    map_modules: True (default) for the full network; False for the count-only network (the final
+    count head alone; no label maps are made, ``label`` and ``map_weight`` are then unused).
+    Configurations saved without this field load with True.
     progress: a progress bar on rank 0.
     """
 
@@ -103,6 +108,7 @@ class TrainConfig:
     label_size: Optional[int] = None
     normalization: str = "imagenet"
     frozen_batchnorm: bool = True
+    map_modules: bool = True
     progress: bool = True
 
     def __post_init__(self):
@@ -126,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not isinstance(self.map_modules, bool):
+            raise ValueError(f"map_modules must be true or false, got {self.map_modules!r}")
 
     @classmethod
     def small(cls, **overrides) -> "TrainConfig":
@@ -160,11 +168,13 @@ class TrainConfig:
 
 
 def build_model(config: TrainConfig, load_weights: bool = True) -> MUDIKNN:
-    """The MUD-ikNN network ``config`` describes; with load_weights=False randomly initialised
-    whatever config.weights says (for a checkpoint's weights to replace)."""
+    """The MUD-ikNN network ``config`` describes (the count-only one for map_modules=False); with
+    load_weights=False randomly initialised whatever config.weights says (for a checkpoint's
+    weights to replace)."""
     return MUDIKNN(weights=config.weights if load_weights else None, label_size=config.label_size,
                    normalization=config.normalization, backbone=config.backbone,
-                   input_size=config.patch_size, frozen_batchnorm=config.frozen_batchnorm)
+                   input_size=config.patch_size, frozen_batchnorm=config.frozen_batchnorm,
+                   map_modules=config.map_modules)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +449,9 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
             batch = next(batches).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 maps, counts = net(batch.images)
-            labels = spec.make(batch.points, batch.offsets, tuple(maps.shape[-2:]), stride=model.label_stride)
+            labels = None
+            if model.map_channels:
+                labels = spec.make(batch.points, batch.offsets, tuple(maps.shape[-2:]), stride=model.label_stride)
             loss, parts = loss_fn(maps, counts, labels, batch.counts)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -226,6 +226,7 @@ class _Config:
     log_every: int = 50
     backbone: str = "densenet201"
     weights: str = None
+    map_modules: bool = True
     progress: bool = True
 
     def __post_init__(self):
@@ -448,10 +449,6 @@ def test_bench_prints_a_real_table(capsys):
 def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engine, monkeypatch):
     from mud_iknn import experiments
 
-    @dataclasses.dataclass
-    class ConfigWithSwitch(_Config):
-        map_modules: bool = True
-
     def train(config, train_set, val_set=None, resume=False):  # a model whose error encodes the run
         engine["train"].append((config, train_set, val_set, resume))
         error = config.seed + (10 if config.label.kind == "density" else 0) + (100 if not config.map_modules else 0)
@@ -461,7 +458,6 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engin
         error = float(model.scale.detach())
         return {"mae": error, "rmse": error + 0.5, "nae": 0.0, "per_image": []}
 
-    monkeypatch.setattr(sys.modules["mud_iknn.train"], "TrainConfig", ConfigWithSwitch)
     monkeypatch.setattr(sys.modules["mud_iknn.train"], "train", train)
     monkeypatch.setattr(sys.modules["mud_iknn.evaluate"], "evaluate", evaluate)
     out = tmp_path / "docs" / "experiments.md"
@@ -487,14 +483,9 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engin
     assert f"| reference | mean training count ({train_counts.mean():.1f}) | {baseline:.2f} |" in table
 
 
-def test_experiments_report_what_the_engine_cannot_run(capsys, tmp_path, engine):
+def test_experiments_real_data_set_needs_a_root(capsys, engine):
     from mud_iknn import experiments
 
-    status = experiments.main(["--comparisons", "map_modules", "--seeds", "0", "--steps", "2", "--train-images", "2",
-                               "--test-images", "1", "--image-size", "48"])
-    out, err = capsys.readouterr()
-    assert status == 0 and len(engine["train"]) == 1
-    assert "| map_modules | count head only | not run: the training engine has no TrainConfig.map_modules |" in out
     assert experiments.main(["--dataset", "ucf_qnrf"]) == 1
     assert "--dataset ucf_qnrf needs --root DIR" in capsys.readouterr().err
 
@@ -535,6 +526,29 @@ def test_train_eval_count_with_the_real_engine(capsys, tmp_path):
     assert status == 0, err
     path, count = out.strip().split("\t")
     assert path == str(image) and float(count) >= 0 and (tmp_path / "overlay.png").is_file()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_experiments_run_the_map_modules_comparison_with_the_real_engine(tmp_path):
+    from mud_iknn import experiments
+    from mud_iknn.train import load_checkpoint
+
+    out, runs = tmp_path / "b.md", tmp_path / "runs"
+    status = experiments.main(["--comparisons", "map_modules", "--seeds", "3", "--steps", "2", "--train-images", "2",
+                               "--test-images", "1", "--image-size", "64", "--device", "cpu", "--work-dir", str(runs),
+                               "--out", str(out)])
+    assert status == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    measured = {r["variant"]: r for r in rows if r["comparison"] == "map_modules"}
+    assert set(measured) == {"map modules + count head", "count head only"}
+    assert all(np.isfinite(r["mae"]) and r["seed"] == 3 for r in measured.values())
+    assert "| map_modules | count head only | " in out.read_text() and "not run" not in out.read_text()
+    # the two runs: the full and the count-only network, with the same budget and seed
+    (full, full_config, _), (only, only_config, _) = (load_checkpoint(runs / name / "checkpoint.pt")
+                                                      for name in ("run000", "run001"))
+    assert (full.map_channels, only.map_channels) == (3, 0)
+    differing = {k for k, v in full_config.to_dict().items() if only_config.to_dict()[k] != v}
+    assert differing == {"map_modules", "out_dir"} and full_config.steps == 2 and full_config.seed == 3
 
 
 @pytest.mark.slow

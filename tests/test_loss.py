@@ -98,3 +98,21 @@ def test_label_spec_validation_and_round_trip():
     assert LabelSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="unknown"):
         LabelSpec.from_dict({"kind": "iknn", "radius": 3})
+
+
+def test_count_only_loss_is_the_count_loss_and_needs_no_label():
+    counts = torch.tensor([1.0, 3.0], requires_grad=True)
+    true = torch.tensor([2.0, 1.0])
+    no_maps = torch.zeros(2, 0, 4, 4)
+    for weight in (1.0, 0.5):
+        total, parts = MUDLoss(map_weight=weight)(no_maps, counts, None, true)
+        assert total.item() == 2.5 and parts["count_loss"].item() == 2.5  # (1 + 4) / 2, as above
+        assert parts["map_loss"].item() == 0.0 and torch.isfinite(total)
+    total.backward()
+    torch.testing.assert_close(counts.grad, torch.tensor([-1.0, 2.0]))  # d/dc mean((c - t)^2) = (c - t)
+    # maps with channels still need their label
+    with pytest.raises(ValueError, match="label"):
+        MUDLoss()(torch.zeros(2, 3, 4, 4), counts, None, true)
+    # map_loss refuses to average over no channels (it would be NaN)
+    with pytest.raises(ValueError, match="no channels"):
+        map_loss(no_maps, torch.zeros(2, 4, 4))

@@ -164,3 +164,65 @@ def test_imagenet_weights_use_torchvision_enum(monkeypatch):
     assert asked == [torchvision.models.DenseNet121_Weights.IMAGENET1K_V1]
     with pytest.raises(ValueError, match="imagenet"):
         MUDIKNN.small(weights="imagenet")
+
+
+def _final_head_count(net, images):
+    """The final count head's output, recomputed from the backbone's count-layer features by hand:
+    LeakyReLU(0.01)(1x1 conv(global mean of ReLU(features)))."""
+    feats = net.features(net.normalize(images))[net.count_layer]
+    pooled = feats.relu().mean(dim=(2, 3))
+    conv = net.final_count
+    return nn.functional.leaky_relu(pooled @ conv.weight.flatten(1).T + conv.bias, 0.01).flatten()
+
+
+def test_count_only_network_shapes_and_final_head_count():
+    torch.manual_seed(0)
+    full = MUDIKNN.small(input_size=64).eval()
+    only = MUDIKNN.small(input_size=64, map_modules=False).eval()
+    assert only.map_channels == 0 and len(only.map_modules) == 0 and only.strides == ()
+    assert only.final_count.in_channels == full.final_count.in_channels
+    # the same backbone and final head, without the map modules' parameters
+    assert set(only.state_dict()) == {k for k in full.state_dict() if not k.startswith("map_modules.")}
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps, counts = only(images)
+        want = _final_head_count(only, images)
+    assert maps.shape == (2, 0, 64, 64) and maps.dtype == torch.float32 and counts.shape == (2,)
+    torch.testing.assert_close(counts, want)
+    # with the full network's backbone and head weights, the count is exactly the full network's
+    # final-head term (its total minus the three map modules' counts), also on a padded odd size
+    only.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("map_modules.")})
+    module_counts = []
+    hooks = [mod.register_forward_hook(lambda _m, _i, out: module_counts.append(out[1])) for mod in full.map_modules]
+    try:
+        with torch.no_grad():
+            for x in (images, torch.rand(1, 3, 50, 70)):
+                module_counts.clear()
+                total = full(x)[1]
+                maps, counts = only(x)
+                assert maps.shape == (x.shape[0], 0, *x.shape[-2:])
+                torch.testing.assert_close(counts, total - sum(module_counts), atol=1e-5, rtol=1e-5)
+    finally:
+        for h in hooks:
+            h.remove()
+    # label_size makes the (empty) maps smaller, as for the full network
+    assert MUDIKNN.small(input_size=64, label_size=16, map_modules=False)(images)[0].shape == (2, 0, 16, 16)
+
+
+def test_count_only_network_trains_its_backbone():
+    torch.manual_seed(0)
+    only = MapNetwork(torchvision.models.resnet18(weights=None), [], "layer4", input_size=64).train()
+    assert only.map_channels == 0 and only._pad_multiple == 32
+    maps, counts = only(torch.rand(2, 3, 64, 64))
+    assert maps.shape == (2, 0, 64, 64)
+    counts.sum().backward()
+    assert only.features.conv1.weight.grad.abs().sum() > 0 and only.final_count.weight.grad is not None
+
+
+def test_network_needs_map_layers_or_a_count_layer():
+    with pytest.raises(ValueError, match="map_layers.*count_layer"):
+        MapNetwork(build_backbone("densenet_tiny"), [], None, input_size=64)
+    with pytest.raises(ValueError, match="map_layers.*count_layer"):
+        MapNetwork(build_backbone("densenet_tiny"), (), input_size=64)
+    with pytest.raises(TypeError, match="map_modules"):
+        MUDIKNN.small(map_modules="no")

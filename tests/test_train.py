@@ -49,6 +49,19 @@ def test_config_defaults_and_json_round_trip():
         TrainConfig(device="tpu")
 
 
+def test_config_map_modules_switch_round_trip():
+    assert TrainConfig().map_modules is True
+    count_only = TrainConfig(map_modules=False, backbone="densenet_tiny")
+    data = json.loads(json.dumps(count_only.to_dict()))
+    assert data["map_modules"] is False and TrainConfig.from_dict(data) == count_only
+    # a configuration saved before the field existed is the full network
+    del data["map_modules"]
+    assert TrainConfig.from_dict(data).map_modules is True
+    assert TrainConfig.from_dict(data) == TrainConfig(backbone="densenet_tiny")
+    with pytest.raises(ValueError, match="map_modules"):
+        TrainConfig(map_modules="false")
+
+
 def test_small_config_for_cpu_demos():
     c = TrainConfig.small(steps=10)
     assert (c.backbone, c.patch_size, c.device, c.steps, c.frozen_batchnorm) == ("densenet_tiny", 64, "cpu", 10, False)
@@ -84,6 +97,52 @@ def test_label_variant_switch(tmp_path, monkeypatch):
     assert calls == {"iknn": 3, "density": 2}
     _, config, _ = load_checkpoint(tmp_path / "density" / "checkpoint.pt")
     assert config.label.kind == "density"
+
+
+def test_count_only_training_makes_no_labels_and_learns_the_count(tmp_path, monkeypatch):
+    calls = []
+
+    def refuse(name):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called while training a count-only network")
+        return wrapper
+
+    monkeypatch.setattr(mud_iknn.labels, "iknn_maps", refuse("iknn_maps"))
+    monkeypatch.setattr(mud_iknn.labels, "density_maps", refuse("density_maps"))
+    monkeypatch.setattr(LabelSpec, "make", refuse("LabelSpec.make"))
+    # denser crowds than Blobs' default, so that learning the count shows above the batch-to-batch noise
+    result = train(_config(tmp_path, steps=30, map_modules=False, label=LabelSpec("density")),
+                   Blobs(n=8, size=48, max_heads=40))
+    assert calls == []
+    model = result["model"]
+    assert model.map_channels == 0 and not any(name.startswith("map_modules.") for name in model.state_dict())
+    records = _records(result["metrics_file"])
+    assert len(records) == 30
+    assert all(r["loss"] == r["count_loss"] and r["map_loss"] == 0.0 for r in records)  # the count loss alone
+    losses = [r["loss"] for r in records]
+    assert all(map(math.isfinite, losses)) and sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    # the checkpoint rebuilds the count-only network, with the trained weights
+    loaded, config, _ = load_checkpoint(result["checkpoint"])
+    assert config.map_modules is False and loaded.map_channels == 0
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        maps, counts = loaded(x)
+        torch.testing.assert_close(counts, model(x)[1])
+    assert maps.shape == (2, 0, 32, 32)
+
+
+def test_checkpoint_without_the_map_modules_field_loads_the_full_network(tmp_path):
+    # a checkpoint written before TrainConfig had map_modules: the full network
+    result = train(_config(tmp_path, steps=1), Blobs(n=2, size=32))
+    state = torch.load(result["checkpoint"], weights_only=True)
+    del state["config"]["map_modules"]
+    torch.save(state, tmp_path / "old.pt")
+    model, config, _ = load_checkpoint(tmp_path / "old.pt")
+    assert config.map_modules is True and model.map_channels == 3
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 32, 32))[0].shape == (1, 3, 32, 32)
 
 
 def test_runs_are_reproducible_whatever_the_workers(tmp_path):
