@@ -107,6 +107,8 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
                 if bool(bad):
                     raise ValueError(f"offsets must start at 0, end at P = {packed.shape[0]} and never "
                                      f"decrease, got {offs.tolist() if offs.numel() <= 20 else 'a bad array'}")
+    if packed.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"points must be on the CPU or a CUDA device, got {packed.device}")
     if validate and packed.numel() and not bool(torch.isfinite(packed).all()):
         raise ValueError("points holds NaN or infinite coordinates")
     if offs.numel() - 1 > _MAX_IMAGES:

@@ -271,6 +271,8 @@ def test_input_forms_and_dtypes_are_converted():
      ValueError, "offsets is on meta"),
     (lambda: mud_iknn.iknn_maps([torch.zeros(1, 2), torch.zeros(1, 2, device="meta")], (4, 4)), ValueError,
      "one device"),
+    (lambda: mud_iknn.iknn_maps(torch.zeros(3, 2, device="meta"), (4, 4), validate=False), ValueError,
+     "CPU or a CUDA device"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (100000, 100000)), ValueError, "100000x100000"),
     (lambda: mud_iknn.iknn_maps([np.zeros((1, 2))] * 1024, (46000, 46000)), MemoryError, "cannot be allocated"),
     (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=-1.0), ValueError, "sigma"),
