@@ -1,10 +1,11 @@
 // CUDA label engine. Per call, on the caller's stream, with no host synchronisation:
 //   1. bucket the points of every image into its uniform grid (count, exclusive scan, scatter);
-//   2. kNN maps: one block per 16x16 pixel tile; ring by ring the block stages the candidate heads
-//      of the ring's cells in shared memory, each thread keeps its pixel's k smallest squared
-//      distances in registers, and the block stops once every pixel's k-th distance is within the
-//      exact bound to the unvisited cells (or the whole grid is visited, or the bound passes
-//      max_distance);
+//   2. kNN maps: one block of 256 threads per tile of 32 x (8 * rows) pixels, each thread holding
+//      `rows` pixels of one column (pixel_rows); pass by pass (the tile's cells plus one ring, then
+//      a doubling radius) the block stages the candidate heads of the new cells in shared memory,
+//      each thread keeps its pixels' k smallest squared distances in registers, and the block
+//      stops once every pixel's k-th distance is within the exact bound to the unvisited cells (or
+//      the whole grid is visited, or the bound passes max_distance);
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
 //   4. density maps: one block per head stamps its separable Gaussian with float atomics.
 #include <cuda_runtime.h>
