@@ -237,8 +237,10 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle and zip errors have no common base class
-        raise ValueError(f"{path} is not a mud_iknn checkpoint: torch.load(weights_only=True) failed "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        # torch's own message suggests weights_only=False, which is the wrong advice for a file
+        # that is not a checkpoint at all: name the failure, not the workaround.
+        raise ValueError(f"{path} is not a mud_iknn checkpoint: torch.load(weights_only=True) could not read "
+                         f"it ({type(err).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a mud_iknn checkpoint (no '{CHECKPOINT_FORMAT}' format marker)")
     if state.get("version") != CHECKPOINT_VERSION:
