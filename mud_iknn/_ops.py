@@ -20,7 +20,7 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _require_cuda(device: torch.device) -> None:
+def _require_cuda() -> None:
     if not _C.WITH_CUDA:
         raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
                            "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
@@ -41,7 +41,7 @@ def knn_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: in
     args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, max_distance,
             transform, out.data_ptr())
     if points.is_cuda:
-        _require_cuda(points.device)
+        _require_cuda()
         ws = _workspace(points.device, _C.knn_workspace_bytes(batch, count, height, width, k))
         _C.knn_maps_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
     else:
@@ -64,7 +64,7 @@ def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width:
         return out
     args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, beta, out.data_ptr())
     if points.is_cuda:
-        _require_cuda(points.device)
+        _require_cuda()
         ws = _workspace(points.device, _C.knn_workspace_bytes(batch, count, height, width, k + 1))
         _C.head_sigmas_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
     else:
@@ -88,7 +88,7 @@ def density_maps(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tens
     args = (points.data_ptr(), offsets.data_ptr(), sigmas.data_ptr(), batch, count, height, width,
             truncate, out.data_ptr())
     if points.is_cuda:
-        _require_cuda(points.device)
+        _require_cuda()
         _C.density_maps_cuda(*args, _stream(points.device), points.device.index)
     else:
         _C.density_maps_cpu(*args, _threads())
