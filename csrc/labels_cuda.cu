@@ -3,7 +3,8 @@
 //   2. kNN maps: one block of 256 threads per tile of 32 x (8 * rows) pixels, each thread holding
 //      `rows` pixels of one column (pixel_rows); pass by pass (the tile's cells plus one ring, then
 //      a doubling radius) the block stages the candidate heads of the new cells in shared memory,
-//      each thread keeps its pixels' k smallest squared distances in registers, and the block
+//      sorted into distance buckets around the tile centre so that each thread stops reading them
+//      once the rest cannot beat its pixels' k smallest squared distances (kept in registers); the block
 //      stops once every pixel's k-th distance is within the exact bound to the unvisited cells (or
 //      the whole grid is visited, or the bound passes max_distance);
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
@@ -157,6 +158,12 @@ __device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t 
 // them stay in registers. The tile is kTileW x (8 * rows) pixels.
 __host__ __device__ constexpr int pixel_rows(int kmax) { return kmax <= 4 ? 4 : (kmax <= 8 ? 2 : 1); }
 
+// Candidates a tile kernel block stages per chunk (kStagePerThread per thread), and the number of
+// distance buckets a chunk is sorted into.
+constexpr int kStagePerThread = 4;
+constexpr int kStage = kThreads * kStagePerThread;
+constexpr int kBuckets = 64;
+
 template <int KMAX>
 __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
     knn_tile_kernel(const float2* __restrict__ sorted, const int* __restrict__ starts, int count, int height,
@@ -165,7 +172,11 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   constexpr int kTileH = 8 * kRows;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ float2 cand[kThreads];
+  __shared__ float2 staging[kStage];  // a chunk's candidates as gathered, and
+  __shared__ int slot[kStage];        // each one's bucket << 16 | rank within the bucket
+  __shared__ float4 cand[kStage];     // and in bucket order: x, y, a lower bound of the distance to the tile centre, unused
+  __shared__ int bucket_count[kBuckets];
+  __shared__ int bucket_start[kBuckets];
   __shared__ int span_begin[2][kThreads];
   __shared__ int span_len0[kThreads];
   __shared__ int span_prefix[kThreads];
@@ -188,6 +199,14 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTileW, width) - 1), g.cell, g.gx);
   const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTileH, height) - 1), g.cell, g.gy);
   const float fx = float(px);
+  // Candidates are sorted by distance to the tile centre (tcx, tcy); none of them is nearer to this
+  // thread's pixels than that distance minus `reach` (padded against rounding), so a thread stops
+  // reading a sorted chunk once the rest is provably beyond its k-th distance.
+  const float tcx = float(x0) + 0.5f * float(kTileW - 1), tcy = float(y0) + 0.5f * float(kTileH - 1);
+  const float rdx = fx - tcx;
+  const float rdy = fmaxf(fabsf(float(py0) - tcy), fabsf(float(py0 + 8 * (kRows - 1)) - tcy));
+  const float reach = sqrtf(rdx * rdx + rdy * rdy) * 1.00001f + 1e-3f;
+  if (tid < kBuckets) bucket_count[tid] = 0;  // visible after the first pass's scan barrier
 
   TopK<KMAX> best[kRows];
   MUD_UNROLL
@@ -201,6 +220,12 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   for (int ring = 1;; ring *= 2) {
     const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
     if (ring > 1 && now.same(before)) break;  // block-uniform: the whole grid is visited
+    // Distance buckets of this pass: kBuckets - 1 equal steps out to the farthest corner of the
+    // block's cells (the outer grid cells counted one cell wide), the last bucket for the rest.
+    const float ex = fmaxf(tcx - float((now.x0 - kMargin) * g.cell), float((now.x1 + 1 - kMargin) * g.cell) - tcx);
+    const float ey = fmaxf(tcy - float((now.y0 - kMargin) * g.cell), float((now.y1 + 1 - kMargin) * g.cell) - tcy);
+    const float step = sqrtf(ex * ex + ey * ey) / float(kBuckets - 1);
+    const float inv_step = 1.0f / step;
     const int rows = now.y1 - now.y0 + 1;
     for (int r0 = 0; r0 < rows; r0 += kThreads) {
       // Each thread describes the ring's cells in one row as up to two runs of sorted points.
@@ -225,30 +250,70 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
       span_len0[tid] = len0;
       span_prefix[tid] = prefix;
       __syncthreads();
-      for (int c0 = 0; c0 < total; c0 += kThreads) {
-        const int e = c0 + tid;
-        if (e < total) {
-          int lo = 0, hi = kThreads - 1;  // the last row whose run starts at or before e
-          while (lo < hi) {
-            const int mid = (lo + hi + 1) >> 1;
-            if (span_prefix[mid] <= e) lo = mid; else hi = mid - 1;
+      for (int c0 = 0; c0 < total; c0 += kStage) {
+        // Gather up to kStage candidates, counting them into distance buckets ...
+        MUD_UNROLL
+        for (int t = 0; t < kStagePerThread; ++t) {
+          const int e = c0 + t * kThreads + tid;
+          if (e < total) {
+            int lo = 0, hi = kThreads - 1;  // the last row whose run starts at or before e
+            while (lo < hi) {
+              const int mid = (lo + hi + 1) >> 1;
+              if (span_prefix[mid] <= e) lo = mid; else hi = mid - 1;
+            }
+            const int local = e - span_prefix[lo];
+            const int idx = local < span_len0[lo] ? span_begin[0][lo] + local : span_begin[1][lo] + local - span_len0[lo];
+            const float2 h = sorted[min(idx, count - 1)];
+            staging[t * kThreads + tid] = h;
+            const float dx = h.x - tcx, dy = h.y - tcy;
+            const float scaled = sqrtf(fmaf(dx, dx, dy * dy)) * inv_step;
+            const int bucket = scaled < float(kBuckets - 1) ? int(scaled) : kBuckets - 1;  // NaN: the last
+            slot[t * kThreads + tid] = bucket << 16 | atomicAdd(&bucket_count[bucket], 1);
           }
-          const int local = e - span_prefix[lo];
-          const int idx = local < span_len0[lo] ? span_begin[0][lo] + local : span_begin[1][lo] + local - span_len0[lo];
-          cand[tid] = sorted[min(idx, count - 1)];
         }
         __syncthreads();
-        const int staged = min(kThreads, total - c0);
+        if (tid < 32) {  // ... turn the counts into bucket starts (one warp, two buckets a lane) ...
+          const int a = bucket_count[2 * tid], c = bucket_count[2 * tid + 1];
+          int incl = a + c;
+          MUD_UNROLL
+          for (int off = 1; off < 32; off <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, off);
+            if (tid >= off) incl += v;
+          }
+          bucket_start[2 * tid] = incl - a - c;
+          bucket_start[2 * tid + 1] = incl - c;
+          bucket_count[2 * tid] = 0;  // ready for the next chunk
+          bucket_count[2 * tid + 1] = 0;
+        }
+        __syncthreads();
+        MUD_UNROLL
+        for (int t = 0; t < kStagePerThread; ++t) {  // ... and store them in bucket order.
+          const int e = t * kThreads + tid;
+          if (c0 + e >= total) break;
+          const int bucket = slot[e] >> 16;
+          const float2 h = staging[e];
+          cand[bucket_start[bucket] + (slot[e] & 0xffff)] = make_float4(h.x, h.y, float(bucket) * step * 0.99999f, 0.0f);
+        }
+        __syncthreads();
+        const int staged = min(kStage, total - c0);
         for (int i = 0; i < staged; ++i) {
-          const float2 h = cand[i];
-          const float dx = h.x - fx, dx2 = dx * dx;
+          const float4 c = cand[i];
+          const float gap = c.z - reach;  // no pixel of this thread is nearer to this or a later head
+          if (gap > 0.0f && gap * gap >= worst) break;
+          const float dx = c.x - fx, dx2 = dx * dx;
           if (dx2 >= worst) continue;  // too far sideways for every pixel of this thread
+          float d2[kRows];
+          bool nearer = false;
           MUD_UNROLL
           for (int j = 0; j < kRows; ++j) {
-            const float dy = h.y - float(py0 + 8 * j);
-            const float d2 = fmaf(dy, dy, dx2);
-            if (d2 < best[j].kth()) best[j].push(d2);
+            const float dy = c.y - float(py0 + 8 * j);
+            d2[j] = fmaf(dy, dy, dx2);
+            nearer = nearer || d2[j] < best[j].kth();
           }
+          if (!nearer) continue;  // the common case once the lists fill: no list update to issue
+          MUD_UNROLL
+          for (int j = 0; j < kRows; ++j)
+            if (d2[j] < best[j].kth()) best[j].push(d2[j]);
           worst = best[0].kth();
           MUD_UNROLL
           for (int j = 1; j < kRows; ++j) worst = fmaxf(worst, best[j].kth());

@@ -122,12 +122,24 @@ def test_property_any_layout_matches_reference(device, height, width, k, pts, du
     assert_distance_close(d, reference.knn_distance_maps(pts, (height, width), k, max_distance=clip))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1000, 3000), seed=st.integers(0, 2**16))
-def test_property_thousands_of_heads(n, seed):
+def test_property_thousands_of_heads(device, n, seed):
     pts = clustered_points(np.random.default_rng(seed), n, 64, 48, clusters=5)
-    d = mud_iknn.knn_distance_maps(pts, (64, 48), 4)
+    d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), (64, 48), 4)
     assert_distance_close(d, reference.knn_distance_maps(pts, (64, 48), 4))
+
+
+def test_more_candidates_in_one_cell_block_than_a_tile_stages_at_once(device):
+    # 6000 heads packed into a few pixels: the cells around them hold thousands of candidates, so
+    # the CUDA tile kernel sorts and scans them in several chunks.
+    rng = np.random.default_rng(8)
+    packed = rng.uniform(60, 66, (6000, 2))
+    scattered = rng.uniform(-20, 148, (40, 2))
+    pts = np.concatenate([packed, scattered]).astype(np.float32)
+    for k in (1, 3, 9):
+        d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), (128, 128), k)
+        assert_distance_close(d, reference.knn_distance_maps(pts, (128, 128), k))
 
 
 def test_horizontal_flip_equivariance(device):
