@@ -67,6 +67,7 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef MUD_IKNN_WITH_CUDA
   m.def("knn_workspace_bytes", &knn_workspace_bytes);
+  m.def("sigma_workspace_bytes", &sigma_workspace_bytes);
   m.def("knn_maps_cuda",
         [](uintptr_t points, uintptr_t offsets, int64_t batch, int64_t count, int64_t height, int64_t width,
            int k, float max_distance, int transform, uintptr_t out, uintptr_t workspace, int64_t workspace_bytes,
@@ -92,7 +93,7 @@ PYBIND11_MODULE(_C, m) {
         },
         nogil);
 #else
-  for (const char* name : {"knn_workspace_bytes", "knn_maps_cuda", "head_sigmas_cuda", "density_maps_cuda"})
+  for (const char* name : {"knn_workspace_bytes", "sigma_workspace_bytes", "knn_maps_cuda", "head_sigmas_cuda", "density_maps_cuda"})
     m.def(name, [](py::args, py::kwargs) { no_cuda(); });
 #endif
 }

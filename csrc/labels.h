@@ -57,12 +57,16 @@ inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int
 
 // The CPU prunes candidates row by row, so small cells (few candidates, more rings) pay off.
 inline double cpu_occupancy(int k) { return std::max(1.0, k / 2.0); }
-// A GPU block pays a memory round trip per ring, so cells are large enough that the tile's cells
-// plus one ring around them (its first pass) usually hold every pixel's k nearest heads.
+// A GPU tile pays a chain of memory round trips per ring and sorts its candidates by distance (so
+// surplus ones cost little): cells are large enough that the tile's cells plus one ring around them
+// (its first pass) usually hold every pixel's k nearest heads.
 #ifndef MUD_IKNN_CUDA_OCCUPANCY_SCALE
-#define MUD_IKNN_CUDA_OCCUPANCY_SCALE 0.5
+#define MUD_IKNN_CUDA_OCCUPANCY_SCALE 2.0
 #endif
 inline double cuda_occupancy(int k) { return (k + 1.0) * MUD_IKNN_CUDA_OCCUPANCY_SCALE; }
+// The per-head search of the adaptive sigmas (one thread per head, every candidate tested) wants
+// smaller cells.
+inline double cuda_sigma_occupancy(int k) { return (k + 1.0) * 0.5; }
 
 // Cell index along one axis of coordinate v; NaN lands in cell 0 (and never matches a distance).
 MUD_HD int cell_of(float v, int cell, int n) {
@@ -144,8 +148,10 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
                       int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads);
 
 #ifdef MUD_IKNN_WITH_CUDA
-// Bytes of device workspace the CUDA kNN kernels need for these sizes (grid, sorted points, scan).
+// Bytes of device workspace knn_maps_cuda / head_sigmas_cuda need for these sizes (grid, sorted
+// points, scan).
 int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k);
+int64_t sigma_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k);
 void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
                    int64_t width, int k, float max_distance, int transform, float* out, void* workspace,
                    int64_t workspace_bytes, void* stream, int device);

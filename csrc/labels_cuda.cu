@@ -1,7 +1,7 @@
 // CUDA label engine. Per call, on the caller's stream, with no host synchronisation:
 //   1. bucket the points of every image into its uniform grid (count, exclusive scan, scatter);
-//   2. kNN maps: one block of 256 threads per tile of 32 x (8 * rows) pixels, each thread holding
-//      `rows` pixels of one column (pixel_rows); pass by pass (the tile's cells plus one ring, then
+//   2. kNN maps: one block per tile of pixels, each thread holding a few pixels of one column
+//      (TileShape); pass by pass (the tile's cells plus one ring, then
 //      a doubling radius) the block stages the candidate heads of the new cells in shared memory,
 //      sorted into distance buckets around the tile centre so that each thread stops reading them
 //      once the rest cannot beat its pixels' k smallest squared distances (kept in registers); the block
@@ -21,8 +21,8 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kThreads = 256;   // per block: the tile kernel's 32 columns x 8 rows of threads
-constexpr int kTileW = 32;      // tile width in pixels (one warp per tile row)
+constexpr int kThreads = 256;   // per block of the grid and density kernels
+constexpr int kTileW = 32;      // tile width in pixels (one warp per row of threads)
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -154,37 +154,58 @@ __device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t 
   return clamp_index(starts[(b + 1) * cells], count) - clamp_index(starts[b * cells], count);
 }
 
-// Rows of pixels each thread of the tile kernel handles for a list size KMAX: the lists of all of
-// them stay in registers. The tile is kTileW x (8 * rows) pixels.
-__host__ __device__ constexpr int pixel_rows(int kmax) { return kmax <= 4 ? 4 : (kmax <= 8 ? 2 : 1); }
+// Rows of threads in a tile kernel block. The kernel is latency-bound (each pass is a chain of
+// dependent loads and barriers), so fewer threads per block, each with more pixels, lets more
+// blocks overlap on an SM.
+#ifndef MUD_IKNN_CUDA_THREAD_ROWS
+#define MUD_IKNN_CUDA_THREAD_ROWS 4
+#endif
+// Blocks of that shape per SM the register budget is set for: 5 x 128 threads measured faster than
+// 4 (no spills) on the H200, a few spilled values outside the inner loop notwithstanding.
+#ifndef MUD_IKNN_CUDA_MIN_BLOCKS
+#define MUD_IKNN_CUDA_MIN_BLOCKS 5
+#endif
 
-// Candidates a tile kernel block stages per chunk (kStagePerThread per thread), and the number of
-// distance buckets a chunk is sorted into.
+// The tile of one block of the kNN kernel for a list size KMAX: kTileW x height pixels, 32 x
+// thread_rows threads, each holding `rows` pixels of one column (rows thread_rows apart) whose
+// lists all stay in registers.
+template <int KMAX>
+struct TileShape {
+  static constexpr int height = KMAX <= 4 ? 32 : (KMAX <= 8 ? 16 : 8);
+  static constexpr int thread_rows = KMAX >= 32 ? 8 : MUD_IKNN_CUDA_THREAD_ROWS;
+  static constexpr int rows = height / thread_rows;
+  static constexpr int threads = kTileW * thread_rows;
+  static constexpr int min_blocks = KMAX > 32 ? 2 : (thread_rows == MUD_IKNN_CUDA_THREAD_ROWS ? MUD_IKNN_CUDA_MIN_BLOCKS : 3);
+  static_assert(rows * thread_rows == height, "thread rows must divide the tile height");
+};
+
+// Candidates each thread of a tile kernel block stages per chunk, and the distance buckets a chunk
+// is sorted into.
 constexpr int kStagePerThread = 4;
-constexpr int kStage = kThreads * kStagePerThread;
 constexpr int kBuckets = 64;
 
-template <int KMAX>
-__global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
+template <int KMAX, class Shape = TileShape<KMAX>>
+__global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
     knn_tile_kernel(const float2* __restrict__ sorted, const int* __restrict__ starts, int count, int height,
                     int width, GridSpec g, int k, float clip, int transform, float* __restrict__ out) {
-  constexpr int kRows = pixel_rows(KMAX);
-  constexpr int kTileH = 8 * kRows;
-  using Scan = cub::BlockScan<int, kThreads>;
+  constexpr int kRows = Shape::rows, kTileH = Shape::height, kBlockThreads = Shape::threads;
+  constexpr int kStep = Shape::thread_rows;  // between the rows of one thread
+  constexpr int kStage = kStagePerThread * kBlockThreads;
+  using Scan = cub::BlockScan<int, kBlockThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ float2 staging[kStage];  // a chunk's candidates as gathered, and
   __shared__ int slot[kStage];        // each one's bucket << 16 | rank within the bucket
   __shared__ float4 cand[kStage];     // and in bucket order: x, y, a lower bound of the distance to the tile centre, unused
   __shared__ int bucket_count[kBuckets];
   __shared__ int bucket_start[kBuckets];
-  __shared__ int span_begin[2][kThreads];
-  __shared__ int span_len0[kThreads];
-  __shared__ int span_prefix[kThreads];
+  __shared__ int span_begin[2][kBlockThreads];
+  __shared__ int span_len0[kBlockThreads];
+  __shared__ int span_prefix[kBlockThreads];
 
   const int64_t b = blockIdx.z;
   const int tid = threadIdx.x;
   const int x0 = blockIdx.x * kTileW, y0 = blockIdx.y * kTileH;
-  const int px = x0 + tid % kTileW;  // this thread's pixels: (px, py0 + 8 j), j < kRows
+  const int px = x0 + tid % kTileW;  // this thread's pixels: (px, py0 + kStep j), j < kRows
   const int py0 = y0 + tid / kTileW;
   const int64_t cells = g.cells();
   const int* row_start = starts + b * cells;
@@ -193,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   if (n == 0) {  // block-uniform
     MUD_UNROLL
     for (int j = 0; j < kRows; ++j)
-      if (px < width && py0 + 8 * j < height) map[int64_t(py0 + 8 * j) * width + px] = apply_transform(INFINITY, transform);
+      if (px < width && py0 + kStep * j < height) map[int64_t(py0 + kStep * j) * width + px] = apply_transform(INFINITY, transform);
     return;
   }
   const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTileW, width) - 1), g.cell, g.gx);
@@ -204,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   // reading a sorted chunk once the rest is provably beyond its k-th distance.
   const float tcx = float(x0) + 0.5f * float(kTileW - 1), tcy = float(y0) + 0.5f * float(kTileH - 1);
   const float rdx = fx - tcx;
-  const float rdy = fmaxf(fabsf(float(py0) - tcy), fabsf(float(py0 + 8 * (kRows - 1)) - tcy));
+  const float rdy = fmaxf(fabsf(float(py0) - tcy), fabsf(float(py0 + kStep * (kRows - 1)) - tcy));
   const float reach = sqrtf(rdx * rdx + rdy * rdy) * 1.00001f + 1e-3f;
   if (tid < kBuckets) bucket_count[tid] = 0;  // visible after the first pass's scan barrier
 
@@ -227,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
     const float step = sqrtf(ex * ex + ey * ey) / float(kBuckets - 1);
     const float inv_step = 1.0f / step;
     const int rows = now.y1 - now.y0 + 1;
-    for (int r0 = 0; r0 < rows; r0 += kThreads) {
+    for (int r0 = 0; r0 < rows; r0 += kBlockThreads) {
       // Each thread describes the ring's cells in one row as up to two runs of sorted points.
       int begin0 = 0, len0 = 0, begin1 = 0, len1 = 0;
       if (r0 + tid < rows) {
@@ -251,25 +272,36 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
       span_prefix[tid] = prefix;
       __syncthreads();
       for (int c0 = 0; c0 < total; c0 += kStage) {
-        // Gather up to kStage candidates, counting them into distance buckets ...
+        // Gather up to kStage candidates (every load in flight at once), counting them into
+        // distance buckets ...
+        int idx[kStagePerThread];
         MUD_UNROLL
         for (int t = 0; t < kStagePerThread; ++t) {
-          const int e = c0 + t * kThreads + tid;
+          const int e = c0 + t * kBlockThreads + tid;
+          idx[t] = -1;
           if (e < total) {
-            int lo = 0, hi = kThreads - 1;  // the last row whose run starts at or before e
+            int lo = 0, hi = kBlockThreads - 1;  // the last row whose run starts at or before e
             while (lo < hi) {
               const int mid = (lo + hi + 1) >> 1;
               if (span_prefix[mid] <= e) lo = mid; else hi = mid - 1;
             }
             const int local = e - span_prefix[lo];
-            const int idx = local < span_len0[lo] ? span_begin[0][lo] + local : span_begin[1][lo] + local - span_len0[lo];
-            const float2 h = sorted[min(idx, count - 1)];
-            staging[t * kThreads + tid] = h;
-            const float dx = h.x - tcx, dy = h.y - tcy;
-            const float scaled = sqrtf(fmaf(dx, dx, dy * dy)) * inv_step;
-            const int bucket = scaled < float(kBuckets - 1) ? int(scaled) : kBuckets - 1;  // NaN: the last
-            slot[t * kThreads + tid] = bucket << 16 | atomicAdd(&bucket_count[bucket], 1);
+            idx[t] = min(local < span_len0[lo] ? span_begin[0][lo] + local : span_begin[1][lo] + local - span_len0[lo],
+                         count - 1);
           }
+        }
+        float2 h[kStagePerThread];
+        MUD_UNROLL
+        for (int t = 0; t < kStagePerThread; ++t)
+          if (idx[t] >= 0) h[t] = sorted[idx[t]];
+        MUD_UNROLL
+        for (int t = 0; t < kStagePerThread; ++t) {
+          if (idx[t] < 0) break;
+          staging[t * kBlockThreads + tid] = h[t];
+          const float dx = h[t].x - tcx, dy = h[t].y - tcy;
+          const float scaled = sqrtf(fmaf(dx, dx, dy * dy)) * inv_step;
+          const int bucket = scaled < float(kBuckets - 1) ? int(scaled) : kBuckets - 1;  // NaN: the last
+          slot[t * kBlockThreads + tid] = bucket << 16 | atomicAdd(&bucket_count[bucket], 1);
         }
         __syncthreads();
         if (tid < 32) {  // ... turn the counts into bucket starts (one warp, two buckets a lane) ...
@@ -288,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
         __syncthreads();
         MUD_UNROLL
         for (int t = 0; t < kStagePerThread; ++t) {  // ... and store them in bucket order.
-          const int e = t * kThreads + tid;
+          const int e = t * kBlockThreads + tid;
           if (c0 + e >= total) break;
           const int bucket = slot[e] >> 16;
           const float2 h = staging[e];
@@ -306,7 +338,7 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
           bool nearer = false;
           MUD_UNROLL
           for (int j = 0; j < kRows; ++j) {
-            const float dy = c.y - float(py0 + 8 * j);
+            const float dy = c.y - float(py0 + kStep * j);
             d2[j] = fmaf(dy, dy, dx2);
             nearer = nearer || d2[j] < best[j].kth();
           }
@@ -329,8 +361,8 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
       done = true;
       MUD_UNROLL
       for (int j = 0; j < kRows; ++j) {
-        const float bound = outside_bound(fx, float(py0 + 8 * j), now, g);
-        const bool outside_map = px >= width || py0 + 8 * j >= height;
+        const float bound = outside_bound(fx, float(py0 + kStep * j), now, g);
+        const bool outside_map = px >= width || py0 + kStep * j >= height;
         done = done && (outside_map || best[j].kth() <= bound * bound || bound >= clip);
       }
     }
@@ -339,8 +371,8 @@ __global__ void __launch_bounds__(kThreads, KMAX <= 32 ? 3 : 2)
   const int m = min(k, n);
   MUD_UNROLL
   for (int j = 0; j < kRows; ++j)
-    if (px < width && py0 + 8 * j < height)
-      map[int64_t(py0 + 8 * j) * width + px] = apply_transform(best[j].mean_distance(k, 0, m, clip), transform);
+    if (px < width && py0 + kStep * j < height)
+      map[int64_t(py0 + kStep * j) * width + px] = apply_transform(best[j].mean_distance(k, 0, m, clip), transform);
 }
 
 template <int KMAX>
@@ -450,10 +482,10 @@ template <int KMAX>
 struct LaunchKnn {
   static void run(const GridBuffers& w, int64_t batch, int64_t count, int64_t height, int64_t width,
                   const GridSpec& g, int k, float clip, int transform, float* out, cudaStream_t stream) {
-    constexpr int tile_h = 8 * pixel_rows(KMAX);
-    const dim3 blocks(unsigned((width + kTileW - 1) / kTileW), unsigned((height + tile_h - 1) / tile_h),
+    using Shape = TileShape<KMAX>;
+    const dim3 blocks(unsigned((width + kTileW - 1) / kTileW), unsigned((height + Shape::height - 1) / Shape::height),
                       unsigned(batch));
-    knn_tile_kernel<KMAX><<<blocks, kThreads, 0, stream>>>(w.sorted, w.starts, int(count), int(height), int(width),
+    knn_tile_kernel<KMAX><<<blocks, Shape::threads, 0, stream>>>(w.sorted, w.starts, int(count), int(height), int(width),
                                                           g, k, clip, transform, out);
   }
 };
@@ -483,6 +515,11 @@ int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_
   return int64_t(layout(nullptr, batch * g.cells(), count).total);
 }
 
+int64_t sigma_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1));
+  return int64_t(layout(nullptr, batch * g.cells(), count).total);
+}
+
 void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
                    int64_t width, int k, float max_distance, int transform, float* out, void* workspace,
                    int64_t workspace_bytes, void* stream_handle, int device) {
@@ -502,7 +539,7 @@ void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch
   if (count == 0) return;
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_occupancy(k + 1));
+  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1));
   const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
   build_grid(points, offsets, batch, count, g, w, stream);
   dispatch_k<LaunchSigma>(k + 1, points, offsets, w, batch, count, g, k, beta, float(height + width) / 8.0f, out,

@@ -65,7 +65,7 @@ def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width:
     args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, beta, out.data_ptr())
     if points.is_cuda:
         _require_cuda()
-        ws = _workspace(points.device, _C.knn_workspace_bytes(batch, count, height, width, k + 1))
+        ws = _workspace(points.device, _C.sigma_workspace_bytes(batch, count, height, width, k))
         _C.head_sigmas_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
     else:
         _C.head_sigmas_cpu(*args, _threads())
