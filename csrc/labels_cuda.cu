@@ -11,7 +11,6 @@
 //   4. density maps: one block per head stamps its separable Gaussian with float atomics.
 #include <cuda_runtime.h>
 
-#include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
 #include <stdexcept>
 #include <string>
@@ -191,16 +190,15 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
   constexpr int kRows = Shape::rows, kTileH = Shape::height, kBlockThreads = Shape::threads;
   constexpr int kStep = Shape::thread_rows;  // between the rows of one thread
   constexpr int kStage = kStagePerThread * kBlockThreads;
-  using Scan = cub::BlockScan<int, kBlockThreads>;
-  __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ float2 staging[kStage];  // a chunk's candidates as gathered, and
   __shared__ int slot[kStage];        // each one's bucket << 16 | rank within the bucket
   __shared__ float4 cand[kStage];     // and in bucket order: x, y, a lower bound of the distance to the tile centre, unused
   __shared__ int bucket_count[kBuckets];
   __shared__ int bucket_start[kBuckets];
-  __shared__ int span_begin[2][kBlockThreads];
-  __shared__ int span_len0[kBlockThreads];
-  __shared__ int span_prefix[kBlockThreads];
+  __shared__ int span_begin[2][32];  // up to 32 rows of a pass's cells at a time: runs of sorted points
+  __shared__ int span_len0[32];
+  __shared__ int span_prefix[32];
+  __shared__ int span_total;
 
   const int64_t b = blockIdx.z;
   const int tid = threadIdx.x;
@@ -209,14 +207,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
   const int py0 = y0 + tid / kTileW;
   const int64_t cells = g.cells();
   const int* row_start = starts + b * cells;
-  const int n = grid_count(starts, b, cells, count);
-  float* map = out + b * int64_t(height) * width;
-  if (n == 0) {  // block-uniform
-    MUD_UNROLL
-    for (int j = 0; j < kRows; ++j)
-      if (px < width && py0 + kStep * j < height) map[int64_t(py0 + kStep * j) * width + px] = apply_transform(INFINITY, transform);
-    return;
-  }
+  const int n = grid_count(starts, b, cells, count);  // first used after the first pass's loads
   const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(min(x0 + kTileW, width) - 1), g.cell, g.gx);
   const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(min(y0 + kTileH, height) - 1), g.cell, g.gy);
   const float fx = float(px);
@@ -227,7 +218,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
   const float rdx = fx - tcx;
   const float rdy = fmaxf(fabsf(float(py0) - tcy), fabsf(float(py0 + kStep * (kRows - 1)) - tcy));
   const float reach = sqrtf(rdx * rdx + rdy * rdy) * 1.00001f + 1e-3f;
-  if (tid < kBuckets) bucket_count[tid] = 0;  // visible after the first pass's scan barrier
+  if (tid < kBuckets) bucket_count[tid] = 0;  // visible after the first pass's span barrier
 
   TopK<KMAX> best[kRows];
   MUD_UNROLL
@@ -248,29 +239,36 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
     const float step = sqrtf(ex * ex + ey * ey) / float(kBuckets - 1);
     const float inv_step = 1.0f / step;
     const int rows = now.y1 - now.y0 + 1;
-    for (int r0 = 0; r0 < rows; r0 += kBlockThreads) {
-      // Each thread describes the ring's cells in one row as up to two runs of sorted points.
-      int begin0 = 0, len0 = 0, begin1 = 0, len1 = 0;
-      if (r0 + tid < rows) {
-        const int y = now.y0 + r0 + tid;
-        const RowSpans spans = ring_spans(y, now, before, ring == 1);
-        const int* rs = row_start + int64_t(y) * g.gx;
-        if (spans.count >= 1) {
-          begin0 = clamp_index(rs[spans.lo0], count);
-          len0 = max(clamp_index(rs[spans.hi0 + 1], count) - begin0, 0);
+    for (int r0 = 0; r0 < rows; r0 += 32) {
+      if (tid < 32) {  // the first warp describes the ring's cells in 32 rows as runs of sorted points
+        int begin0 = 0, len0 = 0, begin1 = 0, len1 = 0;
+        if (r0 + tid < rows) {
+          const int y = now.y0 + r0 + tid;
+          const RowSpans spans = ring_spans(y, now, before, ring == 1);
+          const int* rs = row_start + int64_t(y) * g.gx;
+          if (spans.count >= 1) {
+            begin0 = clamp_index(rs[spans.lo0], count);
+            len0 = max(clamp_index(rs[spans.hi0 + 1], count) - begin0, 0);
+          }
+          if (spans.count == 2) {
+            begin1 = clamp_index(rs[spans.lo1], count);
+            len1 = max(clamp_index(rs[spans.hi1 + 1], count) - begin1, 0);
+          }
         }
-        if (spans.count == 2) {
-          begin1 = clamp_index(rs[spans.lo1], count);
-          len1 = max(clamp_index(rs[spans.hi1 + 1], count) - begin1, 0);
+        int incl = len0 + len1;
+        MUD_UNROLL
+        for (int off = 1; off < 32; off <<= 1) {
+          const int v = __shfl_up_sync(0xffffffffu, incl, off);
+          if (tid >= off) incl += v;
         }
+        span_begin[0][tid] = begin0;
+        span_begin[1][tid] = begin1;
+        span_len0[tid] = len0;
+        span_prefix[tid] = incl - len0 - len1;
+        if (tid == 31) span_total = incl;
       }
-      int prefix, total;
-      Scan(scan_tmp).ExclusiveSum(len0 + len1, prefix, total);
-      span_begin[0][tid] = begin0;
-      span_begin[1][tid] = begin1;
-      span_len0[tid] = len0;
-      span_prefix[tid] = prefix;
       __syncthreads();
+      const int total = span_total;
       for (int c0 = 0; c0 < total; c0 += kStage) {
         // Gather up to kStage candidates (every load in flight at once), counting them into
         // distance buckets ...
@@ -280,7 +278,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
           const int e = c0 + t * kBlockThreads + tid;
           idx[t] = -1;
           if (e < total) {
-            int lo = 0, hi = kBlockThreads - 1;  // the last row whose run starts at or before e
+            int lo = 0, hi = 31;  // the last row whose run starts at or before e
             while (lo < hi) {
               const int mid = (lo + hi + 1) >> 1;
               if (span_prefix[mid] <= e) lo = mid; else hi = mid - 1;
@@ -353,7 +351,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
         __syncthreads();
       }
       seen += total;
-      __syncthreads();  // scan_tmp and the span arrays are rewritten next
+      __syncthreads();  // the span arrays and total are rewritten next
     }
     before = now;
     bool done = seen >= n;
@@ -369,10 +367,12 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
     if (__syncthreads_and(done)) break;
   }
   const int m = min(k, n);
+  float* map = out + b * int64_t(height) * width;
   MUD_UNROLL
   for (int j = 0; j < kRows; ++j)
     if (px < width && py0 + kStep * j < height)
-      map[int64_t(py0 + kStep * j) * width + px] = apply_transform(best[j].mean_distance(k, 0, m, clip), transform);
+      map[int64_t(py0 + kStep * j) * width + px] =
+          apply_transform(m == 0 ? INFINITY : best[j].mean_distance(k, 0, m, clip), transform);
 }
 
 template <int KMAX>
@@ -471,6 +471,7 @@ __global__ void density_kernel(const float2* __restrict__ points, const int64_t*
 template <template <int> class Launch, class... Args>
 void dispatch_k(int k, Args&&... args) {
   if (k <= 1) Launch<1>::run(args...);
+  else if (k <= 3) Launch<3>::run(args...);  // the default k of kNN maps and adaptive sigmas
   else if (k <= 4) Launch<4>::run(args...);
   else if (k <= 8) Launch<8>::run(args...);
   else if (k <= 16) Launch<16>::run(args...);
