@@ -8,15 +8,12 @@
 #   git archive -o bench/base.tar REV
 #   OUT=out BASE=bench/base.tar bash bench/gpu_ab.sh ["FLAGS" ...]
 # Writes summary.md, bench_new.md, bench_base.md, variant_N.md and logs under $OUT (3-5 minutes).
-set -u
-OUT=$(realpath -m "${OUT:-out}")
-BASE=$(realpath "${BASE:?BASE must name a git archive of the base revision}")
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-ROOT=$(pwd)
-summary="$OUT/summary.md"
-status() { echo "- $1: $2" | tee -a "$summary"; }
+if [ ! -f "${BASE:-}" ]; then
+  echo "gpu_ab.sh: BASE must name a git archive of the base revision (git archive -o bench/base.tar REV)" >&2
+  exit 2
+fi
+BASE=$(realpath "$BASE")
+source "$(dirname "$0")/gpu_common.sh"
 bench() {  # bench NAME PYTHONPATH ARGS...: CUDA-only label benchmark into $OUT/NAME.md
   local name=$1 path=$2
   shift 2

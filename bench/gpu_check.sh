@@ -4,14 +4,7 @@
 # included), a compute-sanitizer memcheck of every kernel on small cases, the label benchmarks and
 # the training-step benchmark (on-the-fly vs precomputed vs scipy labels, DenseNet-201 batch 16);
 # writes summary.md, bench.md, bench_training.md and the logs under $OUT (default ./out).
-set -u
-OUT=$(realpath -m "${OUT:-out}")
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-ROOT=$(pwd)
-summary="$OUT/summary.md"
-status() { echo "- $1: $2" | tee -a "$summary"; }
+source "$(dirname "$0")/gpu_common.sh"
 
 {
   echo "# GPU check, $(date -u +%Y-%m-%d)"

@@ -3,10 +3,7 @@
 # kNN tile kernel for a benchmark case, the sections that tell latency from arithmetic.
 #   OUT=out bash bench/profile_knn.sh [CASE] [K]      (default crop512_n300_b32 3)
 # Written for the next GPU session; not yet run.
-set -u
-OUT=$(realpath -m "${OUT:-out}")
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+source "$(dirname "$0")/gpu_common.sh"
 CASE=${1:-crop512_n300_b32}
 K=${2:-3}
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -26,8 +26,19 @@ def _require_cuda() -> None:
                            "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
 
 
-def _workspace(device: torch.device, nbytes: int) -> torch.Tensor:
-    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+def _run(cpu_kernel, cuda_kernel, args: tuple, device: torch.device, workspace_bytes=None) -> None:
+    """Calls ``cpu_kernel(*args, threads)`` or, on a CUDA device, ``cuda_kernel(*args, [workspace
+    pointer, bytes,] stream, device index)``; ``workspace_bytes()`` sizes the kernel's scratch
+    memory, allocated by torch on that device (None: the kernel takes none)."""
+    if device.type != "cuda":
+        cpu_kernel(*args, _threads())
+        return
+    _require_cuda()
+    scratch = ()
+    if workspace_bytes is not None:
+        ws = torch.empty(max(workspace_bytes(), 1), dtype=torch.uint8, device=device)
+        scratch = (ws.data_ptr(), ws.numel())
+    cuda_kernel(*args, *scratch, _stream(device), device.index)
 
 
 @torch.library.custom_op("mud_iknn::knn_maps", mutates_args=())
@@ -40,12 +51,8 @@ def knn_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: in
         return out
     args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, max_distance,
             transform, out.data_ptr())
-    if points.is_cuda:
-        _require_cuda()
-        ws = _workspace(points.device, _C.knn_workspace_bytes(batch, count, height, width, k))
-        _C.knn_maps_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
-    else:
-        _C.knn_maps_cpu(*args, _threads())
+    _run(_C.knn_maps_cpu, _C.knn_maps_cuda, args, points.device,
+         lambda: _C.knn_workspace_bytes(batch, count, height, width, k))
     return out
 
 
@@ -63,12 +70,8 @@ def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width:
     if count == 0:
         return out
     args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, beta, out.data_ptr())
-    if points.is_cuda:
-        _require_cuda()
-        ws = _workspace(points.device, _C.sigma_workspace_bytes(batch, count, height, width, k))
-        _C.head_sigmas_cuda(*args, ws.data_ptr(), ws.numel(), _stream(points.device), points.device.index)
-    else:
-        _C.head_sigmas_cpu(*args, _threads())
+    _run(_C.head_sigmas_cpu, _C.head_sigmas_cuda, args, points.device,
+         lambda: _C.sigma_workspace_bytes(batch, count, height, width, k))
     return out
 
 
@@ -87,11 +90,7 @@ def density_maps(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tens
         return out
     args = (points.data_ptr(), offsets.data_ptr(), sigmas.data_ptr(), batch, count, height, width,
             truncate, out.data_ptr())
-    if points.is_cuda:
-        _require_cuda()
-        _C.density_maps_cuda(*args, _stream(points.device), points.device.index)
-    else:
-        _C.density_maps_cpu(*args, _threads())
+    _run(_C.density_maps_cpu, _C.density_maps_cuda, args, points.device)
     return out
 
 
