@@ -153,6 +153,11 @@ __device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t 
   return clamp_index(starts[(b + 1) * cells], count) - clamp_index(starts[b * cells], count);
 }
 
+// Candidates each thread of a tile kernel block stages per chunk, and the distance buckets a chunk
+// is sorted into (the bucket scan gives each of the 32 lanes of a warp two).
+constexpr int kStagePerThread = 4;
+constexpr int kBuckets = 64;
+
 // Rows of threads in a tile kernel block. The kernel is latency-bound (each pass is a chain of
 // dependent loads and barriers), so fewer threads per block, each with more pixels, lets more
 // blocks overlap on an SM.
@@ -176,12 +181,8 @@ struct TileShape {
   static constexpr int threads = kTileW * thread_rows;
   static constexpr int min_blocks = KMAX > 32 ? 2 : (thread_rows == MUD_IKNN_CUDA_THREAD_ROWS ? MUD_IKNN_CUDA_MIN_BLOCKS : 3);
   static_assert(rows * thread_rows == height, "thread rows must divide the tile height");
+  static_assert(threads >= kBuckets, "a block zeroes its distance buckets with one thread each");
 };
-
-// Candidates each thread of a tile kernel block stages per chunk, and the distance buckets a chunk
-// is sorted into.
-constexpr int kStagePerThread = 4;
-constexpr int kBuckets = 64;
 
 template <int KMAX, class Shape = TileShape<KMAX>>
 __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
