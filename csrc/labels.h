@@ -144,6 +144,7 @@ void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, in
                   int64_t width, int k, float max_distance, int transform, float* out, int threads);
 void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
                      int64_t height, int64_t width, int k, float beta, float* out, int threads);
+// Writes every pixel of `out` (which may arrive uninitialised).
 void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                       int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads);
 
@@ -158,6 +159,7 @@ void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, i
 void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
                       int64_t height, int64_t width, int k, float beta, float* out, void* workspace,
                       int64_t workspace_bytes, void* stream, int device);
+// Adds every head's Gaussian into `out`, which must hold zeros.
 void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                        int64_t count, int64_t height, int64_t width, float truncate, float* out, void* stream,
                        int device);

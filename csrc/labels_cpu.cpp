@@ -254,48 +254,54 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
 
 void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                       int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads) {
-  // Per head, once: its radius and the normalisation of its discrete Gaussian (r = -1: skipped).
-  std::vector<int> radius(count, -1);
-  std::vector<double> scale(count, 0.0), inv_norm(count, 0.0);
+  // Per head, once: the weights of its discrete Gaussian, w[t] = exp(-t^2 / (2 sigma^2)) / norm for
+  // the offsets t that land on the map along x or y (t0 <= t <= t1), stored at weights[at[i], ...).
+  // Heads that miss the map (or have invalid values) store none and are skipped (t0 > t1). At most
+  // H + W + 1 weights a head, instead of recomputing them for every row band the head touches.
+  std::vector<int64_t> t0(count, 1), t1(count, 0), at(count + 1, 0);
   parallel_for(count, threads, [&](int64_t i) {
     const float x = points[2 * i], y = points[2 * i + 1], sigma = sigmas[i];
     if (!(std::isfinite(x) && std::isfinite(y) && sigma >= 0.0f && sigma <= 1e7f)) return;
-    const int r = gaussian_radius(sigma, truncate);
+    const int64_t r = gaussian_radius(sigma, truncate);
     if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r))
       return;  // misses the map (also keeps the integer casts below in range)
-    scale[i] = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+    const int64_t cx = int64_t(std::floor(x)), cy = int64_t(std::floor(y));
+    t0[i] = std::max(-r, -std::max(cx, cy));
+    t1[i] = std::min(r, std::max(width - 1 - cx, height - 1 - cy));
+  });
+  for (int64_t i = 0; i < count; ++i) at[i + 1] = at[i] + std::max<int64_t>(t1[i] - t0[i] + 1, 0);
+  std::vector<float> weights(at[count]);
+  parallel_for(count, threads, [&](int64_t i) {
+    if (t0[i] > t1[i]) return;
+    const float sigma = sigmas[i];
+    const int64_t r = gaussian_radius(sigma, truncate);
+    const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
     double norm = 0.0;
-    for (int t = -r; t <= r; ++t) norm += std::exp(scale[i] * double(t) * double(t));
-    inv_norm[i] = 1.0 / norm;
-    radius[i] = r;
+    for (int64_t t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
+    const double inv_norm = 1.0 / norm;
+    for (int64_t t = t0[i]; t <= t1[i]; ++t) weights[at[i] + t - t0[i]] = float(std::exp(scale * double(t) * double(t)) * inv_norm);
   });
   // Row bands own disjoint parts of the output, so every thread writes without contention and the
-  // sums come out in a fixed order (deterministic).
+  // sums come out in a fixed order (deterministic). Each band zeroes its rows first: `out` arrives
+  // uninitialised, and its first touch (page faults included) is spread over the threads.
   constexpr int64_t kBand = 16;
   const int64_t bands = (height + kBand - 1) / kBand;
   parallel_for(batch * bands, threads, [&](int64_t task) {
     const int64_t b = task / bands, y0 = (task % bands) * kBand, y1 = std::min(y0 + kBand, height);
     float* map = out + b * height * width;
+    std::fill(map + y0 * width, map + y1 * width, 0.0f);
     int64_t s, e;
     image_range(offsets, b, count, &s, &e);
-    std::vector<float> wx;
     for (int64_t i = s; i < e; ++i) {
-      const int r = radius[i];
-      if (r < 0) continue;
+      if (t0[i] > t1[i]) continue;
       const int64_t cx = int64_t(std::floor(points[2 * i])), cy = int64_t(std::floor(points[2 * i + 1]));
-      const int64_t ya = std::max(cy - r, y0), yb = std::min(cy + r + 1, y1);
-      const int64_t xa = std::max<int64_t>(cx - r, 0), xb = std::min<int64_t>(cx + r + 1, width);
-      if (ya >= yb || xa >= xb) continue;
-      wx.resize(xb - xa);
-      for (int64_t xx = xa; xx < xb; ++xx) {
-        const double t = double(xx - cx);
-        wx[xx - xa] = float(std::exp(scale[i] * t * t) * inv_norm[i]);
-      }
+      const int64_t ya = std::max(cy + t0[i], y0), yb = std::min(cy + t1[i] + 1, y1);
+      const int64_t xa = std::max<int64_t>(cx + t0[i], 0), xb = std::min<int64_t>(cx + t1[i] + 1, width);
+      const float* w = weights.data() + at[i] - t0[i];  // w[t] for t0 <= t <= t1
       for (int64_t yy = ya; yy < yb; ++yy) {
-        const double t = double(yy - cy);
-        const float wy = float(std::exp(scale[i] * t * t) * inv_norm[i]);
+        const float wy = w[yy - cy];
         float* row = map + yy * width;
-        for (int64_t xx = xa; xx < xb; ++xx) row[xx] += wy * wx[xx - xa];
+        for (int64_t xx = xa; xx < xb; ++xx) row[xx] += wy * w[xx - cx];
       }
     }
   });
