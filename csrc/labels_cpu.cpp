@@ -254,11 +254,14 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
 
 void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                       int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads) {
-  // Per head, once: the weights of its discrete Gaussian, w[t] = exp(-t^2 / (2 sigma^2)) / norm for
-  // the offsets t that land on the map along x or y (t0 <= t <= t1), stored at weights[at[i], ...).
-  // Heads that miss the map (or have invalid values) store none and are skipped (t0 > t1). At most
-  // H + W + 1 weights a head, instead of recomputing them for every row band the head touches.
-  std::vector<int64_t> t0(count, 1), t1(count, 0), at(count + 1, 0);
+  // Per head, once: the part of the map its discrete Gaussian covers, columns [xa, xb) x rows
+  // [ya, yb) (empty: invalid values, or the kernel misses the map), and its normalised weights
+  // exp(-t^2 / (2 sigma^2)) / norm there, at weights[at[i], ...): xb - xa along x, then yb - ya
+  // along y (at most W + H a head), rather than recomputed for every row band the head touches.
+  struct Stamp {
+    int64_t xa = 0, xb = 0, ya = 0, yb = 0;
+  };
+  std::vector<Stamp> stamps(count);
   parallel_for(count, threads, [&](int64_t i) {
     const float x = points[2 * i], y = points[2 * i + 1], sigma = sigmas[i];
     if (!(std::isfinite(x) && std::isfinite(y) && sigma >= 0.0f && sigma <= 1e7f)) return;
@@ -266,20 +269,28 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
     if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r))
       return;  // misses the map (also keeps the integer casts below in range)
     const int64_t cx = int64_t(std::floor(x)), cy = int64_t(std::floor(y));
-    t0[i] = std::max(-r, -std::max(cx, cy));
-    t1[i] = std::min(r, std::max(width - 1 - cx, height - 1 - cy));
+    Stamp st{std::max<int64_t>(cx - r, 0), std::min(cx + r + 1, width), std::max<int64_t>(cy - r, 0),
+             std::min(cy + r + 1, height)};
+    if (st.xa < st.xb && st.ya < st.yb) stamps[i] = st;
   });
-  for (int64_t i = 0; i < count; ++i) at[i + 1] = at[i] + std::max<int64_t>(t1[i] - t0[i] + 1, 0);
+  std::vector<int64_t> at(count + 1, 0);
+  for (int64_t i = 0; i < count; ++i)
+    at[i + 1] = at[i] + (stamps[i].xb - stamps[i].xa) + (stamps[i].yb - stamps[i].ya);
   std::vector<float> weights(at[count]);
   parallel_for(count, threads, [&](int64_t i) {
-    if (t0[i] > t1[i]) return;
+    const Stamp& st = stamps[i];
+    if (st.xa == st.xb) return;
     const float sigma = sigmas[i];
     const int64_t r = gaussian_radius(sigma, truncate);
     const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
     double norm = 0.0;
     for (int64_t t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
     const double inv_norm = 1.0 / norm;
-    for (int64_t t = t0[i]; t <= t1[i]; ++t) weights[at[i] + t - t0[i]] = float(std::exp(scale * double(t) * double(t)) * inv_norm);
+    const auto weight = [&](int64_t t) { return float(std::exp(scale * double(t) * double(t)) * inv_norm); };
+    const int64_t cx = int64_t(std::floor(points[2 * i])), cy = int64_t(std::floor(points[2 * i + 1]));
+    float* w = weights.data() + at[i];
+    for (int64_t xx = st.xa; xx < st.xb; ++xx) *w++ = weight(xx - cx);
+    for (int64_t yy = st.ya; yy < st.yb; ++yy) *w++ = weight(yy - cy);
   });
   // Row bands own disjoint parts of the output, so every thread writes without contention and the
   // sums come out in a fixed order (deterministic). Each band zeroes its rows first: `out` arrives
@@ -293,15 +304,15 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
     int64_t s, e;
     image_range(offsets, b, count, &s, &e);
     for (int64_t i = s; i < e; ++i) {
-      if (t0[i] > t1[i]) continue;
-      const int64_t cx = int64_t(std::floor(points[2 * i])), cy = int64_t(std::floor(points[2 * i + 1]));
-      const int64_t ya = std::max(cy + t0[i], y0), yb = std::min(cy + t1[i] + 1, y1);
-      const int64_t xa = std::max<int64_t>(cx + t0[i], 0), xb = std::min<int64_t>(cx + t1[i] + 1, width);
-      const float* w = weights.data() + at[i] - t0[i];  // w[t] for t0 <= t <= t1
+      const Stamp& st = stamps[i];
+      const int64_t ya = std::max(st.ya, y0), yb = std::min(st.yb, y1);
+      if (st.xa == st.xb || ya >= yb) continue;
+      const float* wx = weights.data() + at[i];
+      const float* wy = wx + (st.xb - st.xa);
       for (int64_t yy = ya; yy < yb; ++yy) {
-        const float wy = w[yy - cy];
-        float* row = map + yy * width;
-        for (int64_t xx = xa; xx < xb; ++xx) row[xx] += wy * w[xx - cx];
+        const float w = wy[yy - st.ya];
+        float* row = map + yy * width + st.xa;
+        for (int64_t xx = 0; xx < st.xb - st.xa; ++xx) row[xx] += w * wx[xx];
       }
     }
   });
