@@ -157,6 +157,7 @@ __device__ __forceinline__ int grid_count(const int* starts, int64_t b, int64_t 
 // is sorted into (the bucket scan gives each of the 32 lanes of a warp two).
 constexpr int kStagePerThread = 4;
 constexpr int kBuckets = 64;
+static_assert(kBuckets == 64, "the bucket scan gives each lane of one warp exactly two buckets");
 
 // Rows of threads in a tile kernel block. The kernel is latency-bound (each pass is a chain of
 // dependent loads and barriers), so fewer threads per block, each with more pixels, lets more
@@ -191,6 +192,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
   constexpr int kRows = Shape::rows, kTileH = Shape::height, kBlockThreads = Shape::threads;
   constexpr int kStep = Shape::thread_rows;  // between the rows of one thread
   constexpr int kStage = kStagePerThread * kBlockThreads;
+  static_assert(kStage <= 1 << 16, "a candidate's rank in its bucket is packed into 16 bits");
   __shared__ float2 staging[kStage];  // a chunk's candidates as gathered, and
   __shared__ int slot[kStage];        // each one's bucket << 16 | rank within the bucket
   __shared__ float4 cand[kStage];     // and in bucket order: x, y, a lower bound of the distance to the tile centre, unused
