@@ -217,13 +217,23 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
   const Grid grid(points, offsets, batch, count, height, width, k + 1);
   const GridSpec& g = grid.spec;
   const float lone = float(height + width) / 8.0f;
-  parallel_for(batch, threads, [&](int64_t b) {
+  // Tasks of up to kHeads heads of one image, so that one large image keeps every thread busy.
+  constexpr int64_t kHeads = 256;
+  std::vector<int64_t> first_task(batch + 1, 0);
+  for (int64_t b = 0; b < batch; ++b) {
     int64_t s, e;
     image_range(offsets, b, count, &s, &e);
+    first_task[b + 1] = first_task[b] + (e - s + kHeads - 1) / kHeads;
+  }
+  parallel_for(first_task[batch], threads, [&](int64_t task) {
+    const int64_t b = std::upper_bound(first_task.begin(), first_task.end(), task) - first_task.begin() - 1;
+    int64_t s, e;
+    image_range(offsets, b, count, &s, &e);
+    const int64_t begin = s + (task - first_task[b]) * kHeads, end = std::min(begin + kHeads, e);
     const int64_t n = grid.start[(b + 1) * g.cells()] - grid.start[b * g.cells()];
     const int m = int(std::min<int64_t>(k, n - 1));  // other heads that enter the mean
     float list[kMaxK];
-    for (int64_t i = s; i < e; ++i) {
+    for (int64_t i = begin; i < end; ++i) {
       const float qx = points[2 * i], qy = points[2 * i + 1];
       if (m <= 0) {
         out[i] = lone;
