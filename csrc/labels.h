@@ -25,6 +25,13 @@ namespace mud_iknn {
 // A NaN argument yields the second operand.
 MUD_HD float min_f(float a, float b) { return a < b ? a : b; }
 MUD_HD float max_f(float a, float b) { return a > b ? a : b; }
+MUD_HD bool finite_f(float v) {
+#ifdef __CUDA_ARCH__
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
 
 constexpr int kMaxK = 64;       // largest k of a kNN map (k + 1 <= kMaxK for adaptive sigmas)
 constexpr int kMargin = 1;      // grid cells beyond the map on every side; farther heads are clamped in
@@ -136,6 +143,18 @@ MUD_HD float apply_transform(float dist, int transform) {
 // Discrete Gaussian radius of scipy.ndimage.gaussian_filter; 0 for sigma <= 1e-15 (a delta).
 MUD_HD int gaussian_radius(float sigma, float truncate) {
   return sigma <= 1e-15f ? 0 : int(truncate * sigma + 0.5f);
+}
+
+constexpr float kMaxSigma = 1e7f;  // widest Gaussian a density kernel stamps (keeps radii in int range)
+
+// Radius of the Gaussian of head (x, y) on a height x width map, or -1 when it stamps nothing there:
+// non-finite coordinates, sigma outside [0, kMaxSigma] or NaN, or a kernel that misses the map
+// (which also keeps the integer casts of the coordinates in range).
+MUD_HD int stamp_radius(float x, float y, float sigma, float truncate, int height, int width) {
+  if (!(finite_f(x) && finite_f(y) && sigma >= 0.0f && sigma <= kMaxSigma)) return -1;
+  const int r = gaussian_radius(sigma, truncate);
+  if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r)) return -1;
+  return r;
 }
 
 // ---- entry points (pointers are host pointers for *_cpu, device pointers for *_cuda) ----------

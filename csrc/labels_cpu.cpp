@@ -273,11 +273,9 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
   };
   std::vector<Stamp> stamps(count);
   parallel_for(count, threads, [&](int64_t i) {
-    const float x = points[2 * i], y = points[2 * i + 1], sigma = sigmas[i];
-    if (!(std::isfinite(x) && std::isfinite(y) && sigma >= 0.0f && sigma <= 1e7f)) return;
-    const int64_t r = gaussian_radius(sigma, truncate);
-    if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r))
-      return;  // misses the map (also keeps the integer casts below in range)
+    const float x = points[2 * i], y = points[2 * i + 1];
+    const int64_t r = stamp_radius(x, y, sigmas[i], truncate, int(height), int(width));  // H, W < 2^31
+    if (r < 0) return;
     const int64_t cx = int64_t(std::floor(x)), cy = int64_t(std::floor(y));
     Stamp st{std::max<int64_t>(cx - r, 0), std::min(cx + r + 1, width), std::max<int64_t>(cy - r, 0),
              std::min(cy + r + 1, height)};

@@ -442,10 +442,8 @@ __global__ void density_kernel(const float2* __restrict__ points, const int64_t*
     const float2 p = points[i];
     const float sigma = sigmas[i];
     if (i < offsets[b] || i >= offsets[b + 1]) continue;
-    if (!(isfinite(p.x) && isfinite(p.y) && sigma >= 0.0f && sigma <= 1e7f)) continue;
-    const int r = gaussian_radius(sigma, truncate);
-    if (p.x + 1.0f < float(-r) || p.x >= float(width + r) || p.y + 1.0f < float(-r) || p.y >= float(height + r))
-      continue;  // the kernel misses the map (also keeps the integer casts below in range)
+    const int r = stamp_radius(p.x, p.y, sigma, truncate, height, width);
+    if (r < 0) continue;
     const int cx = int(floorf(p.x)), cy = int(floorf(p.y));
     const int xa = max(cx - r, 0), xb = min(cx + r + 1, width);
     const int ya = max(cy - r, 0), yb = min(cy + r + 1, height);
