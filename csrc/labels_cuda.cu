@@ -502,6 +502,16 @@ struct LaunchSigma {
   }
 };
 
+// The grids of the kNN tile kernel and of the per-head sigma search: workspace sizes and launches
+// both take them from here, so they always agree.
+GridSpec knn_grid(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+  return make_grid_spec(batch, count, height, width, cuda_occupancy(k));
+}
+
+GridSpec sigma_grid(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
+  return make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1));
+}
+
 GridBuffers checked_layout(void* workspace, int64_t workspace_bytes, int64_t cells, int64_t count) {
   GridBuffers w = layout(static_cast<char*>(workspace), cells, count);
   if (int64_t(w.total) > workspace_bytes)
@@ -513,13 +523,11 @@ GridBuffers checked_layout(void* workspace, int64_t workspace_bytes, int64_t cel
 }  // namespace
 
 int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_occupancy(k));
-  return int64_t(layout(nullptr, batch * g.cells(), count).total);
+  return int64_t(layout(nullptr, batch * knn_grid(batch, count, height, width, k).cells(), count).total);
 }
 
 int64_t sigma_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1));
-  return int64_t(layout(nullptr, batch * g.cells(), count).total);
+  return int64_t(layout(nullptr, batch * sigma_grid(batch, count, height, width, k).cells(), count).total);
 }
 
 void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
@@ -527,7 +535,7 @@ void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, i
                    int64_t workspace_bytes, void* stream_handle, int device) {
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_occupancy(k));
+  const GridSpec g = knn_grid(batch, count, height, width, k);
   const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
   if (count > 0) build_grid(points, offsets, batch, count, g, w, stream);
   else check(cudaMemsetAsync(w.starts, 0, sizeof(int) * (batch * g.cells() + 1), stream), "memset starts");
@@ -541,7 +549,7 @@ void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch
   if (count == 0) return;
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1));
+  const GridSpec g = sigma_grid(batch, count, height, width, k);
   const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
   build_grid(points, offsets, batch, count, g, w, stream);
   dispatch_k<LaunchSigma>(k + 1, points, offsets, w, batch, count, g, k, beta, float(height + width) / 8.0f, out,
