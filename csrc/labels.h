@@ -1,6 +1,6 @@
-// Shared declarations of the label engine: grid geometry, the exact search bound, the top-k list,
-// and the CPU / CUDA entry points. Everything here trusts its inputs: the Python layer
-// (mud_iknn/labels.py) validates shapes, dtypes, devices and values before calling.
+// Shared declarations of the label engine: grid geometry, the exact search bound, the Gaussian
+// radius and stamp test, and the CPU / CUDA entry points. Everything here trusts its inputs: the
+// Python layer (mud_iknn/labels.py) validates shapes, dtypes, devices and values before calling.
 //
 // Conventions: points are packed float (x, y) pairs, offsets are B + 1 int64 (image b owns
 // points[offsets[b], offsets[b+1])), maps are row-major (B, H, W) float32, pixel (i, j) centred
