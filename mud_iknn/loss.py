@@ -22,7 +22,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from . import labels
+from . import _settings, labels
 
 __all__ = ["LabelSpec", "count_loss", "map_loss", "MUDLoss"]
 
@@ -90,10 +90,7 @@ class LabelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabelSpec":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"label spec has unknown fields {sorted(unknown)}")
-        return cls(**data)
+        return _settings.from_dict(cls, data, "label spec")
 
 
 def count_loss(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from . import _settings
 from .evaluate import evaluate
 from .loss import LabelSpec, MUDLoss
 from .model import MUDIKNN
@@ -161,10 +162,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"train config has unknown fields {sorted(unknown)}")
-        return cls(**data)
+        return _settings.from_dict(cls, data, "train config")
 
 
 def build_model(config: TrainConfig, load_weights: bool = True) -> MUDIKNN:
