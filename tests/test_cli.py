@@ -18,7 +18,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from mud_iknn import cli
+from mud_iknn import _settings, cli
 from mud_iknn.data import SyntheticCrowds
 
 
@@ -240,10 +240,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data):
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"train config has unknown fields {sorted(unknown)}")
-        return cls(**data)
+        return _settings.from_dict(cls, data, "train config")
 
 
 @pytest.fixture
