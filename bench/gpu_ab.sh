@@ -21,11 +21,6 @@ bench() {  # bench NAME PYTHONPATH ARGS...: CUDA-only label benchmark into $OUT/
     --out "$OUT/$name.md" "$@") > "$OUT/$name.log" 2>&1
   status "$name" "exit $?"
 }
-install() {  # install LOG [PIP ARGS...]: build and install the working tree
-  local log=$1
-  shift
-  MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps "$@" . > "$OUT/$log" 2>&1
-}
 
 echo "# GPU A/B check, $(date -u +%Y-%m-%d): $(nvidia-smi --query-gpu=name --format=csv,noheader 2>&1)" > "$summary"
 rm -rf build
@@ -47,8 +42,7 @@ bench bench_new "" --k 1 3 8
 rm -rf /tmp/ab_base /tmp/ab_base_pkg
 mkdir -p /tmp/ab_base && tar -C /tmp/ab_base -xf "$BASE"
 t=$(date +%s)
-(cd /tmp/ab_base && MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps --target /tmp/ab_base_pkg . \
-  > "$OUT/build_base.log" 2>&1)
+(cd /tmp/ab_base && install build_base.log --target /tmp/ab_base_pkg)
 status build_base "exit $? ($(( $(date +%s) - t )) s)"
 bench bench_base /tmp/ab_base_pkg --k 1 3 8
 

@@ -16,7 +16,7 @@ source "$(dirname "$0")/gpu_common.sh"
 
 rm -rf build  # no CMake cache from an earlier (e.g. tuning) build
 t=$(date +%s)
-if MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
+if install build.log -v; then
   status build "ok ($(( $(date +%s) - t )) s): $(cd /tmp && $PY -c 'import mud_iknn; print(mud_iknn.backend_info())')"
 else
   status build "FAILED, see build.log"; tail -40 "$OUT/build.log"; exit 1

@@ -1,6 +1,7 @@
 # Sourced by the GPU machine scripts (run from the repository root): the output folder $OUT
-# (default ./out), the python to use ($PYTHON, default python3), and `status NAME TEXT`, which
-# appends a line to $OUT/summary.md and prints it.
+# (default ./out), the python to use ($PYTHON, default python3), `status NAME TEXT`, which
+# appends a line to $OUT/summary.md and prints it, and `install LOG [PIP ARGS...]`, which builds
+# and installs the package in the current folder with CUDA, logging to $OUT/LOG.
 set -u
 OUT=$(realpath -m "${OUT:-out}")
 mkdir -p "$OUT"
@@ -9,3 +10,8 @@ PY=${PYTHON:-python3}
 ROOT=$(pwd)
 summary="$OUT/summary.md"
 status() { echo "- $1: $2" | tee -a "$summary"; }
+install() {
+  local log=$1
+  shift
+  MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps "$@" . > "$OUT/$log" 2>&1
+}
