@@ -106,6 +106,16 @@ struct TopK {
 
 __device__ __forceinline__ int clamp_index(int v, int count) { return v < 0 ? 0 : (v > count ? count : v); }
 
+// Inclusive prefix sum of v over the 32 lanes of a full warp (lane = this thread's lane).
+__device__ __forceinline__ int warp_inclusive_sum(int v, int lane) {
+  MUD_UNROLL
+  for (int off = 1; off < 32; off <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v += u;
+  }
+  return v;
+}
+
 __global__ void bucket_count(const float2* __restrict__ points, const int64_t* __restrict__ offsets, int count,
                              GridSpec g, int* __restrict__ counts, int* __restrict__ cell, int* __restrict__ rank) {
   const int64_t b = blockIdx.y;
@@ -258,12 +268,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
             len1 = max(clamp_index(rs[spans.hi1 + 1], count) - begin1, 0);
           }
         }
-        int incl = len0 + len1;
-        MUD_UNROLL
-        for (int off = 1; off < 32; off <<= 1) {
-          const int v = __shfl_up_sync(0xffffffffu, incl, off);
-          if (tid >= off) incl += v;
-        }
+        const int incl = warp_inclusive_sum(len0 + len1, tid);
         span_begin[0][tid] = begin0;
         span_begin[1][tid] = begin1;
         span_len0[tid] = len0;
@@ -307,12 +312,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
         __syncthreads();
         if (tid < 32) {  // ... turn the counts into bucket starts (one warp, two buckets a lane) ...
           const int a = bucket_count[2 * tid], c = bucket_count[2 * tid + 1];
-          int incl = a + c;
-          MUD_UNROLL
-          for (int off = 1; off < 32; off <<= 1) {
-            const int v = __shfl_up_sync(0xffffffffu, incl, off);
-            if (tid >= off) incl += v;
-          }
+          const int incl = warp_inclusive_sum(a + c, tid);
           bucket_start[2 * tid] = incl - a - c;
           bucket_start[2 * tid + 1] = incl - c;
           bucket_count[2 * tid] = 0;  // ready for the next chunk
