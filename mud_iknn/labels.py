@@ -36,6 +36,7 @@ __all__ = ["knn_distance_maps", "iknn_maps", "density_maps", "head_sigmas", "pac
            "MAX_K", "backend_info"]
 
 MAX_K = _ops.MAX_K
+backend_info = _ops.backend_info  # CUDA compiled in or not, its architectures, visible devices
 _TRANSFORMS = {"distance": 0, "inverse": 1, "inverse_sqrt": 2}
 _MAX_MAP_PIXELS = 2**31 - 1
 _MAX_IMAGES = 65535        # CUDA grid dimension
@@ -269,8 +270,3 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
         sigmas = torch.full((packed.shape[0],), value, dtype=torch.float32, device=packed.device)
     with _OutputGuard(offs.numel() - 1, height, width, packed.device):
         return torch.ops.mud_iknn.density_maps(packed, offs, sigmas, height, width, truncate)
-
-
-def backend_info() -> dict:
-    """What the compiled extension offers: CUDA compiled in, its architectures, devices visible."""
-    return _ops.backend_info()
