@@ -9,9 +9,13 @@
 //      the whole grid is visited, or the bound passes max_distance);
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
 //   4. density maps: one block per head stamps its separable Gaussian with float atomics.
+#ifdef MUD_IKNN_CUDA_EMULATION
+#include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
+#else
 #include <cuda_runtime.h>
 
 #include <cub/device/device_scan.cuh>
+#endif
 #include <stdexcept>
 #include <string>
 
@@ -26,6 +30,18 @@ constexpr int kTileW = 32;      // tile width in pixels (one warp per row of thr
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("mud_iknn: CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+// kernel<<<grid, block, 0, stream>>>(args...), then a check for launch errors naming `what`.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const char* what,
+            Args... args) {
+#ifdef MUD_IKNN_CUDA_EMULATION
+  cuda_emulation::launch(grid, block, [&] { kernel(args...); });
+#else
+  kernel<<<grid, block, 0, stream>>>(args...);
+#endif
+  check(cudaGetLastError(), what);
 }
 
 // Makes `device` current for the scope of a call, restoring the caller's device after.
@@ -147,15 +163,13 @@ void build_grid(const float* points, const int64_t* offsets, int64_t batch, int6
   check(cudaMemsetAsync(w.counts, 0, sizeof(int) * (cells + 1), stream), "memset counts");
   const auto* pts = reinterpret_cast<const float2*>(points);
   const int per_image = int(std::min<int64_t>((count / std::max<int64_t>(batch, 1) + 255) / 256 + 1, 1024));
-  bucket_count<<<dim3(per_image, unsigned(batch)), 256, 0, stream>>>(pts, offsets, int(count), g, w.counts,
-                                                                       w.cell, w.rank);
-  check(cudaGetLastError(), "bucket_count launch");
+  launch(bucket_count, dim3(per_image, unsigned(batch)), 256, stream, "bucket_count launch", pts, offsets,
+         int(count), g, w.counts, w.cell, w.rank);
   size_t scan_bytes = w.scan_bytes;
   check(cub::DeviceScan::ExclusiveSum(w.scan_tmp, scan_bytes, w.counts, w.starts, int(cells + 1), stream),
         "cub scan");
-  bucket_scatter<<<dim3(per_image, unsigned(batch)), 256, 0, stream>>>(pts, offsets, int(count), w.cell, w.rank,
-                                                                         w.starts, w.sorted);
-  check(cudaGetLastError(), "bucket_scatter launch");
+  launch(bucket_scatter, dim3(per_image, unsigned(batch)), 256, stream, "bucket_scatter launch", pts, offsets,
+         int(count), w.cell, w.rank, w.starts, w.sorted);
 }
 
 // Number of points of image b in the grid (its cells' total).
@@ -487,8 +501,8 @@ struct LaunchKnn {
     using Shape = TileShape<KMAX>;
     const dim3 blocks(unsigned((width + kTileW - 1) / kTileW), unsigned((height + Shape::height - 1) / Shape::height),
                       unsigned(batch));
-    knn_tile_kernel<KMAX><<<blocks, Shape::threads, 0, stream>>>(w.sorted, w.starts, int(count), int(height), int(width),
-                                                          g, k, clip, transform, out);
+    launch(knn_tile_kernel<KMAX>, blocks, Shape::threads, stream, "knn_tile_kernel launch", w.sorted, w.starts,
+           int(count), int(height), int(width), g, k, clip, transform, out);
   }
 };
 
@@ -497,8 +511,8 @@ struct LaunchSigma {
   static void run(const float* points, const int64_t* offsets, const GridBuffers& w, int64_t batch, int64_t count,
                   const GridSpec& g, int k, float beta, float lone, float* out, cudaStream_t stream) {
     const int per_image = int(std::min<int64_t>((count / std::max<int64_t>(batch, 1) + 127) / 128 + 1, 1024));
-    head_sigma_kernel<KMAX><<<dim3(per_image, unsigned(batch)), 128, 0, stream>>>(
-        reinterpret_cast<const float2*>(points), offsets, w.sorted, w.starts, int(count), g, k, beta, lone, out);
+    launch(head_sigma_kernel<KMAX>, dim3(per_image, unsigned(batch)), 128, stream, "head_sigma_kernel launch",
+           reinterpret_cast<const float2*>(points), offsets, w.sorted, w.starts, int(count), g, k, beta, lone, out);
   }
 };
 
@@ -540,7 +554,6 @@ void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, i
   if (count > 0) build_grid(points, offsets, batch, count, g, w, stream);
   else check(cudaMemsetAsync(w.starts, 0, sizeof(int) * (batch * g.cells() + 1), stream), "memset starts");
   dispatch_k<LaunchKnn>(k, w, batch, count, height, width, g, k, max_distance, transform, out, stream);
-  check(cudaGetLastError(), "knn_tile_kernel launch");
 }
 
 void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
@@ -554,7 +567,6 @@ void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch
   build_grid(points, offsets, batch, count, g, w, stream);
   dispatch_k<LaunchSigma>(k + 1, points, offsets, w, batch, count, g, k, beta, float(height + width) / 8.0f, out,
                           stream);
-  check(cudaGetLastError(), "head_sigma_kernel launch");
 }
 
 void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
@@ -564,9 +576,8 @@ void density_maps_cuda(const float* points, const int64_t* offsets, const float*
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
   const int blocks = int(std::min<int64_t>(count, 1 << 20));
-  density_kernel<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<const float2*>(points), offsets, sigmas, batch,
-                                                  int(count), int(height), int(width), truncate, out);
-  check(cudaGetLastError(), "density_kernel launch");
+  launch(density_kernel, blocks, kThreads, stream, "density_kernel launch", reinterpret_cast<const float2*>(points),
+         offsets, sigmas, batch, int(count), int(height), int(width), truncate, out);
 }
 
 }  // namespace mud_iknn
