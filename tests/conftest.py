@@ -2,6 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+import emulated_cuda
+from mud_iknn import _ops
+
 CUDA = torch.cuda.is_available()
 
 
@@ -12,10 +15,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def device(request):
-    """Every backend of the label engine: the C++ CPU kernels, and CUDA where a GPU is visible."""
-    return torch.device(request.param)
+@pytest.fixture(scope="session")
+def emulated_cuda_library(tmp_path_factory):
+    """The CUDA label engine's source built on the CUDA emulator (tests/emulated_cuda.py)."""
+    if emulated_cuda.compiler() is None:
+        pytest.skip("no host C++ compiler (g++, c++ or $CXX) to build the emulated CUDA kernels")
+    return emulated_cuda.build(tmp_path_factory.mktemp("emulated_cuda"))
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
+def device(request, monkeypatch):
+    """Every backend of the label engine: the C++ CPU kernels, CUDA where a GPU is visible, and
+    "emulated": the CUDA kernels' code run on the CPU emulator behind the CPU entry points (the
+    tests then see CPU tensors)."""
+    if request.param != "emulated":
+        return torch.device(request.param)
+    entry_points = emulated_cuda.EmulatedEntryPoints(request.getfixturevalue("emulated_cuda_library"))
+    for name in ("knn_maps_cpu", "head_sigmas_cpu", "density_maps_cpu"):
+        monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
+    return torch.device("cpu")
 
 
 def clustered_points(rng, count, height, width, clusters=8, spread=0.08, outside=0.1):

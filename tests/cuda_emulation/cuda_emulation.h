@@ -1,0 +1,266 @@
+// The CUDA execution model on the CPU, for testing csrc/labels_cuda.cu on machines without a GPU.
+//
+// labels_cuda.cu includes this header instead of the CUDA headers when compiled by a host C++
+// compiler with -DMUD_IKNN_CUDA_EMULATION (tests/test_labels_cuda_emulated.py does that). Each
+// CUDA thread of a block runs as a fiber (ucontext) on one OS thread; blocks run one after another.
+// __shared__ variables are function statics, so the threads of a block share them. The emulator
+// checks what the hardware leaves undefined: a block barrier must be reached by every thread of the
+// block and a warp shuffle by all 32 lanes of the warp; anything else (a barrier inside divergent
+// code, a lane that left early) raises std::runtime_error instead of hanging or passing silently.
+// What it does not model: timing, memory races between threads (they run in a fixed order), the
+// hardware's fast-math differences (expf and friends are the C library's).
+#pragma once
+
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct float2 {
+  float x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
+// CUDA's device min / max, for any mix of arithmetic types.
+template <class A, class B>
+std::common_type_t<A, B> min(A a, B b) {
+  return b < a ? b : a;
+}
+template <class A, class B>
+std::common_type_t<A, B> max(A a, B b) {
+  return a < b ? b : a;
+}
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+using cudaStream_t = struct EmulatedStream*;
+enum cudaError_t { cudaSuccess = 0 };
+inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+namespace cub {
+struct DeviceScan {
+  // The size query (temp == nullptr) reports a few bytes, so the caller's workspace layout keeps
+  // its shape; the scan itself runs in place on the host.
+  static cudaError_t ExclusiveSum(void* temp, size_t& temp_bytes, const int* in, int* out, int n,
+                                  cudaStream_t = nullptr) {
+    if (temp == nullptr) {
+      temp_bytes = 16;
+      return cudaSuccess;
+    }
+    int sum = 0;
+    for (int i = 0; i < n; ++i) {
+      const int v = in[i];
+      out[i] = sum;
+      sum += v;
+    }
+    return cudaSuccess;
+  }
+};
+}  // namespace cub
+
+namespace cuda_emulation {
+
+enum class State { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
+
+struct Thread {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;
+  dim3 index;
+  int linear = 0;
+  State state = State::kReady;
+  int vote = 0;  // this thread's argument to __syncthreads_and
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+struct Block {
+  std::vector<Thread> threads;
+  dim3 block_idx, block_dim, grid_dim;
+  std::function<void()> body;
+  ucontext_t scheduler;
+  Thread* current = nullptr;
+  int vote_result = 0;
+  unsigned char lanes[32][32][8];  // [warp][lane]: the value each lane offers to a shuffle
+};
+
+inline Block*& active() {
+  static Block* block = nullptr;
+  return block;
+}
+
+inline Thread& self() { return *active()->current; }
+
+// Switches from the running fiber back to the scheduler, leaving it in `state`.
+inline void park(State state) {
+  Block& b = *active();
+  Thread& t = *b.current;
+  t.state = state;
+  swapcontext(&t.context, &b.scheduler);
+}
+
+inline void fiber_entry() {
+  Block& b = *active();
+  b.body();
+  b.current->state = State::kDone;
+  swapcontext(&b.current->context, &b.scheduler);
+}
+
+[[noreturn]] inline void fail(const Block& b, const std::string& what) {
+  throw std::runtime_error("cuda_emulation: block (" + std::to_string(b.block_idx.x) + ", " +
+                           std::to_string(b.block_idx.y) + ", " + std::to_string(b.block_idx.z) + "): " + what);
+}
+
+// Releases the barriers every participant has reached: a warp once all its 32 lanes wait at a
+// shuffle, the block once every thread waits at __syncthreads. False when nothing could be released.
+inline bool release(Block& b) {
+  const int n = int(b.threads.size());
+  bool released = false;
+  for (int w = 0; w * 32 < n; ++w) {
+    int waiting = 0;
+    for (int l = w * 32; l < std::min(n, w * 32 + 32); ++l) waiting += b.threads[l].state == State::kAtWarpBarrier;
+    if (waiting == 0) continue;
+    if (waiting != 32) {
+      // Lanes of this warp are elsewhere: at a block barrier or finished (both final for this sweep).
+      fail(b, "a warp shuffle reached by " + std::to_string(waiting) + " of the 32 lanes of warp " +
+                  std::to_string(w));
+    }
+    for (int l = w * 32; l < w * 32 + 32; ++l) b.threads[l].state = State::kReady;
+    released = true;
+  }
+  if (released) return true;
+  int at_barrier = 0, done = 0, vote = 1;
+  for (const Thread& t : b.threads) {
+    at_barrier += t.state == State::kAtBlockBarrier;
+    done += t.state == State::kDone;
+    if (t.state == State::kAtBlockBarrier) vote = vote && t.vote;
+  }
+  if (at_barrier == 0) return false;
+  if (at_barrier != n)
+    fail(b, "__syncthreads reached by " + std::to_string(at_barrier) + " of " + std::to_string(n) + " threads (" +
+                std::to_string(done) + " had finished)");
+  b.vote_result = vote;
+  for (Thread& t : b.threads) t.state = State::kReady;
+  return true;
+}
+
+// Runs body() as every thread of one block, fibers switching at barriers and shuffles.
+inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::function<void()>& body) {
+  Block b;
+  b.block_idx = block_idx;
+  b.block_dim = block_dim;
+  b.grid_dim = grid_dim;
+  b.body = body;
+  const int n = int(block_dim.x * block_dim.y * block_dim.z);
+  if (n < 1 || n > 1024) throw std::runtime_error("cuda_emulation: bad block size " + std::to_string(n));
+  b.threads.resize(n);
+  active() = &b;
+  for (int i = 0; i < n; ++i) {
+    Thread& t = b.threads[i];
+    t.linear = i;
+    t.index = dim3(i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y));
+    t.stack.reset(new char[kStackBytes]);
+    getcontext(&t.context);
+    t.context.uc_stack.ss_sp = t.stack.get();
+    t.context.uc_stack.ss_size = kStackBytes;
+    t.context.uc_link = nullptr;
+    makecontext(&t.context, fiber_entry, 0);
+  }
+  try {
+    for (;;) {
+      for (Thread& t : b.threads) {
+        if (t.state != State::kReady) continue;
+        b.current = &t;
+        swapcontext(&b.scheduler, &t.context);
+      }
+      bool all_done = true;
+      for (const Thread& t : b.threads) all_done = all_done && t.state == State::kDone;
+      if (all_done) break;
+      if (!release(b)) fail(b, "deadlock: threads wait but no barrier can complete");
+    }
+  } catch (...) {
+    active() = nullptr;
+    throw;
+  }
+  active() = nullptr;
+}
+
+// A kernel launch: the blocks of `grid` in order (x fastest), each as block_dim fibers.
+inline void launch(dim3 grid, dim3 block_dim, const std::function<void()>& body) {
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) run_block(dim3(x, y, z), block_dim, grid, body);
+}
+
+inline void warp_barrier() { park(State::kAtWarpBarrier); }
+
+template <class T>
+T shuffle(unsigned mask, T value, int source_lane_offset, bool up) {
+  static_assert(sizeof(T) <= 8, "shuffled values are at most 8 bytes");
+  if (mask != 0xffffffffu) fail(*active(), "only full-warp shuffles are emulated");
+  Block& b = *active();
+  const int lane = self().linear % 32, warp = self().linear / 32;
+  warp_barrier();  // the previous shuffle's values have been read by every lane
+  std::memcpy(b.lanes[warp][lane], &value, sizeof(T));
+  warp_barrier();  // every lane has written
+  const int source = up ? lane - source_lane_offset : lane + source_lane_offset;
+  T out = value;
+  if (source >= 0 && source < 32) std::memcpy(&out, b.lanes[warp][source], sizeof(T));
+  return out;
+}
+
+}  // namespace cuda_emulation
+
+#define threadIdx (::cuda_emulation::self().index)
+#define blockIdx (::cuda_emulation::active()->block_idx)
+#define blockDim (::cuda_emulation::active()->block_dim)
+#define gridDim (::cuda_emulation::active()->grid_dim)
+
+inline void __syncthreads() { cuda_emulation::park(cuda_emulation::State::kAtBlockBarrier); }
+inline int __syncthreads_and(int predicate) {
+  cuda_emulation::self().vote = predicate != 0;
+  cuda_emulation::park(cuda_emulation::State::kAtBlockBarrier);
+  return cuda_emulation::active()->vote_result;
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
+  return cuda_emulation::shuffle(mask, value, int(delta), true);
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
+  return cuda_emulation::shuffle(mask, value, int(delta), false);
+}
+// Fibers never interleave within a statement, so plain read-modify-writes are atomic here.
+template <class T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}

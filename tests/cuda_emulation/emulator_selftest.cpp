@@ -1,0 +1,81 @@
+// Kernels that check the CUDA emulator itself (tests/test_cuda_emulation.py): that its shuffles,
+// barriers and votes compute what the hardware does, and that it refuses what the hardware leaves
+// undefined instead of passing it.
+#include <cstring>
+#include <exception>
+
+#include "cuda_emulation.h"
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+// out[i] = inclusive prefix sum over the lanes of i's warp of (i + 1), through __shfl_up_sync;
+// out[n + i] = the sum of all lanes of i's warp, through __shfl_down_sync (valid on lane 0).
+__global__ void warp_sums(int* out) {
+  const int i = threadIdx.x, lane = i & 31, n = blockDim.x;
+  int v = i + 1;
+  for (int off = 1; off < 32; off <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v += u;
+  }
+  out[i] = v;
+  double s = i + 1;
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+  out[n + i] = int(s);
+}
+
+// Shared memory written before a barrier is read by other threads after it, in reverse order;
+// out[n] = __syncthreads_and(every thread's value is even), out[n + 1] the same for "below 1000".
+__global__ void reverse_through_shared(const int* in, int* out) {
+  __shared__ int tile[1024];
+  const int i = threadIdx.x, n = blockDim.x;
+  tile[i] = in[i];
+  __syncthreads();
+  out[i] = tile[n - 1 - i];
+  const int all_even = __syncthreads_and(in[i] % 2 == 0);
+  const int all_small = __syncthreads_and(in[i] < 1000);
+  if (i == 0) {
+    out[n] = all_even;
+    out[n + 1] = all_small;
+  }
+}
+
+__global__ void barrier_in_divergent_code() {
+  if (threadIdx.x < 40) __syncthreads();
+}
+
+__global__ void shuffle_with_lanes_missing() {
+  if (threadIdx.x % 32 < 16) (void)__shfl_up_sync(0xffffffffu, 1, 1);
+}
+
+template <class Call>
+int guarded(char* error, int error_bytes, Call call) {
+  try {
+    call();
+    return 0;
+  } catch (const std::exception& e) {
+    std::strncpy(error, e.what(), size_t(error_bytes) - 1);
+    error[error_bytes - 1] = '\0';
+    return 1;
+  }
+}
+
+}  // namespace
+
+EXPORT int emulator_warp_sums(int threads, int* out, char* error, int error_bytes) {
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, threads, [&] { warp_sums(out); }); });
+}
+
+EXPORT int emulator_reverse_through_shared(int threads, const int* in, int* out, char* error, int error_bytes) {
+  return guarded(error, error_bytes,
+                 [&] { cuda_emulation::launch(1, threads, [&] { reverse_through_shared(in, out); }); });
+}
+
+EXPORT int emulator_barrier_in_divergent_code(char* error, int error_bytes) {
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(2, 64, [] { barrier_in_divergent_code(); }); });
+}
+
+EXPORT int emulator_shuffle_with_lanes_missing(char* error, int error_bytes) {
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, 64, [] { shuffle_with_lanes_missing(); }); });
+}

@@ -1,0 +1,80 @@
+"""csrc/labels_cuda.cu on the CPU: built with the host C++ compiler against the CUDA emulator
+(tests/cuda_emulation), loaded with ctypes, and put behind the C++ CPU entry points of
+``mud_iknn._ops._C`` so that the public API runs the CUDA kernels' code on CPU tensors.
+
+This checks the kernels' logic (grid build, tile passes, chunking, scans, barriers) on every
+machine; speed and the hardware's memory model still need a GPU (bench/gpu_check.sh).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "tests/cuda_emulation/emulated_labels.cpp", ROOT / "tests/cuda_emulation/emulator_selftest.cpp",
+           ROOT / "csrc/labels_cuda.cu"]
+_ERROR_BYTES = 512
+
+
+def compiler() -> str | None:
+    """The host C++ compiler ($CXX, else g++ or c++ on the PATH), or None."""
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def build(out_dir: Path) -> ctypes.CDLL:
+    """Compiles the emulated CUDA label engine into out_dir and loads it (a few seconds)."""
+    library = out_dir / "emulated_labels.so"
+    command = [compiler(), "-std=c++17", "-O2", "-shared", "-fPIC", "-fvisibility=hidden",
+               "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA", f"-I{ROOT / 'csrc'}",
+               f"-I{ROOT / 'tests/cuda_emulation'}", *map(str, SOURCES[:2]), "-x", "c++", str(SOURCES[2]),
+               "-o", str(library)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the emulated CUDA label engine failed:\n{' '.join(command)}\n{done.stderr}")
+    lib = ctypes.CDLL(str(library))
+    ptr, i64, i32, f32, err = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_char_p
+    for name in ("emulated_knn_workspace_bytes", "emulated_sigma_workspace_bytes"):
+        getattr(lib, name).argtypes = [i64, i64, i64, i64, i32]
+        getattr(lib, name).restype = i64
+    lib.emulated_knn_maps.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, i32, ptr, ptr, i64, err, i32]
+    lib.emulated_head_sigmas.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, ptr, ptr, i64, err, i32]
+    lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, err, i32]
+    lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
+    lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
+    lib.emulator_barrier_in_divergent_code.argtypes = [err, i32]
+    lib.emulator_shuffle_with_lanes_missing.argtypes = [err, i32]
+    return lib
+
+
+def call(function, *args) -> None:
+    """function(*args, error buffer, its size); raises RuntimeError with the emulator's message."""
+    error = ctypes.create_string_buffer(_ERROR_BYTES)
+    if function(*args, error, _ERROR_BYTES) != 0:
+        raise RuntimeError(error.value.decode())
+
+
+class EmulatedEntryPoints:
+    """The CPU entry points of ``mud_iknn._C`` (same arguments, the thread count ignored), served by
+    the emulated CUDA ones with a host workspace, as ``mud_iknn._ops`` would serve a CUDA tensor."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+
+    def knn_maps_cpu(self, points, offsets, batch, count, height, width, k, max_distance, transform, out, threads):
+        size = self.lib.emulated_knn_workspace_bytes(batch, count, height, width, k)
+        workspace = ctypes.create_string_buffer(max(size, 1))
+        call(self.lib.emulated_knn_maps, points, offsets, batch, count, height, width, k, max_distance, transform,
+             out, ctypes.addressof(workspace), size)
+
+    def head_sigmas_cpu(self, points, offsets, batch, count, height, width, k, beta, out, threads):
+        size = self.lib.emulated_sigma_workspace_bytes(batch, count, height, width, k)
+        workspace = ctypes.create_string_buffer(max(size, 1))
+        call(self.lib.emulated_head_sigmas, points, offsets, batch, count, height, width, k, beta, out,
+             ctypes.addressof(workspace), size)
+
+    def density_maps_cpu(self, points, offsets, sigmas, batch, count, height, width, truncate, out, threads):
+        ctypes.memset(out, 0, batch * height * width * 4)  # the CUDA kernel adds into zeros
+        call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out)
