@@ -142,6 +142,21 @@ def test_more_candidates_in_one_cell_block_than_a_tile_stages_at_once(device):
         assert_distance_close(d, reference.knn_distance_maps(pts, (128, 128), k))
 
 
+def test_fine_grids_of_hundreds_of_cells_per_image(device):
+    # A head every 1.5 pixels in a batch of two: the grids hold hundreds of cells per image (more
+    # than one block-wide scan of the CUDA grid build; k = 1 and the sigma search have the smallest).
+    rng = np.random.default_rng(9)
+    images = [rng.uniform(-3, [51, 67], (2000, 2)).astype(np.float32) for _ in range(2)]
+    packed = torch.from_numpy(np.concatenate(images)).to(device)
+    offsets = torch.tensor([0, 2000, 4000], device=device)
+    for k in (1, 2):
+        d = mud_iknn.knn_distance_maps(packed, (64, 48), k, offsets=offsets)
+        assert_distance_close(d, np.stack([reference.knn_distance_maps(p, (64, 48), k)[0] for p in images]))
+    sig = mud_iknn.head_sigmas(packed, (64, 48), k=3, offsets=offsets)
+    expected = np.concatenate([reference.head_sigmas(p, (64, 48), 3, 0.3) for p in images])
+    np.testing.assert_allclose(as_np(sig), expected, rtol=1e-5)
+
+
 def test_horizontal_flip_equivariance(device):
     rng = np.random.default_rng(5)
     h, w = 45, 61
