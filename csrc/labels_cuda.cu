@@ -157,11 +157,83 @@ __global__ void bucket_scatter(const float2* __restrict__ points, const int64_t*
   }
 }
 
+// Grids whose cells per image fit in one block's shared memory are built in one launch, a block
+// per image: count the image's points into shared counters, scan them, and scatter the points with
+// the scanned counters as cursors. Cell c of image b starts at (the image's first point) + (its
+// prefix within the image): the global exclusive scan whenever the offsets are valid.
+constexpr int kSmallGridCells = 8192;   // 32 KB of counters
+constexpr int kSmallGridThreads = 512;
+constexpr int kSmallGridPoints = 2048;  // mean points per image up to which one block per image keeps up
+
+__global__ void __launch_bounds__(kSmallGridThreads)
+    build_small_grids(const float2* __restrict__ points, const int64_t* __restrict__ offsets, int64_t batch,
+                      int count, GridSpec g, int* __restrict__ starts, float2* __restrict__ sorted) {
+  __shared__ int counter[kSmallGridCells];
+  __shared__ int warp_prefix[kSmallGridThreads / 32];
+  __shared__ int carry;  // points in the cells scanned so far
+  const int64_t b = blockIdx.x;
+  const int cells = int(g.cells()), tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  int64_t s, e;
+  image_range(offsets, b, count, &s, &e);
+  for (int c = tid; c < cells; c += kSmallGridThreads) counter[c] = 0;
+  if (tid == 0) carry = 0;
+  __syncthreads();
+  for (int64_t i = s + tid; i < e; i += kSmallGridThreads) {
+    const float2 p = points[i];
+    atomicAdd(&counter[cell_of(p.y, g.cell, g.gy) * g.gx + cell_of(p.x, g.cell, g.gx)], 1);
+  }
+  int* image_starts = starts + b * cells;
+  for (int c0 = 0; c0 < cells; c0 += kSmallGridThreads) {  // exclusive scan, a block-wide chunk at a time
+    __syncthreads();  // the counts (first chunk) or the previous chunk's carry are in place
+    const int c = c0 + tid;
+    const int v = c < cells ? counter[c] : 0;
+    int incl = v;
+    MUD_UNROLL
+    for (int off = 1; off < 32; off <<= 1) {
+      const int u = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += u;
+    }
+    if (lane == 31) warp_prefix[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      const int total = lane < kSmallGridThreads / 32 ? warp_prefix[lane] : 0;
+      int sum = total;
+      MUD_UNROLL
+      for (int off = 1; off < 32; off <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, sum, off);
+        if (lane >= off) sum += u;
+      }
+      if (lane < kSmallGridThreads / 32) warp_prefix[lane] = sum - total;
+    }
+    __syncthreads();
+    const int excl = carry + warp_prefix[warp] + incl - v;
+    if (c < cells) {
+      counter[c] = excl;
+      image_starts[c] = int(s) + excl;
+    }
+    __syncthreads();  // everyone has read carry
+    if (tid == kSmallGridThreads - 1) carry = excl + v;
+  }
+  if (b == batch - 1 && tid == 0) starts[batch * cells] = int(e);
+  __syncthreads();
+  for (int64_t i = s + tid; i < e; i += kSmallGridThreads) {
+    const float2 p = points[i];
+    const int at = int(s) + atomicAdd(&counter[cell_of(p.y, g.cell, g.gy) * g.gx + cell_of(p.x, g.cell, g.gx)], 1);
+    if (at < count) sorted[at] = p;  // always true for valid offsets
+  }
+}
+
 void build_grid(const float* points, const int64_t* offsets, int64_t batch, int64_t count, const GridSpec& g,
                 const GridBuffers& w, cudaStream_t stream) {
+  const auto* pts = reinterpret_cast<const float2*>(points);
+  if (g.cells() <= kSmallGridCells && count <= kSmallGridPoints * batch) {
+    build_small_grids<<<unsigned(batch), kSmallGridThreads, 0, stream>>>(pts, offsets, batch, int(count), g,
+                                                                           w.starts, w.sorted);
+    check(cudaGetLastError(), "build_small_grids launch");
+    return;
+  }
   const int64_t cells = batch * g.cells();
   check(cudaMemsetAsync(w.counts, 0, sizeof(int) * (cells + 1), stream), "memset counts");
-  const auto* pts = reinterpret_cast<const float2*>(points);
   const int per_image = int(std::min<int64_t>((count / std::max<int64_t>(batch, 1) + 255) / 256 + 1, 1024));
   launch(bucket_count, dim3(per_image, unsigned(batch)), 256, stream, "bucket_count launch", pts, offsets,
          int(count), g, w.counts, w.cell, w.rank);
