@@ -187,22 +187,12 @@ __global__ void __launch_bounds__(kSmallGridThreads)
     __syncthreads();  // the counts (first chunk) or the previous chunk's carry are in place
     const int c = c0 + tid;
     const int v = c < cells ? counter[c] : 0;
-    int incl = v;
-    MUD_UNROLL
-    for (int off = 1; off < 32; off <<= 1) {
-      const int u = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += u;
-    }
+    const int incl = warp_inclusive_sum(v, lane);
     if (lane == 31) warp_prefix[warp] = incl;
     __syncthreads();
     if (warp == 0) {
       const int total = lane < kSmallGridThreads / 32 ? warp_prefix[lane] : 0;
-      int sum = total;
-      MUD_UNROLL
-      for (int off = 1; off < 32; off <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, sum, off);
-        if (lane >= off) sum += u;
-      }
+      const int sum = warp_inclusive_sum(total, lane);
       if (lane < kSmallGridThreads / 32) warp_prefix[lane] = sum - total;
     }
     __syncthreads();
