@@ -397,8 +397,8 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
         __syncthreads();
         MUD_UNROLL
         for (int t = 0; t < kStagePerThread; ++t) {  // ... and store them in bucket order.
+          if (idx[t] < 0) break;  // exactly the entries this thread staged above
           const int e = t * kBlockThreads + tid;
-          if (c0 + e >= total) break;
           const int bucket = slot[e] >> 16;
           const float2 h = staging[e];
           cand[bucket_start[bucket] + (slot[e] & 0xffff)] = make_float4(h.x, h.y, float(bucket) * step * 0.99999f, 0.0f);
