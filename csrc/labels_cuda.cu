@@ -217,9 +217,8 @@ void build_grid(const float* points, const int64_t* offsets, int64_t batch, int6
                 const GridBuffers& w, cudaStream_t stream) {
   const auto* pts = reinterpret_cast<const float2*>(points);
   if (g.cells() <= kSmallGridCells && count <= kSmallGridPoints * batch) {
-    build_small_grids<<<unsigned(batch), kSmallGridThreads, 0, stream>>>(pts, offsets, batch, int(count), g,
-                                                                           w.starts, w.sorted);
-    check(cudaGetLastError(), "build_small_grids launch");
+    launch(build_small_grids, unsigned(batch), kSmallGridThreads, stream, "build_small_grids launch", pts, offsets,
+           batch, int(count), g, w.starts, w.sorted);
     return;
   }
   const int64_t cells = batch * g.cells();
