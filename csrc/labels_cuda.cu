@@ -163,7 +163,10 @@ __global__ void bucket_scatter(const float2* __restrict__ points, const int64_t*
 // prefix within the image): the global exclusive scan whenever the offsets are valid.
 constexpr int kSmallGridCells = 8192;   // 32 KB of counters
 constexpr int kSmallGridThreads = 512;
-constexpr int kSmallGridPoints = 2048;  // mean points per image up to which one block per image keeps up
+// Mean points per image up to which one block per image keeps up (the offsets live on the device,
+// so the mean is what the host knows: a batch whose points crowd into one image takes this path
+// too, correct but with that image's points on one block).
+constexpr int kSmallGridPoints = 2048;
 
 __global__ void __launch_bounds__(kSmallGridThreads)
     build_small_grids(const float2* __restrict__ points, const int64_t* __restrict__ offsets, int64_t batch,
