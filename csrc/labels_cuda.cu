@@ -1,5 +1,6 @@
 // CUDA label engine. Per call, on the caller's stream, with no host synchronisation:
-//   1. bucket the points of every image into its uniform grid (count, exclusive scan, scatter);
+//   1. bucket the points of every image into its uniform grid (count, exclusive scan, scatter):
+//      one launch with a block per image for small grids (crops), else count / CUB scan / scatter;
 //   2. kNN maps: one block per tile of pixels, each thread holding a few pixels of one column
 //      (TileShape); pass by pass (the tile's cells plus one ring, then
 //      a doubling radius) the block stages the candidate heads of the new cells in shared memory,
