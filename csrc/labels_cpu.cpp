@@ -292,7 +292,9 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
     const int64_t r = gaussian_radius(sigma, truncate);
     const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
     double norm = 0.0;
-    for (int64_t t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
+    if (r > kLongGaussianRadius) norm = long_gaussian_norm(sigma, int(r));
+    else
+      for (int64_t t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
     const double inv_norm = 1.0 / norm;
     const auto weight = [&](int64_t t) { return float(std::exp(scale * double(t) * double(t)) * inv_norm); };
     const int64_t cx = int64_t(std::floor(points[2 * i])), cy = int64_t(std::floor(points[2 * i + 1]));

@@ -528,14 +528,18 @@ __global__ void density_kernel(const float2* __restrict__ points, const int64_t*
     const int ya = max(cy - r, 0), yb = min(cy + r + 1, height);
     if (xa >= xb || ya >= yb) continue;
     const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
-    double norm = 0.0;
-    for (int t = -r + int(threadIdx.x); t <= r; t += blockDim.x) norm += exp(scale * double(t) * double(t));
-    for (int off = 16; off > 0; off >>= 1) norm += __shfl_down_sync(0xffffffffu, norm, off);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = norm;
-    __syncthreads();
     double total = 0.0;
-    for (int w = 0; w < int(blockDim.x >> 5); ++w) total += partial[w];
-    __syncthreads();  // `partial` is reused by the next head
+    if (r > kLongGaussianRadius) {  // block-uniform
+      total = long_gaussian_norm(sigma, r);
+    } else {
+      double norm = 0.0;
+      for (int t = -r + int(threadIdx.x); t <= r; t += blockDim.x) norm += exp(scale * double(t) * double(t));
+      for (int off = 16; off > 0; off >>= 1) norm += __shfl_down_sync(0xffffffffu, norm, off);
+      if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = norm;
+      __syncthreads();
+      for (int w = 0; w < int(blockDim.x >> 5); ++w) total += partial[w];
+      __syncthreads();  // `partial` is reused by the next head
+    }
     const float inv = float(1.0 / total), fscale = float(scale);
     const int cols = xb - xa, area = cols * (yb - ya);
     float* map = out + b * int64_t(height) * width;

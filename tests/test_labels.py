@@ -228,6 +228,17 @@ def test_fixed_sigma_density_matches_reference(device, sigma):
     np.testing.assert_allclose(as_np(ours), ref, atol=1e-5 * ref.max(), rtol=0)
 
 
+def test_very_wide_gaussians_are_normalised_in_closed_form(device):
+    # Radii past 2^16 pixels: the kernels normalise with the integral plus end corrections, not
+    # 2r + 1 terms. Against the reference's term-by-term sum just past that radius, and for the
+    # widest kernel allowed (r = 1e9) against the flat limit 1 / (2 pi sigma^2) per head and pixel.
+    pts = np.array([[3.2, 5.7], [-40.0, 12.0], [20.5, -3.0]], dtype=np.float32)
+    d = mud_iknn.density_maps(torch.from_numpy(pts).to(device), (12, 25), 17000.0)  # r = 68000
+    np.testing.assert_allclose(as_np(d), reference.density_maps(pts, (12, 25), 17000.0), rtol=1e-5)
+    wide = mud_iknn.density_maps(torch.from_numpy(pts).to(device), (12, 25), 1e7, truncate=100.0)
+    np.testing.assert_allclose(as_np(wide), 3 / (2 * np.pi * 1e14), rtol=1e-5)
+
+
 def test_density_conserves_mass_away_from_borders(device):
     pts = torch.tensor([[20.3, 30.9], [40.0, 25.5], [30.0, 30.0]], device=device)
     d = mud_iknn.density_maps(pts, (60, 60), 2.0)
