@@ -73,6 +73,7 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
     Accepts the three forms described in the module docstring. Raises ValueError/TypeError naming
     ``points`` or ``offsets`` for anything malformed.
     """
+    offsets_ok = None  # with validate: a 0-d bool tensor on the points' device, read with the points' check
     if isinstance(points, (list, tuple)):
         if offsets is not None:
             raise ValueError("offsets must be None when points is a list of per-image arrays")
@@ -102,16 +103,16 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
                 raise ValueError(f"offsets is on {offsets.device} but points is on {packed.device}")
             offs = offsets.to(torch.int64).contiguous()
             if validate:
-                bad = (offs[0] != 0) | (offs[-1] != packed.shape[0])
-                if offs.numel() > 1:
-                    bad = bad | (offs[1:] < offs[:-1]).any()
-                if bool(bad):
-                    raise ValueError(f"offsets must start at 0, end at P = {packed.shape[0]} and never "
-                                     f"decrease, got {offs.tolist() if offs.numel() <= 20 else 'a bad array'}")
+                offsets_ok = (offs[0] == 0) & (offs[-1] == packed.shape[0]) & (offs[1:] >= offs[:-1]).all()
     if packed.device.type not in ("cpu", "cuda"):
         raise ValueError(f"points must be on the CPU or a CUDA device, got {packed.device}")
-    if validate and packed.numel() and not bool(torch.isfinite(packed).all()):
-        raise ValueError("points holds NaN or infinite coordinates")
+    if validate:  # one read from the device for both checks
+        points_ok = torch.isfinite(packed).all()
+        if not bool(points_ok if offsets_ok is None else points_ok & offsets_ok):
+            if offsets_ok is not None and not bool(offsets_ok):
+                raise ValueError(f"offsets must start at 0, end at P = {packed.shape[0]} and never "
+                                 f"decrease, got {offs.tolist() if offs.numel() <= 20 else 'a bad array'}")
+            raise ValueError("points holds NaN or infinite coordinates")
     if offs.numel() - 1 > _MAX_IMAGES:
         raise ValueError(f"points: at most {_MAX_IMAGES} images per call, got {offs.numel() - 1}")
     if packed.shape[0] > _MAX_POINTS:
