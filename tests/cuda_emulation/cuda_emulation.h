@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -236,7 +237,23 @@ T shuffle(unsigned mask, T value, int source_lane_offset, bool up) {
   return out;
 }
 
+// For the C entry points the tests load with ctypes: 0 after call(), or 1 with the message of the
+// exception it threw (a kernel that broke the execution model, a host-side check) in `error`.
+template <class Call>
+int guarded(char* error, int error_bytes, Call call) {
+  try {
+    call();
+    return 0;
+  } catch (const std::exception& e) {
+    std::strncpy(error, e.what(), size_t(error_bytes) - 1);
+    error[error_bytes - 1] = '\0';
+    return 1;
+  }
+}
+
 }  // namespace cuda_emulation
+
+#define EXPORT extern "C" __attribute__((visibility("default")))  // a C entry point of the test library
 
 #define threadIdx (::cuda_emulation::self().index)
 #define blockIdx (::cuda_emulation::active()->block_idx)

@@ -1,27 +1,11 @@
 // C entry points to csrc/labels_cuda.cu built on the CUDA emulator (cuda_emulation.h), for ctypes
 // (tests/emulated_cuda.py builds the library with -fvisibility=hidden: only these are exported).
 // Pointers are host pointers standing in for device ones; each returns 0, or 1 with the error
-// message in `error` (a kernel that broke the execution model, or a host-side check).
-#include <cstring>
-#include <exception>
-
+// message in `error` (cuda_emulation::guarded).
+#include "cuda_emulation.h"
 #include "labels.h"
 
-namespace {
-template <class Call>
-int guarded(char* error, int error_bytes, Call call) {
-  try {
-    call();
-    return 0;
-  } catch (const std::exception& e) {
-    std::strncpy(error, e.what(), size_t(error_bytes) - 1);
-    error[error_bytes - 1] = '\0';
-    return 1;
-  }
-}
-}  // namespace
-
-#define EXPORT extern "C" __attribute__((visibility("default")))
+using cuda_emulation::guarded;
 
 EXPORT int64_t emulated_knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
   return mud_iknn::knn_workspace_bytes(batch, count, height, width, k);

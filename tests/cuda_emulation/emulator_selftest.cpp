@@ -1,12 +1,7 @@
 // Kernels that check the CUDA emulator itself (tests/test_cuda_emulation.py): that its shuffles,
 // barriers and votes compute what the hardware does, and that it refuses what the hardware leaves
 // undefined instead of passing it.
-#include <cstring>
-#include <exception>
-
 #include "cuda_emulation.h"
-
-#define EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace {
 
@@ -49,19 +44,9 @@ __global__ void shuffle_with_lanes_missing() {
   if (threadIdx.x % 32 < 16) (void)__shfl_up_sync(0xffffffffu, 1, 1);
 }
 
-template <class Call>
-int guarded(char* error, int error_bytes, Call call) {
-  try {
-    call();
-    return 0;
-  } catch (const std::exception& e) {
-    std::strncpy(error, e.what(), size_t(error_bytes) - 1);
-    error[error_bytes - 1] = '\0';
-    return 1;
-  }
-}
-
 }  // namespace
+
+using cuda_emulation::guarded;
 
 EXPORT int emulator_warp_sums(int threads, int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, threads, [&] { warp_sums(out); }); });
