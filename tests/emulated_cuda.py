@@ -26,14 +26,24 @@ def compiler() -> str | None:
 
 def build(out_dir: Path) -> ctypes.CDLL:
     """Compiles the emulated CUDA label engine into out_dir and loads it (a few seconds)."""
+    return load(compile_library(out_dir))
+
+
+def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
+    """out_dir/emulated_labels.so: the emulated CUDA label engine, built with these extra flags."""
     library = out_dir / "emulated_labels.so"
-    command = [compiler(), "-std=c++17", "-O2", "-shared", "-fPIC", "-fvisibility=hidden",
+    command = [compiler(), "-std=c++17", *flags, "-shared", "-fPIC", "-fvisibility=hidden",
                "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA", f"-I{ROOT / 'csrc'}",
                f"-I{ROOT / 'tests/cuda_emulation'}", *map(str, SOURCES[:2]), "-x", "c++", str(SOURCES[2]),
                "-o", str(library)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"building the emulated CUDA label engine failed:\n{' '.join(command)}\n{done.stderr}")
+    return library
+
+
+def load(library: Path) -> ctypes.CDLL:
+    """The built library, with its functions' argument types declared."""
     lib = ctypes.CDLL(str(library))
     ptr, i64, i32, f32, err = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_char_p
     for name in ("emulated_knn_workspace_bytes", "emulated_sigma_workspace_bytes"):
