@@ -109,7 +109,12 @@ struct Block {
   ucontext_t scheduler;
   Thread* current = nullptr;
   int vote_result = 0;
-  unsigned char lanes[32][32][8];  // [warp][lane]: the value each lane offers to a shuffle
+  // [warp][parity][lane]: the value each lane offers to a shuffle. A warp's shuffles alternate
+  // between two buffers, so one barrier per shuffle suffices: a lane that writes the buffer of
+  // shuffle i + 2 has passed the barrier of shuffle i + 1, which every lane reaches only after
+  // reading shuffle i's values.
+  unsigned char lanes[32][2][32][8];
+  int shuffles[32] = {};  // per warp, shuffles completed
 };
 
 inline Block*& active() {
@@ -154,6 +159,7 @@ inline bool release(Block& b) {
                   std::to_string(w));
     }
     for (int l = w * 32; l < w * 32 + 32; ++l) b.threads[l].state = State::kReady;
+    ++b.shuffles[w];
     released = true;
   }
   if (released) return true;
@@ -228,12 +234,12 @@ T shuffle(unsigned mask, T value, int source_lane_offset, bool up) {
   if (mask != 0xffffffffu) fail(*active(), "only full-warp shuffles are emulated");
   Block& b = *active();
   const int lane = self().linear % 32, warp = self().linear / 32;
-  warp_barrier();  // the previous shuffle's values have been read by every lane
-  std::memcpy(b.lanes[warp][lane], &value, sizeof(T));
-  warp_barrier();  // every lane has written
+  unsigned char(&buffer)[32][8] = b.lanes[warp][b.shuffles[warp] & 1];
+  std::memcpy(buffer[lane], &value, sizeof(T));
+  warp_barrier();  // every lane has written (the release counts the shuffle)
   const int source = up ? lane - source_lane_offset : lane + source_lane_offset;
   T out = value;
-  if (source >= 0 && source < 32) std::memcpy(&out, b.lanes[warp][source], sizeof(T));
+  if (source >= 0 && source < 32) std::memcpy(&out, buffer[source], sizeof(T));
   return out;
 }
 
