@@ -67,6 +67,15 @@ def _as_points_tensor(value, name: str) -> torch.Tensor:
     return value.to(torch.float32).contiguous()
 
 
+def _offsets_on(device: torch.device, values) -> torch.Tensor:
+    """(B + 1,) int64 offsets known on the host, on ``device``: for CUDA through pinned memory and an
+    asynchronous copy (a plain copy from pageable memory would wait for the stream's queued work)."""
+    offsets = torch.as_tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return offsets
+    return offsets.pin_memory().to(device, non_blocking=True)
+
+
 def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
     """Packed (P, 2) float32 points and (B + 1,) int64 offsets on the points' device.
 
@@ -84,12 +93,12 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
         device = parts[0].device if parts else torch.device("cpu")
         counts = [0] + [p.shape[0] for p in parts]
         packed = torch.cat(parts) if parts else torch.zeros(0, 2)
-        offs = torch.tensor(np.cumsum(counts), dtype=torch.int64, device=device)
+        offs = _offsets_on(device, np.cumsum(counts))
         packed = packed.to(device)
     else:
         packed = _as_points_tensor(points, "points")
         if offsets is None:
-            offs = torch.tensor([0, packed.shape[0]], dtype=torch.int64, device=packed.device)
+            offs = _offsets_on(packed.device, [0, packed.shape[0]])
         else:
             if isinstance(offsets, np.ndarray):
                 offsets = torch.from_numpy(offsets)

@@ -31,6 +31,8 @@ def test_unvalidated_calls_never_synchronise_with_the_host():
     torch.cuda.set_sync_debug_mode("error")
     try:
         mud_iknn.iknn_maps(p, (256, 256), 3, offsets=o, validate=False)
+        mud_iknn.iknn_maps(p, (256, 256), 3, validate=False)  # offsets made by the library
+        mud_iknn.iknn_maps([p[:300], p[300:]], (256, 256), 3, validate=False)
         mud_iknn.density_maps(p, (256, 256), offsets=o, validate=False)
         mud_iknn.density_maps(p, (256, 256), 4.0, offsets=o, validate=False)
     finally:
