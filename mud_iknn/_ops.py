@@ -5,6 +5,8 @@ contiguous, one device). Registered with torch.library so they work under torch.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import _C
@@ -24,6 +26,19 @@ def _require_cuda() -> None:
     if not _C.WITH_CUDA:
         raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
                            "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
+
+
+def _alert_not_deterministic(what: str) -> None:
+    """Follows torch.use_deterministic_algorithms for an op without a deterministic implementation:
+    a RuntimeError when it is on, a warning with warn_only=True, nothing when it is off."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (f"{what} does not have a deterministic implementation, but you set "
+               "'torch.use_deterministic_algorithms(True)'")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise RuntimeError(message + "; make the labels from CPU tensors, or pass warn_only=True")
 
 
 def _run(cpu_kernel, cuda_kernel, args: tuple, device: torch.device, workspace_bytes=None) -> None:
@@ -85,6 +100,8 @@ def density_maps(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tens
                  width: int, truncate: float) -> torch.Tensor:
     """(B, H, W) float32 sums of per-head discrete Gaussians of width ``sigmas`` (P,)."""
     batch, count = offsets.numel() - 1, points.shape[0]
+    if points.is_cuda:
+        _alert_not_deterministic("mud_iknn.density_maps on CUDA (float atomics: the last bits vary)")
     # The CUDA kernel adds into zeros; the CPU kernel writes every pixel itself (one pass fewer).
     allocate = torch.zeros if points.is_cuda or count == 0 else torch.empty
     out = allocate((batch, height, width), dtype=torch.float32, device=points.device)

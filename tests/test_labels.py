@@ -1,5 +1,6 @@
 """The label engine (every backend) against the scipy reference, hand-worked cases and invariants."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -237,6 +238,30 @@ def test_very_wide_gaussians_are_normalised_in_closed_form(device):
     np.testing.assert_allclose(as_np(d), reference.density_maps(pts, (12, 25), 17000.0), rtol=1e-5)
     wide = mud_iknn.density_maps(torch.from_numpy(pts).to(device), (12, 25), 1e7, truncate=100.0)
     np.testing.assert_allclose(as_np(wide), 3 / (2 * np.pi * 1e14), rtol=1e-5)
+
+
+@pytest.fixture
+def restore_deterministic_mode():
+    mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+
+
+def test_nondeterministic_density_follows_torch_deterministic_mode(restore_deterministic_mode):
+    from mud_iknn._ops import _alert_not_deterministic
+    torch.use_deterministic_algorithms(True)
+    with pytest.raises(RuntimeError, match="the op does not have a deterministic implementation"):
+        _alert_not_deterministic("the op")
+    pts = clustered_points(np.random.default_rng(3), 50, 30, 40)
+    first = mud_iknn.density_maps(pts, (30, 40))  # the CPU kernel is deterministic: no error
+    assert torch.equal(first, mud_iknn.density_maps(pts, (30, 40)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with pytest.warns(UserWarning, match="the op does not have a deterministic implementation"):
+        _alert_not_deterministic("the op")
+    torch.use_deterministic_algorithms(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _alert_not_deterministic("the op")
 
 
 def test_density_conserves_mass_away_from_borders(device):
