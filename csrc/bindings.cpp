@@ -68,6 +68,7 @@ PYBIND11_MODULE(_C, m) {
 #ifdef MUD_IKNN_WITH_CUDA
   m.def("knn_workspace_bytes", &knn_workspace_bytes);
   m.def("sigma_workspace_bytes", &sigma_workspace_bytes);
+  m.def("density_workspace_bytes", &density_workspace_bytes);
   m.def("knn_maps_cuda",
         [](uintptr_t points, uintptr_t offsets, int64_t batch, int64_t count, int64_t height, int64_t width,
            int k, float max_distance, int transform, uintptr_t out, uintptr_t workspace, int64_t workspace_bytes,
@@ -87,13 +88,15 @@ PYBIND11_MODULE(_C, m) {
         nogil);
   m.def("density_maps_cuda",
         [](uintptr_t points, uintptr_t offsets, uintptr_t sigmas, int64_t batch, int64_t count, int64_t height,
-           int64_t width, float truncate, uintptr_t out, uintptr_t stream, int device) {
+           int64_t width, float truncate, uintptr_t out, uintptr_t workspace, int64_t workspace_bytes,
+           uintptr_t stream, int device) {
           density_maps_cuda(ptr<const float>(points), ptr<const int64_t>(offsets), ptr<const float>(sigmas), batch,
-                            count, height, width, truncate, ptr<float>(out), ptr<void>(stream), device);
+                            count, height, width, truncate, ptr<float>(out), ptr<void>(workspace), workspace_bytes,
+                            ptr<void>(stream), device);
         },
         nogil);
 #else
-  for (const char* name : {"knn_workspace_bytes", "sigma_workspace_bytes", "knn_maps_cuda", "head_sigmas_cuda", "density_maps_cuda"})
+  for (const char* name : {"knn_workspace_bytes", "sigma_workspace_bytes", "density_workspace_bytes", "knn_maps_cuda", "head_sigmas_cuda", "density_maps_cuda"})
     m.def(name, [](py::args, py::kwargs) { no_cuda(); });
 #endif
 }

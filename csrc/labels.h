@@ -191,10 +191,12 @@ void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, i
 void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
                       int64_t height, int64_t width, int k, float beta, float* out, void* workspace,
                       int64_t workspace_bytes, void* stream, int device);
-// Adds every head's Gaussian into `out`, which must hold zeros.
+// Bytes of device workspace density_maps_cuda needs (a float per head).
+int64_t density_workspace_bytes(int64_t count);
+// Writes every pixel of `out` (which may arrive uninitialised); deterministic.
 void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* stream,
-                       int device);
+                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* workspace,
+                       int64_t workspace_bytes, void* stream, int device);
 #endif
 
 }  // namespace mud_iknn

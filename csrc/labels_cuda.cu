@@ -9,7 +9,8 @@
 //      stops once every pixel's k-th distance is within the exact bound to the unvisited cells (or
 //      the whole grid is visited, or the bound passes max_distance);
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
-//   4. density maps: one block per head stamps its separable Gaussian with float atomics.
+//   4. density maps: each head's normalisation, then a block per band of rows adds the Gaussians that
+//      reach it head by head in packed order (deterministic, no atomics).
 #ifdef MUD_IKNN_CUDA_EMULATION
 #include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
 #else
@@ -25,7 +26,6 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kThreads = 256;   // per block of the grid and density kernels
 constexpr int kTileW = 32;      // tile width in pixels (one warp per row of threads)
 
 void check(cudaError_t err, const char* what) {
@@ -507,47 +507,89 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
   }
 }
 
-__global__ void density_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
-                               const float* __restrict__ sigmas, int64_t batch, int count, int height, int width,
-                               float truncate, float* __restrict__ out) {
-  __shared__ double partial[kThreads / 32];
-  for (int i = blockIdx.x; i < count; i += gridDim.x) {
-    int64_t lo = 0, hi = batch - 1;  // the image owning point i: last b with offsets[b] <= i
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) >> 1;
-      if (offsets[mid] <= i) lo = mid; else hi = mid - 1;
-    }
-    const int64_t b = lo;
+// Density maps, deterministic: the reciprocal of each head's normalisation first, then a block per
+// band of kDensityBand rows of one image adds the Gaussians of the heads that reach the band one
+// head after another in packed order, so every pixel sums its heads in the same order on every run.
+constexpr int kDensityBand = 8;
+constexpr int kDensityThreads = 256;
+
+// 1 / (sum of the head's discrete Gaussian weights along one axis), a warp per head; 0 for a head
+// that stamps nothing on the map.
+__global__ void density_norm_kernel(const float2* __restrict__ points, const float* __restrict__ sigmas, int count,
+                                    int height, int width, float truncate, float* __restrict__ inv_norms) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5); i < count; i += warps) {
     const float2 p = points[i];
     const float sigma = sigmas[i];
-    if (i < offsets[b] || i >= offsets[b + 1]) continue;
-    const int r = stamp_radius(p.x, p.y, sigma, truncate, height, width);
-    if (r < 0) continue;
-    const int cx = int(floorf(p.x)), cy = int(floorf(p.y));
-    const int xa = max(cx - r, 0), xb = min(cx + r + 1, width);
-    const int ya = max(cy - r, 0), yb = min(cy + r + 1, height);
-    if (xa >= xb || ya >= yb) continue;
-    const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+    const int r = stamp_radius(p.x, p.y, sigma, truncate, height, width);  // the same on every lane
     double total = 0.0;
-    if (r > kLongGaussianRadius) {  // block-uniform
+    if (r > kLongGaussianRadius) {
       total = long_gaussian_norm(sigma, r);
-    } else {
-      double norm = 0.0;
-      for (int t = -r + int(threadIdx.x); t <= r; t += blockDim.x) norm += exp(scale * double(t) * double(t));
-      for (int off = 16; off > 0; off >>= 1) norm += __shfl_down_sync(0xffffffffu, norm, off);
-      if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = norm;
-      __syncthreads();
-      for (int w = 0; w < int(blockDim.x >> 5); ++w) total += partial[w];
-      __syncthreads();  // `partial` is reused by the next head
+    } else if (r >= 0) {
+      const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+      for (int t = -r + lane; t <= r; t += 32) total += exp(scale * double(t) * double(t));
+      for (int off = 16; off > 0; off >>= 1) total += __shfl_down_sync(0xffffffffu, total, off);
     }
-    const float inv = float(1.0 / total), fscale = float(scale);
-    const int cols = xb - xa, area = cols * (yb - ya);
-    float* map = out + b * int64_t(height) * width;
-    for (int a = threadIdx.x; a < area; a += blockDim.x) {
-      const int xx = xa + a % cols, yy = ya + a / cols;
-      const float tx = float(xx - cx), ty = float(yy - cy);
-      const float w = expf(fscale * tx * tx) * inv * (expf(fscale * ty * ty) * inv);
-      atomicAdd(map + int64_t(yy) * width + xx, w);
+    if (lane == 0) inv_norms[i] = r < 0 ? 0.0f : float(1.0 / total);
+  }
+}
+
+// The part of one head's Gaussian that falls in a band: columns [xa, xb) x rows [ya, yb).
+struct BandStamp {
+  int xa, xb, ya, yb, cx, cy;
+  float scale, inv_norm;  // -1 / (2 sigma^2) (0 for a delta), 1 / normalisation
+};
+
+__global__ void __launch_bounds__(kDensityThreads)
+    density_band_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
+                        const float* __restrict__ sigmas, const float* __restrict__ inv_norms, int count, int height,
+                        int width, float truncate, float* __restrict__ out) {
+  __shared__ BandStamp stamps[kDensityThreads];  // a chunk's heads that reach the band, in packed order
+  __shared__ int reaching[kDensityThreads / 32];
+  const int64_t b = blockIdx.y;
+  const int y0 = blockIdx.x * kDensityBand, y1 = min(y0 + kDensityBand, height);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  float* map = out + b * int64_t(height) * width;
+  for (int64_t q = int64_t(y0) * width + tid; q < int64_t(y1) * width; q += kDensityThreads) map[q] = 0.0f;
+  int64_t s, e;
+  image_range(offsets, b, count, &s, &e);
+  for (int64_t c0 = s; c0 < e; c0 += kDensityThreads) {  // block-uniform
+    const int64_t i = c0 + tid;
+    BandStamp st{};
+    bool reaches = false;
+    if (i < e) {
+      const float2 p = points[i];
+      const float sigma = sigmas[i];
+      const int64_t r = stamp_radius(p.x, p.y, sigma, truncate, height, width);
+      if (r >= 0) {  // stamp_radius keeps the coordinates within r + 1 of the map: int64 sums cannot overflow
+        const int64_t cx = int64_t(floorf(p.x)), cy = int64_t(floorf(p.y));
+        const int64_t xa = cx - r, xb = cx + r + 1, ya = cy - r, yb = cy + r + 1;
+        st = BandStamp{int(xa > 0 ? xa : 0), int(xb < width ? xb : width), int(ya > y0 ? ya : y0),
+                       int(yb < y1 ? yb : y1), int(cx), int(cy),
+                       r == 0 ? 0.0f : float(-0.5 / (double(sigma) * double(sigma))), inv_norms[i]};
+        reaches = st.xa < st.xb && st.ya < st.yb;
+      }
+    }
+    const unsigned votes = __ballot_sync(0xffffffffu, reaches);
+    if (lane == 0) reaching[warp] = __popc(votes);
+    __syncthreads();  // also: the band is zeroed (first chunk), the last chunk's stamps are done with
+    int at = __popc(votes & ((1u << lane) - 1)), total = 0;
+    for (int w = 0; w < kDensityThreads / 32; ++w) {
+      at += w < warp ? reaching[w] : 0;
+      total += reaching[w];
+    }
+    if (reaches) stamps[at] = st;
+    __syncthreads();
+    for (int j = 0; j < total; ++j) {
+      const BandStamp h = stamps[j];
+      const int cols = h.xb - h.xa, area = cols * (h.yb - h.ya);  // <= min(8 W, H W) < 2^31
+      for (int a = tid; a < area; a += kDensityThreads) {
+        const int xx = h.xa + a % cols, yy = h.ya + a / cols;
+        const float tx = float(xx - h.cx), ty = float(yy - h.cy);
+        map[int64_t(yy) * width + xx] += expf(h.scale * tx * tx) * h.inv_norm * (expf(h.scale * ty * ty) * h.inv_norm);
+      }
+      __syncthreads();  // head j + 1 may add to the same pixels from other threads
     }
   }
 }
@@ -638,15 +680,28 @@ void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch
                           stream);
 }
 
+int64_t density_workspace_bytes(int64_t count) { return int64_t(sizeof(float)) * std::max<int64_t>(count, 1); }
+
 void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* stream_handle,
-                       int device) {
-  if (count == 0 || batch == 0) return;
+                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* workspace,
+                       int64_t workspace_bytes, void* stream_handle, int device) {
+  if (batch == 0) return;
+  if (workspace_bytes < density_workspace_bytes(count))
+    throw std::runtime_error("mud_iknn: density workspace too small (" + std::to_string(workspace_bytes) + " < " +
+                             std::to_string(density_workspace_bytes(count)) + " bytes)");
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const int blocks = int(std::min<int64_t>(count, 1 << 20));
-  launch(density_kernel, blocks, kThreads, stream, "density_kernel launch", reinterpret_cast<const float2*>(points),
-         offsets, sigmas, batch, int(count), int(height), int(width), truncate, out);
+  const auto* pts = reinterpret_cast<const float2*>(points);
+  auto* inv_norms = static_cast<float*>(workspace);
+  if (count > 0) {
+    constexpr int kNormThreads = 128;  // a warp per head
+    const unsigned blocks = unsigned(std::min<int64_t>((count + kNormThreads / 32 - 1) / (kNormThreads / 32), 1 << 20));
+    launch(density_norm_kernel, blocks, kNormThreads, stream, "density_norm_kernel launch", pts, sigmas, int(count),
+           int(height), int(width), truncate, inv_norms);
+  }
+  launch(density_band_kernel, dim3(unsigned((height + kDensityBand - 1) / kDensityBand), unsigned(batch)),
+         kDensityThreads, stream, "density_band_kernel launch", pts, offsets, sigmas, inv_norms, int(count),
+         int(height), int(width), truncate, out);
 }
 
 }  // namespace mud_iknn

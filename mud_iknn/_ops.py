@@ -5,8 +5,6 @@ contiguous, one device). Registered with torch.library so they work under torch.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import _C
@@ -28,32 +26,16 @@ def _require_cuda() -> None:
                            "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
 
 
-def _alert_not_deterministic(what: str) -> None:
-    """Follows torch.use_deterministic_algorithms for an op without a deterministic implementation:
-    a RuntimeError when it is on, a warning with warn_only=True, nothing when it is off."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (f"{what} does not have a deterministic implementation, but you set "
-               "'torch.use_deterministic_algorithms(True)'")
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message, stacklevel=3)
-    else:
-        raise RuntimeError(message + "; make the labels from CPU tensors, or pass warn_only=True")
-
-
-def _run(cpu_kernel, cuda_kernel, args: tuple, device: torch.device, workspace_bytes=None) -> None:
-    """Calls ``cpu_kernel(*args, threads)`` or, on a CUDA device, ``cuda_kernel(*args, [workspace
-    pointer, bytes,] stream, device index)``; ``workspace_bytes()`` sizes the kernel's scratch
-    memory, allocated by torch on that device (None: the kernel takes none)."""
+def _run(cpu_kernel, cuda_kernel, args: tuple, device: torch.device, workspace_bytes) -> None:
+    """Calls ``cpu_kernel(*args, threads)`` or, on a CUDA device, ``cuda_kernel(*args, workspace
+    pointer, bytes, stream, device index)``; ``workspace_bytes()`` sizes the kernel's scratch
+    memory, allocated by torch on that device."""
     if device.type != "cuda":
         cpu_kernel(*args, _threads())
         return
     _require_cuda()
-    scratch = ()
-    if workspace_bytes is not None:
-        ws = torch.empty(max(workspace_bytes(), 1), dtype=torch.uint8, device=device)
-        scratch = (ws.data_ptr(), ws.numel())
-    cuda_kernel(*args, *scratch, _stream(device), device.index)
+    workspace = torch.empty(max(workspace_bytes(), 1), dtype=torch.uint8, device=device)
+    cuda_kernel(*args, workspace.data_ptr(), workspace.numel(), _stream(device), device.index)
 
 
 @torch.library.custom_op("mud_iknn::knn_maps", mutates_args=())
@@ -100,16 +82,15 @@ def density_maps(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tens
                  width: int, truncate: float) -> torch.Tensor:
     """(B, H, W) float32 sums of per-head discrete Gaussians of width ``sigmas`` (P,)."""
     batch, count = offsets.numel() - 1, points.shape[0]
-    if points.is_cuda:
-        _alert_not_deterministic("mud_iknn.density_maps on CUDA (float atomics: the last bits vary)")
-    # The CUDA kernel adds into zeros; the CPU kernel writes every pixel itself (one pass fewer).
-    allocate = torch.zeros if points.is_cuda or count == 0 else torch.empty
+    # Both kernels write every pixel (zeros included), so the output starts uninitialised.
+    allocate = torch.zeros if count == 0 else torch.empty
     out = allocate((batch, height, width), dtype=torch.float32, device=points.device)
     if out.numel() == 0 or count == 0:
         return out
     args = (points.data_ptr(), offsets.data_ptr(), sigmas.data_ptr(), batch, count, height, width,
             truncate, out.data_ptr())
-    _run(_C.density_maps_cpu, _C.density_maps_cuda, args, points.device)
+    _run(_C.density_maps_cpu, _C.density_maps_cuda, args, points.device,
+         lambda: _C.density_workspace_bytes(count))
     return out
 
 

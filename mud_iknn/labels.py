@@ -250,9 +250,7 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
     integer t in [-r, r], r = int(truncate * sigma + 0.5), normalised per axis, centred on the
     head's pixel (floor(x), floor(y)). ``sigma``: "adaptive" (see :func:`head_sigmas`, with ``k``
     and ``beta``), one float for every head, or a (P,) tensor of per-head widths in packed order.
-    On CUDA the sums use float atomics, so the last bits may differ between runs: with
-    ``torch.use_deterministic_algorithms(True)`` a CUDA call raises RuntimeError (warns with
-    ``warn_only=True``), as torch's own nondeterministic ops do; the CPU kernel is deterministic.
+    Deterministic on both backends: every pixel sums its heads in packed order (no atomics).
     """
     height, width = _check_size(size)
     truncate = _check_positive(truncate, "truncate")

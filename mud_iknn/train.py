@@ -66,7 +66,7 @@ class TrainConfig:
     flip_p, scale_range: augmentation (see :class:`TrainTransform`).
     amp: float16 autocast + gradient scaling, used only on CUDA. grad_clip: max gradient norm or None.
     seed: seeds model init, sample order and augmentation. deterministic: ask torch for
-    deterministic kernels, warn-only (CUDA density labels use float atomics and warn).
+    deterministic kernels (warn_only: ops without one warn; the label engine's kernels are).
     num_workers: DataLoader worker processes. device: "auto" (cuda if available), "cpu", "cuda".
     out_dir: where checkpoints, metrics and plots go. checkpoint_every, eval_every, log_every:
     in steps (0 turns checkpoints / periodic evaluation off; a final checkpoint is always written).

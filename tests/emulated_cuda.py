@@ -51,7 +51,9 @@ def load(library: Path) -> ctypes.CDLL:
         getattr(lib, name).restype = i64
     lib.emulated_knn_maps.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, i32, ptr, ptr, i64, err, i32]
     lib.emulated_head_sigmas.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, ptr, ptr, i64, err, i32]
-    lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, err, i32]
+    lib.emulated_density_workspace_bytes.argtypes = [i64]
+    lib.emulated_density_workspace_bytes.restype = i64
+    lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, ptr, i64, err, i32]
     lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
     lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
     lib.emulator_barrier_in_divergent_code.argtypes = [err, i32]
@@ -86,5 +88,7 @@ class EmulatedEntryPoints:
              ctypes.addressof(workspace), size)
 
     def density_maps_cpu(self, points, offsets, sigmas, batch, count, height, width, truncate, out, threads):
-        ctypes.memset(out, 0, batch * height * width * 4)  # the CUDA kernel adds into zeros
-        call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out)
+        size = self.lib.emulated_density_workspace_bytes(count)
+        workspace = ctypes.create_string_buffer(size)
+        call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out,
+             ctypes.addressof(workspace), size)

@@ -60,13 +60,3 @@ def test_mixed_devices_are_refused():
     with pytest.raises(ValueError, match="sigma is on cpu"):
         mud_iknn.density_maps(torch.zeros(2, 2, device="cuda"), (4, 4), sigma=torch.ones(2))
 
-
-def test_density_on_cuda_raises_in_torch_deterministic_mode():
-    mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        torch.use_deterministic_algorithms(True)
-        with pytest.raises(RuntimeError, match="density_maps on CUDA"):
-            mud_iknn.density_maps(torch.rand(20, 2, device="cuda") * 30, (30, 30))
-        mud_iknn.iknn_maps(torch.rand(20, 2, device="cuda") * 30, (30, 30), 3)  # kNN maps are deterministic
-    finally:
-        torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])

@@ -109,12 +109,12 @@ struct Block {
   ucontext_t scheduler;
   Thread* current = nullptr;
   int vote_result = 0;
-  // [warp][parity][lane]: the value each lane offers to a shuffle. A warp's shuffles alternate
-  // between two buffers, so one barrier per shuffle suffices: a lane that writes the buffer of
-  // shuffle i + 2 has passed the barrier of shuffle i + 1, which every lane reaches only after
-  // reading shuffle i's values.
+  // [warp][parity][lane]: the value each lane offers to a shuffle or vote. A warp's exchanges
+  // alternate between two buffers, so one barrier per exchange suffices: a lane that writes the
+  // buffer of exchange i + 2 has passed the barrier of exchange i + 1, which every lane reaches
+  // only after reading exchange i's values.
   unsigned char lanes[32][2][32][8];
-  int shuffles[32] = {};  // per warp, shuffles completed
+  int shuffles[32] = {};  // per warp, exchanges completed
 };
 
 inline Block*& active() {
@@ -228,18 +228,26 @@ inline void launch(dim3 grid, dim3 block_dim, const std::function<void()>& body)
 
 inline void warp_barrier() { park(State::kAtWarpBarrier); }
 
+// One warp-wide exchange: every lane offers `value`; returns the 32 values offered, by lane.
 template <class T>
-T shuffle(unsigned mask, T value, int source_lane_offset, bool up) {
+const unsigned char (&exchange(unsigned mask, T value))[32][8] {
   static_assert(sizeof(T) <= 8, "shuffled values are at most 8 bytes");
-  if (mask != 0xffffffffu) fail(*active(), "only full-warp shuffles are emulated");
+  if (mask != 0xffffffffu) fail(*active(), "only full-warp shuffles and votes are emulated");
   Block& b = *active();
   const int lane = self().linear % 32, warp = self().linear / 32;
   unsigned char(&buffer)[32][8] = b.lanes[warp][b.shuffles[warp] & 1];
   std::memcpy(buffer[lane], &value, sizeof(T));
-  warp_barrier();  // every lane has written (the release counts the shuffle)
+  warp_barrier();  // every lane has written (the release counts the exchange)
+  return buffer;
+}
+
+template <class T>
+T shuffle(unsigned mask, T value, int source_lane_offset, bool up) {
+  const auto& offered = exchange(mask, value);
+  const int lane = self().linear % 32;
   const int source = up ? lane - source_lane_offset : lane + source_lane_offset;
   T out = value;
-  if (source >= 0 && source < 32) std::memcpy(&out, buffer[source], sizeof(T));
+  if (source >= 0 && source < 32) std::memcpy(&out, offered[source], sizeof(T));
   return out;
 }
 
@@ -280,6 +288,18 @@ template <class T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
   return cuda_emulation::shuffle(mask, value, int(delta), false);
 }
+// Bit l of the result: whether lane l's predicate is non-zero.
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  const auto& offered = cuda_emulation::exchange(mask, int(predicate != 0));
+  unsigned votes = 0;
+  for (int l = 0; l < 32; ++l) {
+    int vote;
+    std::memcpy(&vote, offered[l], sizeof(int));
+    votes |= unsigned(vote) << l;
+  }
+  return votes;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 // Fibers never interleave within a statement, so plain read-modify-writes are atomic here.
 template <class T>
 T atomicAdd(T* address, T value) {

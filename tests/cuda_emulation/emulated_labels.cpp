@@ -33,10 +33,13 @@ EXPORT int emulated_head_sigmas(const float* points, const int64_t* offsets, int
   });
 }
 
+EXPORT int64_t emulated_density_workspace_bytes(int64_t count) { return mud_iknn::density_workspace_bytes(count); }
+
 EXPORT int emulated_density_maps(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                          int64_t count, int64_t height, int64_t width, float truncate, float* out, char* error,
-                          int error_bytes) {
+                                 int64_t count, int64_t height, int64_t width, float truncate, float* out,
+                                 void* workspace, int64_t workspace_bytes, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] {
-    mud_iknn::density_maps_cuda(points, offsets, sigmas, batch, count, height, width, truncate, out, nullptr, 0);
+    mud_iknn::density_maps_cuda(points, offsets, sigmas, batch, count, height, width, truncate, out, workspace,
+                                workspace_bytes, nullptr, 0);
   });
 }

@@ -64,9 +64,11 @@ def run_cases(lib, cases: int, seed: int) -> None:
              sigmas.ctypes.data, workspace.ctypes.data, size)
         sigmas = np.where(rng.random(count) < 0.1, rng.choice([np.nan, -1.0, 1e8, 0.0, 5.0], count), sigmas)
         sigmas = sigmas.astype(np.float32)
-        density = np.zeros((batch, height, width), np.float32)
+        density = np.empty((batch, height, width), np.float32)
+        size = lib.emulated_density_workspace_bytes(count)
+        workspace = np.empty(size, np.uint8)
         call(lib.emulated_density_maps, points.ctypes.data, offsets.ctypes.data, sigmas.ctypes.data, batch, count,
-             height, width, float(rng.choice([4.0, 0.5])), density.ctypes.data)
+             height, width, float(rng.choice([4.0, 0.5])), density.ctypes.data, workspace.ctypes.data, size)
 
 
 def main() -> int:
