@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import emulated_cuda
-from mud_iknn import _ops
 
 CUDA = torch.cuda.is_available()
 
@@ -30,9 +29,7 @@ def device(request, monkeypatch):
     tests then see CPU tensors)."""
     if request.param != "emulated":
         return torch.device(request.param)
-    entry_points = emulated_cuda.EmulatedEntryPoints(request.getfixturevalue("emulated_cuda_library"))
-    for name in ("knn_maps_cpu", "head_sigmas_cpu", "density_maps_cpu"):
-        monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
+    emulated_cuda.install(request.getfixturevalue("emulated_cuda_library"), monkeypatch)
     return torch.device("cpu")
 
 

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mud_iknn import _ops
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/cuda_emulation/emulated_labels.cpp", ROOT / "tests/cuda_emulation/emulator_selftest.cpp",
            ROOT / "csrc/labels_cuda.cu"]
@@ -54,8 +56,11 @@ def load(library: Path) -> ctypes.CDLL:
     lib.emulated_density_workspace_bytes.argtypes = [i64]
     lib.emulated_density_workspace_bytes.restype = i64
     lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, ptr, i64, err, i32]
+    lib.emulator_set_reverse_schedule.argtypes = [i32]
+    lib.emulator_set_reverse_schedule.restype = None
     lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
     lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
+    lib.emulator_last_writer_wins.argtypes = [ptr, err, i32]
     lib.emulator_barrier_in_divergent_code.argtypes = [err, i32]
     lib.emulator_shuffle_with_lanes_missing.argtypes = [err, i32]
     return lib
@@ -66,6 +71,13 @@ def call(function, *args) -> None:
     error = ctypes.create_string_buffer(_ERROR_BYTES)
     if function(*args, error, _ERROR_BYTES) != 0:
         raise RuntimeError(error.value.decode())
+
+
+def install(lib: ctypes.CDLL, monkeypatch) -> None:
+    """Puts the emulated CUDA entry points behind mud_iknn's CPU ones for the test (pytest monkeypatch)."""
+    entry_points = EmulatedEntryPoints(lib)
+    for name in ("knn_maps_cpu", "head_sigmas_cpu", "density_maps_cpu"):
+        monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
 
 
 class EmulatedEntryPoints:

@@ -3,7 +3,11 @@ what the hardware computes for shuffles, barriers and votes, and refuses what th
 undefined rather than passing it."""
 import numpy as np
 import pytest
+import torch
 
+import emulated_cuda
+import mud_iknn
+from conftest import clustered_points
 from emulated_cuda import call
 
 
@@ -37,3 +41,39 @@ def test_a_barrier_in_divergent_code_is_an_error(emulated_cuda_library):
 def test_a_shuffle_missing_lanes_is_an_error(emulated_cuda_library):
     with pytest.raises(RuntimeError, match="warp shuffle reached by 16 of the 32 lanes of warp 0"):
         call(emulated_cuda_library.emulator_shuffle_with_lanes_missing)
+
+
+@pytest.fixture
+def reverse_schedule(emulated_cuda_library):
+    """Sets the emulator's thread order between barriers (reverse or not); forward again afterwards."""
+    yield lambda reverse: emulated_cuda_library.emulator_set_reverse_schedule(int(reverse))
+    emulated_cuda_library.emulator_set_reverse_schedule(0)
+
+
+def test_the_reverse_schedule_exposes_a_race(emulated_cuda_library, reverse_schedule):
+    out = np.zeros(1, dtype=np.int32)
+    call(emulated_cuda_library.emulator_last_writer_wins, out.ctypes.data)
+    assert out[0] == 63
+    reverse_schedule(True)
+    call(emulated_cuda_library.emulator_last_writer_wins, out.ctypes.data)
+    assert out[0] == 0
+
+
+def test_label_kernels_give_the_same_bits_in_either_thread_order(emulated_cuda_library, reverse_schedule,
+                                                                monkeypatch):
+    # Races, or sums whose order follows thread timing, would change bits between the two orders
+    # (the grid build's atomics reorder heads within a cell; the results must not care).
+    emulated_cuda.install(emulated_cuda_library, monkeypatch)
+    rng = np.random.default_rng(21)
+    points = torch.from_numpy(np.concatenate([clustered_points(rng, n, 70, 90) for n in (700, 40, 2500)]))
+    offsets = torch.tensor([0, 700, 740, 3240])
+
+    def maps():
+        return [mud_iknn.knn_distance_maps(points, (70, 90), k, offsets=offsets) for k in (1, 3, 9)] + \
+            [mud_iknn.head_sigmas(points, (70, 90), offsets=offsets),
+             mud_iknn.density_maps(points, (70, 90), offsets=offsets)]
+
+    forward = maps()
+    reverse_schedule(True)
+    for a, b in zip(forward, maps()):
+        assert torch.equal(a, b)

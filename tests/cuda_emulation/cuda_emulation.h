@@ -7,8 +7,10 @@
 // checks what the hardware leaves undefined: a block barrier must be reached by every thread of the
 // block and a warp shuffle by all 32 lanes of the warp; anything else (a barrier inside divergent
 // code, a lane that left early) raises std::runtime_error instead of hanging or passing silently.
-// What it does not model: timing, memory races between threads (they run in a fixed order), the
-// hardware's fast-math differences (expf and friends are the C library's).
+// Threads run in a fixed order between barriers, forward or (reverse_schedule) backward: running
+// both and comparing the bits exposes races and order-dependent sums. What it does not model:
+// timing, the memory model beyond that, the hardware's fast-math differences (expf and friends are
+// the C library's).
 #pragma once
 
 #include <ucontext.h>
@@ -117,6 +119,14 @@ struct Block {
   int shuffles[32] = {};  // per warp, exchanges completed
 };
 
+// Whether the threads of a block run in reverse order between two barriers. Code whose result
+// depends on that order (a data race, or a sum whose order depends on thread timing) gives
+// different results under the two orders; correct code gives the same bits.
+inline bool& reverse_schedule() {
+  static bool reverse = false;
+  return reverse;
+}
+
 inline Block*& active() {
   static Block* block = nullptr;
   return block;
@@ -202,7 +212,8 @@ inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::
   }
   try {
     for (;;) {
-      for (Thread& t : b.threads) {
+      for (int i = 0; i < n; ++i) {
+        Thread& t = b.threads[reverse_schedule() ? n - 1 - i : i];
         if (t.state != State::kReady) continue;
         b.current = &t;
         swapcontext(&b.scheduler, &t.context);

@@ -36,6 +36,9 @@ __global__ void reverse_through_shared(const int* in, int* out) {
   }
 }
 
+// Every thread writes its index to the same word: the last writer wins, a race.
+__global__ void last_writer_wins(int* out) { *out = threadIdx.x; }
+
 __global__ void barrier_in_divergent_code() {
   if (threadIdx.x < 40) __syncthreads();
 }
@@ -48,6 +51,8 @@ __global__ void shuffle_with_lanes_missing() {
 
 using cuda_emulation::guarded;
 
+EXPORT void emulator_set_reverse_schedule(int reverse) { cuda_emulation::reverse_schedule() = reverse != 0; }
+
 EXPORT int emulator_warp_sums(int threads, int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, threads, [&] { warp_sums(out); }); });
 }
@@ -55,6 +60,10 @@ EXPORT int emulator_warp_sums(int threads, int* out, char* error, int error_byte
 EXPORT int emulator_reverse_through_shared(int threads, const int* in, int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes,
                  [&] { cuda_emulation::launch(1, threads, [&] { reverse_through_shared(in, out); }); });
+}
+
+EXPORT int emulator_last_writer_wins(int* out, char* error, int error_bytes) {
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, 64, [&] { last_writer_wins(out); }); });
 }
 
 EXPORT int emulator_barrier_in_divergent_code(char* error, int error_bytes) {
