@@ -52,6 +52,9 @@ template <class A, class B>
 std::common_type_t<A, B> max(A a, B b) {
   return a < b ? b : a;
 }
+// The special function unit's approximations, here correctly rounded (the GPU's are within 2 ulp).
+inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
+inline float __fdividef(float a, float b) { return a / b; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 using cudaStream_t = struct EmulatedStream*;
