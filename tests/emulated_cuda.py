@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,8 +28,10 @@ def compiler() -> str | None:
 
 
 def build(out_dir: Path) -> ctypes.CDLL:
-    """Compiles the emulated CUDA label engine into out_dir and loads it (a few seconds)."""
-    return load(compile_library(out_dir))
+    """Compiles the emulated CUDA label engine into out_dir and loads it (a few seconds). Extra
+    flags from $MUD_IKNN_EMULATION_FLAGS, e.g. the CUDA build's tuning macros
+    ("-DMUD_IKNN_CUDA_THREAD_ROWS=2"), check that variant's logic."""
+    return load(compile_library(out_dir, ("-O2", *shlex.split(os.environ.get("MUD_IKNN_EMULATION_FLAGS", "")))))
 
 
 def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
