@@ -20,6 +20,11 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+    """At least ``nbytes`` of kernel scratch memory from torch's allocator on ``device``."""
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+
+
 def _require_cuda() -> None:
     if not _C.WITH_CUDA:
         raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
@@ -34,7 +39,7 @@ def _run(cpu_kernel, cuda_kernel, args: tuple, device: torch.device, workspace_b
         cpu_kernel(*args, _threads())
         return
     _require_cuda()
-    workspace = torch.empty(max(workspace_bytes(), 1), dtype=torch.uint8, device=device)
+    workspace = _workspace(workspace_bytes(), device)
     cuda_kernel(*args, workspace.data_ptr(), workspace.numel(), _stream(device), device.index)
 
 

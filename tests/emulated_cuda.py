@@ -1,6 +1,7 @@
 """csrc/labels_cuda.cu on the CPU: built with the host C++ compiler against the CUDA emulator
-(tests/cuda_emulation), loaded with ctypes, and put behind the C++ CPU entry points of
-``mud_iknn._ops._C`` so that the public API runs the CUDA kernels' code on CPU tensors.
+(tests/cuda_emulation), loaded with ctypes, and put behind the CUDA entry points of
+``mud_iknn._ops._C``, whose CUDA branch then serves CPU tensors: the public API runs the CUDA
+path, from the Python ops' argument lists to the kernels, on any machine.
 
 This checks the kernels' logic (grid build, tile passes, chunking, scans, barriers) on every
 machine; speed and the hardware's memory model still need a GPU (bench/gpu_check.sh).
@@ -13,6 +14,8 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+
+import torch
 
 from mud_iknn import _ops
 
@@ -77,33 +80,50 @@ def call(function, *args) -> None:
 
 
 def install(lib: ctypes.CDLL, monkeypatch) -> None:
-    """Puts the emulated CUDA entry points behind mud_iknn's CPU ones for the test (pytest monkeypatch)."""
+    """For the test (pytest monkeypatch): mud_iknn's ops take their CUDA branch for CPU tensors,
+    with the extension's CUDA entry points served by the emulated ones (same arguments, in the
+    bindings' order), the workspace allocated on the host and stream 0."""
+    run = _ops._run
+    monkeypatch.setattr(_ops, "_run", lambda cpu_kernel, cuda_kernel, args, device, workspace_bytes: run(
+        cpu_kernel, cuda_kernel, args, torch.device("cuda", 0), workspace_bytes))
+    monkeypatch.setattr(_ops, "_require_cuda", lambda: None)
+    monkeypatch.setattr(_ops, "_workspace", lambda nbytes, device: torch.empty(max(nbytes, 1), dtype=torch.uint8))
+    monkeypatch.setattr(_ops, "_stream", lambda device: 0)
     entry_points = EmulatedEntryPoints(lib)
-    for name in ("knn_maps_cpu", "head_sigmas_cpu", "density_maps_cpu"):
+    for name in BINDINGS:
         monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
 
 
 class EmulatedEntryPoints:
-    """The CPU entry points of ``mud_iknn._C`` (same arguments, the thread count ignored), served by
-    the emulated CUDA ones with a host workspace, as ``mud_iknn._ops`` would serve a CUDA tensor."""
+    """``mud_iknn._C``'s CUDA entry points (the same arguments: pointers as integers, then the
+    workspace pointer and size, the stream and the device index) served by the emulated library."""
 
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
 
-    def knn_maps_cpu(self, points, offsets, batch, count, height, width, k, max_distance, transform, out, threads):
-        size = self.lib.emulated_knn_workspace_bytes(batch, count, height, width, k)
-        workspace = ctypes.create_string_buffer(max(size, 1))
+    def knn_maps_cuda(self, points, offsets, batch, count, height, width, k, max_distance, transform, out,
+                      workspace, workspace_bytes, stream, device):
         call(self.lib.emulated_knn_maps, points, offsets, batch, count, height, width, k, max_distance, transform,
-             out, ctypes.addressof(workspace), size)
+             out, workspace, workspace_bytes)
 
-    def head_sigmas_cpu(self, points, offsets, batch, count, height, width, k, beta, out, threads):
-        size = self.lib.emulated_sigma_workspace_bytes(batch, count, height, width, k)
-        workspace = ctypes.create_string_buffer(max(size, 1))
-        call(self.lib.emulated_head_sigmas, points, offsets, batch, count, height, width, k, beta, out,
-             ctypes.addressof(workspace), size)
+    def head_sigmas_cuda(self, points, offsets, batch, count, height, width, k, beta, out, workspace,
+                         workspace_bytes, stream, device):
+        call(self.lib.emulated_head_sigmas, points, offsets, batch, count, height, width, k, beta, out, workspace,
+             workspace_bytes)
 
-    def density_maps_cpu(self, points, offsets, sigmas, batch, count, height, width, truncate, out, threads):
-        size = self.lib.emulated_density_workspace_bytes(count)
-        workspace = ctypes.create_string_buffer(size)
+    def density_maps_cuda(self, points, offsets, sigmas, batch, count, height, width, truncate, out, workspace,
+                          workspace_bytes, stream, device):
         call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out,
-             ctypes.addressof(workspace), size)
+             workspace, workspace_bytes)
+
+    def knn_workspace_bytes(self, batch, count, height, width, k):
+        return self.lib.emulated_knn_workspace_bytes(batch, count, height, width, k)
+
+    def sigma_workspace_bytes(self, batch, count, height, width, k):
+        return self.lib.emulated_sigma_workspace_bytes(batch, count, height, width, k)
+
+    def density_workspace_bytes(self, count):
+        return self.lib.emulated_density_workspace_bytes(count)
+
+
+BINDINGS = [name for name in vars(EmulatedEntryPoints) if not name.startswith("_")]

@@ -1,6 +1,9 @@
 """The CUDA emulator behind the "emulated" label-engine backend (tests/emulated_cuda.py): it computes
 what the hardware computes for shuffles, barriers and votes, and refuses what the hardware leaves
 undefined rather than passing it."""
+import inspect
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch
 import emulated_cuda
 import mud_iknn
 from conftest import clustered_points
+from mud_iknn import _C
 from emulated_cuda import call
 
 
@@ -77,3 +81,15 @@ def test_label_kernels_give_the_same_bits_in_either_thread_order(emulated_cuda_l
     reverse_schedule(True)
     for a, b in zip(forward, maps()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not _C.WITH_CUDA, reason="the extension was built without CUDA: its CUDA entry points are stubs")
+@pytest.mark.parametrize("name", emulated_cuda.BINDINGS)
+def test_the_emulated_entry_points_take_the_bindings_arguments(name):
+    # The emulated backend runs mud_iknn's real CUDA branch against stand-ins for the bindings:
+    # their argument lists must be the bindings' (count, and where the floats are).
+    binding = re.findall(r"arg\d+: ([^,)]+)", getattr(_C, name).__doc__.splitlines()[0])
+    stand_in = list(inspect.signature(getattr(emulated_cuda.EmulatedEntryPoints, name)).parameters)[1:]
+    assert len(binding) == len(stand_in)
+    floats = {"max_distance", "beta", "truncate"}
+    assert ["Float" in kind for kind in binding] == [param in floats for param in stand_in]
