@@ -94,6 +94,12 @@ def install(lib: ctypes.CDLL, monkeypatch) -> None:
         monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
 
 
+def _poison(out: int, floats: int) -> None:
+    """Fills an output with NaN first: torch.empty on a GPU may hold anything, so every pixel the
+    kernel leaves unwritten shows."""
+    ctypes.memset(out, 0xFF, floats * 4)
+
+
 class EmulatedEntryPoints:
     """``mud_iknn._C``'s CUDA entry points (the same arguments: pointers as integers, then the
     workspace pointer and size, the stream and the device index) served by the emulated library."""
@@ -103,6 +109,7 @@ class EmulatedEntryPoints:
 
     def knn_maps_cuda(self, points, offsets, batch, count, height, width, k, max_distance, transform, out,
                       workspace, workspace_bytes, stream, device):
+        _poison(out, batch * height * width)
         call(self.lib.emulated_knn_maps, points, offsets, batch, count, height, width, k, max_distance, transform,
              out, workspace, workspace_bytes)
 
@@ -113,6 +120,7 @@ class EmulatedEntryPoints:
 
     def density_maps_cuda(self, points, offsets, sigmas, batch, count, height, width, truncate, out, workspace,
                           workspace_bytes, stream, device):
+        _poison(out, batch * height * width)
         call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out,
              workspace, workspace_bytes)
 
