@@ -8,7 +8,13 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candidate heads
+constexpr int kCpuTile = 16;
+
+// Loops over a row of a tile, vectorised by OpenMP SIMD directives (-fopenmp-simd: no runtime).
+#define MUD_PRAGMA(x) _Pragma(#x)
+#define MUD_SIMD MUD_PRAGMA(omp simd)
+#define MUD_SIMD_REDUCE_MAX(v) MUD_PRAGMA(omp simd reduction(max : v))
+#define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))  // pixels per side of the tile that shares candidate heads
 
 // Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
 template <class Fn>
@@ -87,9 +93,10 @@ inline float push_sorted(float* list, int k, int stride, float v) {
   return list[(k - 1) * stride];
 }
 
-// The largest of values[0, n) (n <= kCpuTile), in a loop the compiler vectorises.
+// The largest of values[0, n) (n <= kCpuTile), vectorised (the order of a max does not matter).
 inline float largest(const float* values, int n) {
   float m = -INFINITY;
+  MUD_SIMD_REDUCE_MAX(m)
   for (int i = 0; i < n; ++i) m = max_f(m, values[i]);
   return m;
 }
@@ -112,15 +119,18 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
     return;
   }
   // Lists and k-th distances are laid out kCpuTile wide; the columns past the tile's edge hold -inf
-  // k-th distances, which no candidate beats, so every row loop runs kCpuTile wide and vectorises.
+  // k-th distances and see +inf candidates, so every row loop runs kCpuTile wide and vectorises.
   // Slot i of the pixels of row ty is best[(ty * k + i) * kCpuTile + tx]: contiguous per slot.
   float best[kCpuTile * kCpuTile * kMaxK];
   float kth[kCpuTile * kCpuTile];
   std::fill(best, best + kCpuTile * kCpuTile * k, INFINITY);
   for (int ty = 0; ty < kCpuTile; ++ty)
     for (int tx = 0; tx < kCpuTile; ++tx) kth[ty * kCpuTile + tx] = tx < tw ? INFINITY : -INFINITY;
-  float fx[kCpuTile];
-  for (int tx = 0; tx < kCpuTile; ++tx) fx[tx] = float(x0 + tx);
+  float fx[kCpuTile], pad[kCpuTile];  // pad: +inf past the tile's edge, where no candidate may enter a list
+  for (int tx = 0; tx < kCpuTile; ++tx) {
+    fx[tx] = float(x0 + tx);
+    pad[tx] = tx < tw ? 0.0f : INFINITY;
+  }
   const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(x1 - 1), g.cell, g.gx);
   const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(y1 - 1), g.cell, g.gy);
   const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);  // tile centre
@@ -159,14 +169,26 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
         float* kth_row = kth + ty * kCpuTile;
         float d2[kCpuTile];
         int closer = 0;
+        MUD_SIMD_REDUCE_OR(closer)
         for (int tx = 0; tx < kCpuTile; ++tx) {
           const float dx = hx - fx[tx];
-          d2[tx] = dx * dx + dy2;
+          d2[tx] = dx * dx + dy2 + pad[tx];
           closer |= d2[tx] < kth_row[tx];
         }
         if (!closer) continue;
-        for (int tx = 0; tx < tw; ++tx)
-          if (d2[tx] < kth_row[tx]) kth_row[tx] = push_sorted(best + ty * k * kCpuTile + tx, k, kCpuTile, d2[tx]);
+        // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
+        // the insertion runs branch-free across the row, a slot at a time.
+        float* slots = best + ty * k * kCpuTile;
+        for (int i = k - 1; i > 0; --i) {
+          MUD_SIMD
+          for (int tx = 0; tx < kCpuTile; ++tx)
+            slots[i * kCpuTile + tx] = max_f(slots[(i - 1) * kCpuTile + tx], min_f(slots[i * kCpuTile + tx], d2[tx]));
+        }
+        MUD_SIMD
+        for (int tx = 0; tx < kCpuTile; ++tx) {
+          slots[tx] = min_f(slots[tx], d2[tx]);
+          kth_row[tx] = min_f(kth_row[tx], slots[(k - 1) * kCpuTile + tx]);
+        }
         row_worst[ty] = largest(kth_row, kCpuTile);
         changed = true;
       }
