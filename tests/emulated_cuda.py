@@ -15,10 +15,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import torch
-
-from mud_iknn import _ops
-
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/cuda_emulation/emulated_labels.cpp", ROOT / "tests/cuda_emulation/emulator_selftest.cpp",
            ROOT / "csrc/labels_cuda.cu"]
@@ -83,6 +79,9 @@ def install(lib: ctypes.CDLL, monkeypatch) -> None:
     """For the test (pytest monkeypatch): mud_iknn's ops take their CUDA branch for CPU tensors,
     with the extension's CUDA entry points served by the emulated ones (same arguments, in the
     bindings' order), the workspace allocated on the host and stream 0."""
+    import torch
+
+    from mud_iknn import _ops
     run = _ops._run
     monkeypatch.setattr(_ops, "_run", lambda cpu_kernel, cuda_kernel, args, device, workspace_bytes: run(
         cpu_kernel, cuda_kernel, args, torch.device("cuda", 0), workspace_bytes))
