@@ -1,11 +1,11 @@
 // The CUDA execution model on the CPU, for testing csrc/labels_cuda.cu on machines without a GPU.
 //
 // labels_cuda.cu includes this header instead of the CUDA headers when compiled by a host C++
-// compiler with -DMUD_IKNN_CUDA_EMULATION (tests/test_labels_cuda_emulated.py does that). Each
+// compiler with -DMUD_IKNN_CUDA_EMULATION (tests/emulated_cuda.py builds it that way). Each
 // CUDA thread of a block runs as a fiber (ucontext) on one OS thread; blocks run one after another.
 // __shared__ variables are function statics, so the threads of a block share them. The emulator
 // checks what the hardware leaves undefined: a block barrier must be reached by every thread of the
-// block and a warp shuffle by all 32 lanes of the warp; anything else (a barrier inside divergent
+// block and a warp shuffle or vote by all 32 lanes of the warp; anything else (a barrier inside divergent
 // code, a lane that left early) raises std::runtime_error instead of hanging or passing silently.
 // Threads run in a fixed order between barriers, forward or (reverse_schedule) backward: running
 // both and comparing the bits exposes races and order-dependent sums. What it does not model:
@@ -98,7 +98,6 @@ enum class State { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
 struct Thread {
   ucontext_t context;
-  std::unique_ptr<char[]> stack;
   dim3 index;
   int linear = 0;
   State state = State::kReady;
@@ -106,6 +105,13 @@ struct Thread {
 };
 
 constexpr size_t kStackBytes = 256 * 1024;
+
+// The stack of fiber i, kept from block to block (allocating them per block cost a system call each).
+inline char* stack(int i) {
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (int(stacks.size()) <= i) stacks.emplace_back(new char[kStackBytes]);
+  return stacks[i].get();
+}
 
 struct Block {
   std::vector<Thread> threads;
@@ -206,9 +212,8 @@ inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::
     Thread& t = b.threads[i];
     t.linear = i;
     t.index = dim3(i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y));
-    t.stack.reset(new char[kStackBytes]);
     getcontext(&t.context);
-    t.context.uc_stack.ss_sp = t.stack.get();
+    t.context.uc_stack.ss_sp = stack(i);
     t.context.uc_stack.ss_size = kStackBytes;
     t.context.uc_link = nullptr;
     makecontext(&t.context, fiber_entry, 0);
