@@ -107,15 +107,25 @@ MUD_HD CellBlock grow(int cx0, int cx1, int cy0, int cy1, int ring, const GridSp
   return c;
 }
 
-// Lower bound on the distance from (px, py), a point inside the (extended) block, to any point in a
-// cell outside the block. +inf once the block is the whole grid.
-MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpec& g) {
+// Distance from x = px to the nearer of the block's left and right edges that have unvisited cells
+// beyond them (+inf if neither has); side_bound_y likewise for rows.
+MUD_HD float side_bound_x(float px, const CellBlock& c, const GridSpec& g) {
   float b = INFINITY;
   if (c.x0 > 0) b = min_f(b, px - float((c.x0 - kMargin) * g.cell));
   if (c.x1 < g.gx - 1) b = min_f(b, float((c.x1 + 1 - kMargin) * g.cell) - px);
+  return b;
+}
+MUD_HD float side_bound_y(float py, const CellBlock& c, const GridSpec& g) {
+  float b = INFINITY;
   if (c.y0 > 0) b = min_f(b, py - float((c.y0 - kMargin) * g.cell));
   if (c.y1 < g.gy - 1) b = min_f(b, float((c.y1 + 1 - kMargin) * g.cell) - py);
-  return max_f(b, 0.0f);
+  return b;
+}
+
+// Lower bound on the distance from (px, py), a point inside the (extended) block, to any point in a
+// cell outside the block. +inf once the block is the whole grid.
+MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpec& g) {
+  return max_f(min_f(side_bound_x(px, c, g), side_bound_y(py, c, g)), 0.0f);
 }
 
 // The cells of row y that are in `now` but not in `before` (the ring between two blocks), as up to

@@ -14,7 +14,8 @@ constexpr int kCpuTile = 16;
 #define MUD_PRAGMA(x) _Pragma(#x)
 #define MUD_SIMD MUD_PRAGMA(omp simd)
 #define MUD_SIMD_REDUCE_MAX(v) MUD_PRAGMA(omp simd reduction(max : v))
-#define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))  // pixels per side of the tile that shares candidate heads
+#define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
+#define MUD_SIMD_REDUCE_AND2(a, b) MUD_PRAGMA(omp simd reduction(& : a, b))  // pixels per side of the tile that shares candidate heads
 
 // Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
 template <class Fn>
@@ -196,13 +197,20 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
     }
     before = now;
     if (seen >= n) break;
-    bool done = true, clip_done = true;
-    for (int ty = 0; ty < th && (done || clip_done); ++ty)
-      for (int tx = 0; tx < tw; ++tx) {
-        const float bound = outside_bound(float(x0 + tx), float(y0 + ty), now, g);
-        done = done && kth[ty * kCpuTile + tx] <= bound * bound;
-        clip_done = clip_done && bound >= clip;
+    // outside_bound of every pixel, from the column and row parts, a row of the tile at a time.
+    float column_bound[kCpuTile];
+    for (int tx = 0; tx < kCpuTile; ++tx) column_bound[tx] = side_bound_x(fx[tx], now, g);
+    int done = 1, clip_done = 1;
+    for (int ty = 0; ty < th && (done || clip_done); ++ty) {
+      const float row_bound = side_bound_y(float(y0 + ty), now, g);
+      const float* kth_row = kth + ty * kCpuTile;
+      MUD_SIMD_REDUCE_AND2(done, clip_done)
+      for (int tx = 0; tx < kCpuTile; ++tx) {  // past the tile's edge: k-th -inf, bound unused for clip
+        const float bound = max_f(min_f(column_bound[tx], row_bound), 0.0f);
+        done &= kth_row[tx] <= bound * bound;
+        clip_done &= bound >= clip || tx >= tw;
       }
+    }
     // clip_done: every unvisited head lies beyond `clip`, where its INFINITY slot clips to the same value
     if (done || clip_done) break;
   }
