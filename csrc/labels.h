@@ -186,6 +186,31 @@ MUD_HD int stamp_radius(float x, float y, float sigma, float truncate, int heigh
   return r;
 }
 
+// One head's discrete Gaussian on a height x width map: its centre pixel (cx, cy), the columns
+// [xa, xb) and rows [ya, yb) of the map it covers (empty when it stamps nothing), its radius r and
+// scale = -1 / (2 sigma^2) (0 for a delta): weight(t) = exp(scale t^2) / normalisation.
+struct Stamp {
+  int64_t cx = 0, cy = 0, xa = 0, xb = 0, ya = 0, yb = 0;
+  int r = -1;
+  double scale = 0.0;
+  MUD_HD bool empty() const { return xa >= xb || ya >= yb; }
+};
+
+MUD_HD Stamp stamp_of(float x, float y, float sigma, float truncate, int height, int width) {
+  Stamp s;
+  s.r = stamp_radius(x, y, sigma, truncate, height, width);
+  if (s.r < 0) return s;
+  // stamp_radius keeps the coordinates within r + 1 of the map: these int64 sums cannot overflow.
+  s.cx = int64_t(floorf(x));
+  s.cy = int64_t(floorf(y));
+  s.xa = s.cx - s.r > 0 ? s.cx - s.r : 0;
+  s.xb = s.cx + s.r + 1 < width ? s.cx + s.r + 1 : width;
+  s.ya = s.cy - s.r > 0 ? s.cy - s.r : 0;
+  s.yb = s.cy + s.r + 1 < height ? s.cy + s.r + 1 : height;
+  s.scale = s.r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+  return s;
+}
+
 // ---- entry points (pointers are host pointers for *_cpu, device pointers for *_cuda) ----------
 
 void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,

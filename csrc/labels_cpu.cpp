@@ -8,14 +8,14 @@
 namespace mud_iknn {
 namespace {
 
-constexpr int kCpuTile = 16;
+constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candidate heads
 
 // Loops over a row of a tile, vectorised by OpenMP SIMD directives (-fopenmp-simd: no runtime).
 #define MUD_PRAGMA(x) _Pragma(#x)
 #define MUD_SIMD MUD_PRAGMA(omp simd)
 #define MUD_SIMD_REDUCE_MAX(v) MUD_PRAGMA(omp simd reduction(max : v))
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
-#define MUD_SIMD_REDUCE_AND2(a, b) MUD_PRAGMA(omp simd reduction(& : a, b))  // pixels per side of the tile that shares candidate heads
+#define MUD_SIMD_REDUCE_AND2(a, b) MUD_PRAGMA(omp simd reduction(& : a, b))
 
 // Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
 template <class Fn>
@@ -294,43 +294,29 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
 
 void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                       int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads) {
-  // Per head, once: the part of the map its discrete Gaussian covers, columns [xa, xb) x rows
-  // [ya, yb) (empty: invalid values, or the kernel misses the map), and its normalised weights
-  // exp(-t^2 / (2 sigma^2)) / norm there, at weights[at[i], ...): xb - xa along x, then yb - ya
-  // along y (at most W + H a head), rather than recomputed for every row band the head touches.
-  struct Stamp {
-    int64_t xa = 0, xb = 0, ya = 0, yb = 0;
-  };
+  // Per head, once: the part of the map its discrete Gaussian covers (Stamp) and its normalised
+  // weights there, at weights[at[i], ...): xb - xa along x, then yb - ya along y (at most W + H a
+  // head), rather than recomputed for every row band the head touches.
   std::vector<Stamp> stamps(count);
-  parallel_for(count, threads, [&](int64_t i) {
-    const float x = points[2 * i], y = points[2 * i + 1];
-    const int64_t r = stamp_radius(x, y, sigmas[i], truncate, int(height), int(width));  // H, W < 2^31
-    if (r < 0) return;
-    const int64_t cx = int64_t(std::floor(x)), cy = int64_t(std::floor(y));
-    Stamp st{std::max<int64_t>(cx - r, 0), std::min(cx + r + 1, width), std::max<int64_t>(cy - r, 0),
-             std::min(cy + r + 1, height)};
-    if (st.xa < st.xb && st.ya < st.yb) stamps[i] = st;
+  parallel_for(count, threads, [&](int64_t i) {  // H, W < 2^31
+    stamps[i] = stamp_of(points[2 * i], points[2 * i + 1], sigmas[i], truncate, int(height), int(width));
   });
   std::vector<int64_t> at(count + 1, 0);
   for (int64_t i = 0; i < count; ++i)
-    at[i + 1] = at[i] + (stamps[i].xb - stamps[i].xa) + (stamps[i].yb - stamps[i].ya);
+    at[i + 1] = at[i] + (stamps[i].empty() ? 0 : (stamps[i].xb - stamps[i].xa) + (stamps[i].yb - stamps[i].ya));
   std::vector<float> weights(at[count]);
   parallel_for(count, threads, [&](int64_t i) {
     const Stamp& st = stamps[i];
-    if (st.xa == st.xb) return;
-    const float sigma = sigmas[i];
-    const int64_t r = gaussian_radius(sigma, truncate);
-    const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
+    if (st.empty()) return;
     double norm = 0.0;
-    if (r > kLongGaussianRadius) norm = long_gaussian_norm(sigma, int(r));
+    if (st.r > kLongGaussianRadius) norm = long_gaussian_norm(sigmas[i], st.r);
     else
-      for (int64_t t = -r; t <= r; ++t) norm += std::exp(scale * double(t) * double(t));
+      for (int64_t t = -st.r; t <= st.r; ++t) norm += std::exp(st.scale * double(t) * double(t));
     const double inv_norm = 1.0 / norm;
-    const auto weight = [&](int64_t t) { return float(std::exp(scale * double(t) * double(t)) * inv_norm); };
-    const int64_t cx = int64_t(std::floor(points[2 * i])), cy = int64_t(std::floor(points[2 * i + 1]));
+    const auto weight = [&](int64_t t) { return float(std::exp(st.scale * double(t) * double(t)) * inv_norm); };
     float* w = weights.data() + at[i];
-    for (int64_t xx = st.xa; xx < st.xb; ++xx) *w++ = weight(xx - cx);
-    for (int64_t yy = st.ya; yy < st.yb; ++yy) *w++ = weight(yy - cy);
+    for (int64_t xx = st.xa; xx < st.xb; ++xx) *w++ = weight(xx - st.cx);
+    for (int64_t yy = st.ya; yy < st.yb; ++yy) *w++ = weight(yy - st.cy);
   });
   // Row bands own disjoint parts of the output, so every thread writes without contention and the
   // sums come out in a fixed order (deterministic). Each band zeroes its rows first: `out` arrives
@@ -346,7 +332,7 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
     for (int64_t i = s; i < e; ++i) {
       const Stamp& st = stamps[i];
       const int64_t ya = std::max(st.ya, y0), yb = std::min(st.yb, y1);
-      if (st.xa == st.xb || ya >= yb) continue;
+      if (st.empty() || ya >= yb) continue;
       const float* wx = weights.data() + at[i];
       const float* wy = wx + (st.xb - st.xa);
       for (int64_t yy = ya; yy < yb; ++yy) {

@@ -526,16 +526,17 @@ __global__ void density_norm_kernel(const float2* __restrict__ points, const flo
   for (int64_t i = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5); i < count; i += warps) {
     const float2 p = points[i];
     const float sigma = sigmas[i];
-    const int r = stamp_radius(p.x, p.y, sigma, truncate, height, width);  // the same on every lane
+    const Stamp st = stamp_of(p.x, p.y, sigma, truncate, height, width);  // the same on every lane
     double total = 0.0;
-    if (r > kLongGaussianRadius) {
-      total = long_gaussian_norm(sigma, r);
-    } else if (r >= 0) {
-      const double scale = r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
-      for (int t = -r + lane; t <= r; t += 32) total += exp(scale * double(t) * double(t));
+    if (st.empty()) {
+      total = INFINITY;
+    } else if (st.r > kLongGaussianRadius) {
+      total = long_gaussian_norm(sigma, st.r);
+    } else {
+      for (int t = -st.r + lane; t <= st.r; t += 32) total += exp(st.scale * double(t) * double(t));
       for (int off = 16; off > 0; off >>= 1) total += __shfl_down_sync(0xffffffffu, total, off);
     }
-    if (lane == 0) inv_norms[i] = r < 0 ? 0.0f : float(1.0 / total);
+    if (lane == 0) inv_norms[i] = float(1.0 / total);
   }
 }
 
@@ -564,16 +565,10 @@ __global__ void __launch_bounds__(kDensityThreads)
     bool reaches = false;
     if (i < e) {
       const float2 p = points[i];
-      const float sigma = sigmas[i];
-      const int64_t r = stamp_radius(p.x, p.y, sigma, truncate, height, width);
-      if (r >= 0) {  // stamp_radius keeps the coordinates within r + 1 of the map: int64 sums cannot overflow
-        const int64_t cx = int64_t(floorf(p.x)), cy = int64_t(floorf(p.y));
-        const int64_t xa = cx - r, xb = cx + r + 1, ya = cy - r, yb = cy + r + 1;
-        st = BandStamp{int(xa > 0 ? xa : 0), int(xb < width ? xb : width), int(ya > y0 ? ya : y0),
-                       int(yb < y1 ? yb : y1), int(cx), int(cy),
-                       r == 0 ? 0.0f : float(-0.5 / (double(sigma) * double(sigma))), inv_norms[i]};
-        reaches = st.xa < st.xb && st.ya < st.yb;
-      }
+      const Stamp h = stamp_of(p.x, p.y, sigmas[i], truncate, height, width);
+      st = BandStamp{int(h.xa), int(h.xb), int(h.ya > y0 ? h.ya : y0), int(h.yb < y1 ? h.yb : y1), int(h.cx),
+                     int(h.cy), float(h.scale), inv_norms[i]};
+      reaches = !h.empty() && st.ya < st.yb;
     }
     const unsigned votes = __ballot_sync(0xffffffffu, reaches);
     if (lane == 0) reaching[warp] = __popc(votes);
