@@ -25,8 +25,8 @@ def emulated_cuda_library(tmp_path_factory):
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
 def device(request, monkeypatch):
     """Every backend of the label engine: the C++ CPU kernels, CUDA where a GPU is visible, and
-    "emulated": the CUDA kernels' code run on the CPU emulator behind the CPU entry points (the
-    tests then see CPU tensors)."""
+    "emulated": mud_iknn's CUDA path with the CUDA kernels' code run on the CPU emulator
+    (emulated_cuda.install; the tests then see CPU tensors)."""
     if request.param != "emulated":
         return torch.device(request.param)
     emulated_cuda.install(request.getfixturevalue("emulated_cuda_library"), monkeypatch)

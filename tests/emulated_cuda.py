@@ -82,11 +82,11 @@ def install(lib: ctypes.CDLL, monkeypatch) -> None:
     import torch
 
     from mud_iknn import _ops
-    run = _ops._run
+    run, workspace = _ops._run, _ops._workspace
     monkeypatch.setattr(_ops, "_run", lambda cpu_kernel, cuda_kernel, args, device, workspace_bytes: run(
         cpu_kernel, cuda_kernel, args, torch.device("cuda", 0), workspace_bytes))
     monkeypatch.setattr(_ops, "_require_cuda", lambda: None)
-    monkeypatch.setattr(_ops, "_workspace", lambda nbytes, device: torch.empty(max(nbytes, 1), dtype=torch.uint8))
+    monkeypatch.setattr(_ops, "_workspace", lambda nbytes, device: workspace(nbytes, torch.device("cpu")))
     monkeypatch.setattr(_ops, "_stream", lambda device: 0)
     entry_points = EmulatedEntryPoints(lib)
     for name in BINDINGS:

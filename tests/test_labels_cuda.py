@@ -59,4 +59,3 @@ def test_mixed_devices_are_refused():
         mud_iknn.iknn_maps([torch.zeros(1, 2), torch.zeros(1, 2, device="cuda")], (4, 4))
     with pytest.raises(ValueError, match="sigma is on cpu"):
         mud_iknn.density_maps(torch.zeros(2, 2, device="cuda"), (4, 4), sigma=torch.ones(2))
-

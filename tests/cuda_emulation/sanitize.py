@@ -10,7 +10,6 @@ Builds the library with the sanitizers and reruns itself with their runtimes pre
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import subprocess
 import sys
