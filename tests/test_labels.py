@@ -1,5 +1,6 @@
 """The label engine (every backend) against the scipy reference, hand-worked cases and invariants."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,61 @@ def test_dense_heads_far_outside_and_duplicates(device):
     only_far = far[np.abs(far).min(axis=1) > 1000].astype(np.float32)
     d = mud_iknn.knn_distance_maps(torch.from_numpy(only_far).to(device), (16, 24), 3)
     assert_distance_close(d, reference.knn_distance_maps(only_far, (16, 24), 3))
+
+
+def test_out_receives_every_pixel_and_is_returned(device):
+    # Into a NaN-filled buffer (a reused output holds the previous batch): the same bits as a fresh
+    # call, the buffer itself returned, reusable for the next batch.
+    rng = np.random.default_rng(5)
+    images = [clustered_points(rng, n, 40, 50) for n in (0, 7, 150)]
+    packed = torch.from_numpy(np.concatenate(images)).to(device)
+    offsets = torch.tensor(np.cumsum([0] + [len(p) for p in images]), device=device)
+    out = torch.full((3, 40, 50), math.nan, device=device)
+    calls = [
+        lambda **o: mud_iknn.knn_distance_maps(packed, (40, 50), 3, offsets=offsets, **o),
+        lambda **o: mud_iknn.iknn_maps(packed, (40, 50), 2, offsets=offsets, max_distance=6.0,
+                                       transform="inverse_sqrt", **o),
+        lambda **o: mud_iknn.density_maps(packed, (40, 50), offsets=offsets, **o),
+        lambda **o: mud_iknn.density_maps(packed, (40, 50), 1.5, offsets=offsets, **o),
+        lambda **o: mud_iknn.density_maps(packed[:0], (40, 50), offsets=torch.zeros_like(offsets), **o),
+    ]
+    for call in calls:
+        out.fill_(math.nan)
+        assert call(out=out) is out
+        assert torch.equal(out, call())
+
+
+def test_out_is_checked_before_anything_is_written():
+    pts = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    buffer = torch.zeros(2, 1, 5, 6)
+    bad = [
+        (np.zeros((1, 5, 6), np.float32), TypeError, "out must be a torch.Tensor"),
+        (torch.zeros(1, 5, 6, dtype=torch.float64), TypeError, "float32"),
+        (torch.zeros(2, 5, 6), ValueError, "(B, H, W) = (1, 5, 6)"),
+        (torch.zeros(1, 6, 5), ValueError, "(B, H, W)"),
+        (torch.zeros(1, 5, 6, device="meta"), ValueError, "out is on meta"),
+        (torch.zeros(1, 6, 5).transpose(1, 2), ValueError, "contiguous"),
+        (torch.zeros(1, 5, 6, requires_grad=True), ValueError, "require grad"),
+        (buffer[1], None, None),  # a contiguous view of a bigger buffer is fine
+    ]
+    for out, error, words in bad:
+        for call in (mud_iknn.knn_distance_maps, mud_iknn.iknn_maps, mud_iknn.density_maps):
+            if error is None:
+                torch.testing.assert_close(call(pts, (5, 6), out=out), call(pts, (5, 6)), rtol=0, atol=0)
+                continue
+            with pytest.raises(error, match=re.escape(words)):
+                call(pts, (5, 6), out=out)
+    shared = torch.zeros(64)
+    points_in_out = shared[:4].view(2, 2)
+    points_in_out.copy_(pts)
+    sigmas_in_out = torch.ones(30)
+    for call in (lambda out: mud_iknn.iknn_maps(points_in_out, (2, 5), out=out),
+                 lambda out: mud_iknn.density_maps(points_in_out, (2, 5), out=out)):
+        with pytest.raises(ValueError, match="overlaps"):
+            call(shared[:10].view(1, 2, 5))
+    with pytest.raises(ValueError, match="overlaps"):
+        mud_iknn.density_maps(pts, (5, 6), sigma=sigmas_in_out[:2], out=sigmas_in_out.view(1, 5, 6))
+    assert (buffer[0] == 0).all()  # nothing written on refusal
 
 
 coords = st.one_of(
@@ -352,12 +408,24 @@ def test_custom_ops_pass_torch_opcheck_and_compile():
     torch.library.opcheck(torch.ops.mud_iknn.knn_maps.default, (pts, offsets, 20, 24, 3, math.inf, 1))
     torch.library.opcheck(torch.ops.mud_iknn.head_sigmas.default, (pts, offsets, 20, 24, 3, 0.3))
     torch.library.opcheck(torch.ops.mud_iknn.density_maps.default, (pts, offsets, sigmas, 20, 24, 4.0))
+    torch.library.opcheck(torch.ops.mud_iknn.knn_maps_out.default, (pts, offsets, 3, math.inf, 1, torch.empty(2, 20, 24)))
+    torch.library.opcheck(torch.ops.mud_iknn.density_maps_out.default, (pts, offsets, sigmas, 4.0,
+                                                                         torch.empty(2, 20, 24)))
 
     def labels(p, o):
         return mud_iknn.iknn_maps(p, (20, 24), 3, offsets=o, validate=False) * 2.0
 
     compiled = torch.compile(labels, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(pts, offsets), labels(pts, offsets))
+
+    def labels_into(p, o, out):
+        mud_iknn.density_maps(p, (20, 24), 2.0, offsets=o, validate=False, out=out)
+        return out.sum(dim=(1, 2))
+
+    compiled_into = torch.compile(labels_into, backend="aot_eager", fullgraph=True)
+    out = torch.full((2, 20, 24), math.nan)
+    torch.testing.assert_close(compiled_into(pts, offsets, out), labels_into(pts, offsets, torch.empty(2, 20, 24)))
+    assert not out.isnan().any()  # the compiled call wrote the caller's buffer
 
 
 def test_backend_info_describes_the_build():

@@ -35,6 +35,9 @@ def test_unvalidated_calls_never_synchronise_with_the_host():
         mud_iknn.iknn_maps([p[:300], p[300:]], (256, 256), 3, validate=False)
         mud_iknn.density_maps(p, (256, 256), offsets=o, validate=False)
         mud_iknn.density_maps(p, (256, 256), 4.0, offsets=o, validate=False)
+        out = torch.empty(3, 256, 256, device="cuda")
+        mud_iknn.iknn_maps(p, (256, 256), 3, offsets=o, validate=False, out=out)
+        mud_iknn.density_maps(p, (256, 256), offsets=o, validate=False, out=out)
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
