@@ -28,6 +28,12 @@ namespace {
 
 constexpr int kTileW = 32;      // tile width in pixels (one warp per row of threads)
 
+// The hardware's limit on gridDim.y and gridDim.z; a macro so that the emulator's tests can lower it
+// (the emulator enforces the same value).
+#ifndef MUD_IKNN_CUDA_MAX_GRID_Y
+#define MUD_IKNN_CUDA_MAX_GRID_Y 65535
+#endif
+
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("mud_iknn: CUDA error in ") + what + ": " + cudaGetErrorString(err));
@@ -281,7 +287,8 @@ struct TileShape {
 template <int KMAX, class Shape = TileShape<KMAX>>
 __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
     knn_tile_kernel(const float2* __restrict__ sorted, const int* __restrict__ starts, int count, int height,
-                    int width, GridSpec g, int k, float clip, int transform, float* __restrict__ out) {
+                    int width, int first_tile_row, GridSpec g, int k, float clip, int transform,
+                    float* __restrict__ out) {
   constexpr int kRows = Shape::rows, kTileH = Shape::height, kBlockThreads = Shape::threads;
   constexpr int kStep = Shape::thread_rows;  // between the rows of one thread
   constexpr int kStage = kStagePerThread * kBlockThreads;
@@ -298,7 +305,7 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
 
   const int64_t b = blockIdx.z;
   const int tid = threadIdx.x;
-  const int x0 = blockIdx.x * kTileW, y0 = blockIdx.y * kTileH;
+  const int x0 = blockIdx.x * kTileW, y0 = (first_tile_row + int(blockIdx.y)) * kTileH;
   const int px = x0 + tid % kTileW;  // this thread's pixels: (px, py0 + kStep j), j < kRows
   const int py0 = y0 + tid / kTileW;
   const int64_t cells = g.cells();
@@ -609,10 +616,13 @@ struct LaunchKnn {
   static void run(const GridBuffers& w, int64_t batch, int64_t count, int64_t height, int64_t width,
                   const GridSpec& g, int k, float clip, int transform, float* out, cudaStream_t stream) {
     using Shape = TileShape<KMAX>;
-    const dim3 blocks(unsigned((width + kTileW - 1) / kTileW), unsigned((height + Shape::height - 1) / Shape::height),
-                      unsigned(batch));
-    launch(knn_tile_kernel<KMAX>, blocks, Shape::threads, stream, "knn_tile_kernel launch", w.sorted, w.starts,
-           int(count), int(height), int(width), g, k, clip, transform, out);
+    const int64_t tile_rows = (height + Shape::height - 1) / Shape::height;
+    for (int64_t r0 = 0; r0 < tile_rows; r0 += MUD_IKNN_CUDA_MAX_GRID_Y) {  // one launch but for very tall maps
+      const dim3 blocks(unsigned((width + kTileW - 1) / kTileW),
+                        unsigned(std::min<int64_t>(tile_rows - r0, MUD_IKNN_CUDA_MAX_GRID_Y)), unsigned(batch));
+      launch(knn_tile_kernel<KMAX>, blocks, Shape::threads, stream, "knn_tile_kernel launch", w.sorted, w.starts,
+             int(count), int(height), int(width), int(r0), g, k, clip, transform, out);
+    }
   }
 };
 

@@ -20,8 +20,9 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
   shape, dtype and device checks) so that a training loop makes its labels without any
   host-device synchronisation; NaN heads or bad offsets then give undefined maps, but the kernels
   clamp every index, so they never read or write outside their buffers.
-* Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map, k <= MAX_K,
-  Gaussian widths up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px apart, are skipped).
+* Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map and 2^30 per
+  side, k <= MAX_K, Gaussian widths up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px
+  apart, are skipped).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ MAX_K = _ops.MAX_K
 backend_info = _ops.backend_info  # CUDA compiled in or not, its architectures, visible devices
 _TRANSFORMS = {"distance": 0, "inverse": 1, "inverse_sqrt": 2}
 _MAX_MAP_PIXELS = 2**31 - 1
+_MAX_MAP_SIDE = 2**30      # int pixel coordinates in the kernels keep a tile's headroom
 _MAX_IMAGES = 65535        # CUDA grid dimension
 _MAX_POINTS = 2**31 - 1    # int32 indices in the kernels
 _MAX_SIGMA = 1e7           # kernels skip wider Gaussians (keeps radii in int range)
@@ -140,6 +142,8 @@ def _check_size(size) -> tuple[int, int]:
         raise TypeError(f"size must be a pair of integers (H, W), got {size!r}") from None
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, got (H, W) = ({height}, {width})")
+    if max(height, width) > _MAX_MAP_SIDE:
+        raise ValueError(f"size ({height}, {width}): each side must be at most {_MAX_MAP_SIDE} pixels")
     if height * width > _MAX_MAP_PIXELS:
         raise ValueError(f"size {height}x{width} exceeds the {_MAX_MAP_PIXELS} pixels one map may hold")
     return height, width

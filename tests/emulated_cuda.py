@@ -63,6 +63,7 @@ def load(library: Path) -> ctypes.CDLL:
     lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
     lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
     lib.emulator_last_writer_wins.argtypes = [ptr, err, i32]
+    lib.emulator_count_blocks.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ptr, err, i32]
     lib.emulator_barrier_in_divergent_code.argtypes = [err, i32]
     lib.emulator_shuffle_with_lanes_missing.argtypes = [err, i32]
     return lib

@@ -11,7 +11,7 @@ import torch
 import emulated_cuda
 import mud_iknn
 from conftest import clustered_points
-from mud_iknn import _C
+from mud_iknn import _C, reference
 from emulated_cuda import call
 
 
@@ -45,6 +45,29 @@ def test_a_barrier_in_divergent_code_is_an_error(emulated_cuda_library):
 def test_a_shuffle_missing_lanes_is_an_error(emulated_cuda_library):
     with pytest.raises(RuntimeError, match="warp shuffle reached by 16 of the 32 lanes of warp 0"):
         call(emulated_cuda_library.emulator_shuffle_with_lanes_missing)
+
+
+def test_grids_beyond_the_hardware_limits_are_refused(emulated_cuda_library):
+    count = np.zeros(1, dtype=np.int32)
+    call(emulated_cuda_library.emulator_count_blocks, 3, 65535, 1, count.ctypes.data)
+    assert count[0] == 3 * 65535
+    for grid in [(1, 65536, 1), (1, 1, 65536), (0, 1, 1), (2**31, 1, 1)]:
+        with pytest.raises(RuntimeError, match=re.escape("invalid configuration argument: grid (%d, %d, %d)" % grid)):
+            call(emulated_cuda_library.emulator_count_blocks, *grid, count.ctypes.data)
+
+
+def test_maps_taller_than_one_launch_are_launched_in_bands(tmp_path, monkeypatch):
+    # gridDim.y caps a tile kernel launch at 65535 rows of tiles (2M pixels for k <= 4): taller maps
+    # take several launches. A build that lowers the cap to 2 (for the emulator too) shows it on a
+    # 300-row map: 10, 19 and 38 rows of tiles for k = 1, 5 and 16 (tiles 32, 16 and 8 rows tall).
+    if emulated_cuda.compiler() is None:
+        pytest.skip("no host C++ compiler (g++, c++ or $CXX) to build the emulated CUDA kernels")
+    flags = ("-O2", "-DMUD_IKNN_CUDA_MAX_GRID_Y=2")
+    emulated_cuda.install(emulated_cuda.load(emulated_cuda.compile_library(tmp_path, flags)), monkeypatch)
+    points = clustered_points(np.random.default_rng(4), 60, 300, 40)
+    for k in (1, 5, 16):
+        d = mud_iknn.knn_distance_maps(torch.from_numpy(points), (300, 40), k)
+        np.testing.assert_allclose(d.numpy(), reference.knn_distance_maps(points, (300, 40), k), rtol=1e-5)
 
 
 @pytest.fixture

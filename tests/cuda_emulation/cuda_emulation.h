@@ -238,8 +238,17 @@ inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::
   active() = nullptr;
 }
 
-// A kernel launch: the blocks of `grid` in order (x fastest), each as block_dim fibers.
+// A kernel launch: the blocks of `grid` in order (x fastest), each as block_dim fibers. A grid the
+// hardware refuses (x beyond 2^31 - 1, y or z beyond MUD_IKNN_CUDA_MAX_GRID_Y, default 65535) raises.
 inline void launch(dim3 grid, dim3 block_dim, const std::function<void()>& body) {
+#ifndef MUD_IKNN_CUDA_MAX_GRID_Y
+  constexpr unsigned kMaxGridY = 65535;
+#else
+  constexpr unsigned kMaxGridY = MUD_IKNN_CUDA_MAX_GRID_Y;
+#endif
+  if (grid.x < 1 || grid.x > 0x7fffffffu || grid.y < 1 || grid.y > kMaxGridY || grid.z < 1 || grid.z > kMaxGridY)
+    throw std::runtime_error("cuda_emulation: invalid configuration argument: grid (" + std::to_string(grid.x) +
+                             ", " + std::to_string(grid.y) + ", " + std::to_string(grid.z) + ")");
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) run_block(dim3(x, y, z), block_dim, grid, body);

@@ -39,6 +39,9 @@ __global__ void reverse_through_shared(const int* in, int* out) {
 // Every thread writes its index to the same word: the last writer wins, a race.
 __global__ void last_writer_wins(int* out) { *out = threadIdx.x; }
 
+// Counts the blocks of the launch (one thread each).
+__global__ void count_blocks(int* out) { ++*out; }
+
 __global__ void barrier_in_divergent_code() {
   if (threadIdx.x < 40) __syncthreads();
 }
@@ -64,6 +67,10 @@ EXPORT int emulator_reverse_through_shared(int threads, const int* in, int* out,
 
 EXPORT int emulator_last_writer_wins(int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, 64, [&] { last_writer_wins(out); }); });
+}
+
+EXPORT int emulator_count_blocks(unsigned x, unsigned y, unsigned z, int* out, char* error, int error_bytes) {
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(dim3(x, y, z), 1, [&] { count_blocks(out); }); });
 }
 
 EXPORT int emulator_barrier_in_divergent_code(char* error, int error_bytes) {
