@@ -58,8 +58,9 @@ def load(library: Path) -> ctypes.CDLL:
     lib.emulated_density_workspace_bytes.argtypes = [i64]
     lib.emulated_density_workspace_bytes.restype = i64
     lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, ptr, i64, err, i32]
-    lib.emulator_set_reverse_schedule.argtypes = [i32]
-    lib.emulator_set_reverse_schedule.restype = None
+    lib.emulator_set_schedule.argtypes = [i32]
+    lib.emulator_set_schedule.restype = None
+    lib.emulator_read_behind_a_warp_ahead.argtypes = [ptr, err, i32]
     lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
     lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
     lib.emulator_last_writer_wins.argtypes = [ptr, err, i32]
@@ -67,6 +68,10 @@ def load(library: Path) -> ctypes.CDLL:
     lib.emulator_barrier_in_divergent_code.argtypes = [err, i32]
     lib.emulator_shuffle_with_lanes_missing.argtypes = [err, i32]
     return lib
+
+
+# The emulator's thread orders between barriers (cuda_emulation.h, Schedule), by name.
+SCHEDULES = {"in order": 0, "reversed": 1, "warps ahead": 2, "warps ahead, last first": 3}
 
 
 def call(function, *args) -> None:

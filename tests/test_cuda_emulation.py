@@ -71,38 +71,49 @@ def test_maps_taller_than_one_launch_are_launched_in_bands(tmp_path, monkeypatch
 
 
 @pytest.fixture
-def reverse_schedule(emulated_cuda_library):
-    """Sets the emulator's thread order between barriers (reverse or not); forward again afterwards."""
-    yield lambda reverse: emulated_cuda_library.emulator_set_reverse_schedule(int(reverse))
-    emulated_cuda_library.emulator_set_reverse_schedule(0)
+def schedule(emulated_cuda_library):
+    """Sets the emulator's thread order between barriers (a name in emulated_cuda.SCHEDULES); in
+    order again afterwards."""
+    yield lambda name: emulated_cuda_library.emulator_set_schedule(emulated_cuda.SCHEDULES[name])
+    emulated_cuda_library.emulator_set_schedule(0)
 
 
-def test_the_reverse_schedule_exposes_a_race(emulated_cuda_library, reverse_schedule):
-    out = np.zeros(1, dtype=np.int32)
-    call(emulated_cuda_library.emulator_last_writer_wins, out.ctypes.data)
-    assert out[0] == 63
-    reverse_schedule(True)
-    call(emulated_cuda_library.emulator_last_writer_wins, out.ctypes.data)
-    assert out[0] == 0
+def test_other_thread_orders_expose_races(emulated_cuda_library, schedule):
+    last, behind = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int32)
+    seen = {}
+    for name in emulated_cuda.SCHEDULES:
+        schedule(name)
+        call(emulated_cuda_library.emulator_last_writer_wins, last.ctypes.data)
+        call(emulated_cuda_library.emulator_read_behind_a_warp_ahead, behind.ctypes.data)
+        seen[name] = (int(last[0]), int(behind[0]))
+    # (the last thread to write, what warp 1 read): threads in turn write 63 last (reversed: 0);
+    # warp 0 passes its shuffle and writes 2 before warp 1 reads only when it runs ahead.
+    assert seen == {"in order": (63, 1), "reversed": (0, 1), "warps ahead": (63, 2),
+                    "warps ahead, last first": (31, 1)}
 
 
-def test_label_kernels_give_the_same_bits_in_either_thread_order(emulated_cuda_library, reverse_schedule,
-                                                                monkeypatch):
-    # Races, or sums whose order follows thread timing, would change bits between the two orders
-    # (the grid build's atomics reorder heads within a cell; the results must not care).
+@pytest.mark.parametrize("order", [name for name in emulated_cuda.SCHEDULES if name != "in order"])
+def test_label_kernels_give_the_same_bits_in_every_thread_order(emulated_cuda_library, schedule, monkeypatch,
+                                                                order):
+    # Races, or sums whose order follows thread timing, would change bits between orders (the grid
+    # build's atomics reorder heads within a cell; the results must not care). `corner` has its
+    # heads in one corner: on its fine grid (36 x 36 cells for k = 1) the tiles far from them search
+    # more than 32 cell rows in one pass, in groups of 32 rows, an empty one before a full one.
     emulated_cuda.install(emulated_cuda_library, monkeypatch)
     rng = np.random.default_rng(21)
     points = torch.from_numpy(np.concatenate([clustered_points(rng, n, 70, 90) for n in (700, 40, 2500)]))
     offsets = torch.tensor([0, 700, 740, 3240])
+    corner = torch.from_numpy(np.c_[rng.uniform(0, 30, 4000), rng.uniform(192, 200, 4000)].astype(np.float32))
 
     def maps():
         return [mud_iknn.knn_distance_maps(points, (70, 90), k, offsets=offsets) for k in (1, 3, 9)] + \
             [mud_iknn.head_sigmas(points, (70, 90), offsets=offsets),
-             mud_iknn.density_maps(points, (70, 90), offsets=offsets)]
+             mud_iknn.density_maps(points, (70, 90), offsets=offsets),
+             mud_iknn.knn_distance_maps(corner, (200, 200), 1)]
 
-    forward = maps()
-    reverse_schedule(True)
-    for a, b in zip(forward, maps()):
+    in_order = maps()
+    schedule(order)
+    for a, b in zip(in_order, maps()):
         assert torch.equal(a, b)
 
 

@@ -7,8 +7,9 @@
 // checks what the hardware leaves undefined: a block barrier must be reached by every thread of the
 // block and a warp shuffle or vote by all 32 lanes of the warp; anything else (a barrier inside divergent
 // code, a lane that left early) raises std::runtime_error instead of hanging or passing silently.
-// Threads run in a fixed order between barriers, forward or (reverse_schedule) backward: running
-// both and comparing the bits exposes races and order-dependent sums. What it does not model:
+// Threads run in a fixed order between barriers (Schedule: in order, reversed, or a warp at a time
+// through its shuffles, as far ahead of the others as the hardware may let it run): running them
+// all and comparing the bits exposes races and order-dependent sums. What it does not model:
 // timing, the memory model beyond that, the hardware's fast-math differences (expf and friends are
 // the C library's).
 #pragma once
@@ -128,12 +129,19 @@ struct Block {
   int shuffles[32] = {};  // per warp, exchanges completed
 };
 
-// Whether the threads of a block run in reverse order between two barriers. Code whose result
-// depends on that order (a data race, or a sum whose order depends on thread timing) gives
-// different results under the two orders; correct code gives the same bits.
-inline bool& reverse_schedule() {
-  static bool reverse = false;
-  return reverse;
+// The order in which the threads of a block run between barriers. Code whose result depends on it
+// (a data race, or a sum whose order depends on thread timing) gives different results under
+// different orders; correct code gives the same bits under all of them.
+enum class Schedule {
+  kInOrder,           // threads 0, 1, ... each up to its next barrier or shuffle
+  kReversed,          // the same, last thread first
+  kWarpsAhead,        // warp 0 runs through its shuffles up to a block barrier, then warp 1, ...
+  kWarpsAheadReversed // the same, last warp first
+};
+
+inline Schedule& schedule() {
+  static Schedule order = Schedule::kInOrder;
+  return order;
 }
 
 inline Block*& active() {
@@ -163,24 +171,27 @@ inline void fiber_entry() {
                            std::to_string(b.block_idx.y) + ", " + std::to_string(b.block_idx.z) + "): " + what);
 }
 
-// Releases the barriers every participant has reached: a warp once all its 32 lanes wait at a
-// shuffle, the block once every thread waits at __syncthreads. False when nothing could be released.
+// Releases warp w's shuffle once all its 32 lanes wait there. False when none of them waits.
+inline bool release_warp(Block& b, int w) {
+  const int n = int(b.threads.size());
+  int waiting = 0;
+  for (int l = w * 32; l < std::min(n, w * 32 + 32); ++l) waiting += b.threads[l].state == State::kAtWarpBarrier;
+  if (waiting == 0) return false;
+  if (waiting != 32) {
+    // Lanes of this warp are elsewhere: at a block barrier or finished (both final for this sweep).
+    fail(b, "a warp shuffle reached by " + std::to_string(waiting) + " of the 32 lanes of warp " + std::to_string(w));
+  }
+  for (int l = w * 32; l < w * 32 + 32; ++l) b.threads[l].state = State::kReady;
+  ++b.shuffles[w];
+  return true;
+}
+
+// Releases the barriers every participant has reached: each warp whose 32 lanes all wait at a
+// shuffle, else the block once every thread waits at __syncthreads. False when nothing could be released.
 inline bool release(Block& b) {
   const int n = int(b.threads.size());
   bool released = false;
-  for (int w = 0; w * 32 < n; ++w) {
-    int waiting = 0;
-    for (int l = w * 32; l < std::min(n, w * 32 + 32); ++l) waiting += b.threads[l].state == State::kAtWarpBarrier;
-    if (waiting == 0) continue;
-    if (waiting != 32) {
-      // Lanes of this warp are elsewhere: at a block barrier or finished (both final for this sweep).
-      fail(b, "a warp shuffle reached by " + std::to_string(waiting) + " of the 32 lanes of warp " +
-                  std::to_string(w));
-    }
-    for (int l = w * 32; l < w * 32 + 32; ++l) b.threads[l].state = State::kReady;
-    ++b.shuffles[w];
-    released = true;
-  }
+  for (int w = 0; w * 32 < n; ++w) released = release_warp(b, w) || released;
   if (released) return true;
   int at_barrier = 0, done = 0, vote = 1;
   for (const Thread& t : b.threads) {
@@ -195,6 +206,33 @@ inline bool release(Block& b) {
   b.vote_result = vote;
   for (Thread& t : b.threads) t.state = State::kReady;
   return true;
+}
+
+// Runs the ready threads among [first, first + count), in order or reversed.
+inline void run_ready(Block& b, int first, int count, bool reversed) {
+  for (int i = 0; i < count; ++i) {
+    Thread& t = b.threads[first + (reversed ? count - 1 - i : i)];
+    if (t.state != State::kReady) continue;
+    b.current = &t;
+    swapcontext(&b.scheduler, &t.context);
+  }
+}
+
+// One sweep of the block's threads under schedule(), up to where each waits at a barrier it cannot
+// pass alone (a warp ahead passes its own shuffles).
+inline void sweep(Block& b) {
+  const int n = int(b.threads.size());
+  const Schedule order = schedule();
+  if (order == Schedule::kInOrder || order == Schedule::kReversed) {
+    run_ready(b, 0, n, order == Schedule::kReversed);
+    return;
+  }
+  const int warps = (n + 31) / 32;
+  for (int i = 0; i < warps; ++i) {
+    const int w = order == Schedule::kWarpsAheadReversed ? warps - 1 - i : i;
+    do run_ready(b, w * 32, std::min(32, n - w * 32), false);
+    while (release_warp(b, w));
+  }
 }
 
 // Runs body() as every thread of one block, fibers switching at barriers and shuffles.
@@ -220,12 +258,7 @@ inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::
   }
   try {
     for (;;) {
-      for (int i = 0; i < n; ++i) {
-        Thread& t = b.threads[reverse_schedule() ? n - 1 - i : i];
-        if (t.state != State::kReady) continue;
-        b.current = &t;
-        swapcontext(&b.scheduler, &t.context);
-      }
+      sweep(b);
       bool all_done = true;
       for (const Thread& t : b.threads) all_done = all_done && t.state == State::kDone;
       if (all_done) break;

@@ -39,6 +39,21 @@ __global__ void reverse_through_shared(const int* in, int* out) {
 // Every thread writes its index to the same word: the last writer wins, a race.
 __global__ void last_writer_wins(int* out) { *out = threadIdx.x; }
 
+// Warp 0 shuffles and then overwrites a shared word that another warp reads with no barrier in
+// between, a race: the reader sees 1 or 2 depending on how far warp 0 has run ahead.
+__global__ void read_behind_a_warp_ahead(int* out) {
+  __shared__ int value;
+  if (threadIdx.x == 0) value = 1;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int two = __shfl_down_sync(0xffffffffu, 2, 1);
+    if (threadIdx.x == 0) value = two;
+  } else if (threadIdx.x == 32) {
+    *out = value;
+  }
+  __syncthreads();
+}
+
 // Counts the blocks of the launch (one thread each).
 __global__ void count_blocks(int* out) { ++*out; }
 
@@ -54,7 +69,7 @@ __global__ void shuffle_with_lanes_missing() {
 
 using cuda_emulation::guarded;
 
-EXPORT void emulator_set_reverse_schedule(int reverse) { cuda_emulation::reverse_schedule() = reverse != 0; }
+EXPORT void emulator_set_schedule(int order) { cuda_emulation::schedule() = cuda_emulation::Schedule(order); }
 
 EXPORT int emulator_warp_sums(int threads, int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, threads, [&] { warp_sums(out); }); });
@@ -71,6 +86,10 @@ EXPORT int emulator_last_writer_wins(int* out, char* error, int error_bytes) {
 
 EXPORT int emulator_count_blocks(unsigned x, unsigned y, unsigned z, int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(dim3(x, y, z), 1, [&] { count_blocks(out); }); });
+}
+
+EXPORT int emulator_read_behind_a_warp_ahead(int* out, char* error, int error_bytes) {
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, 64, [&] { read_behind_a_warp_ahead(out); }); });
 }
 
 EXPORT int emulator_barrier_in_divergent_code(char* error, int error_bytes) {
