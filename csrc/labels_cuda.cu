@@ -441,10 +441,13 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
           MUD_UNROLL
           for (int j = 1; j < kRows; ++j) worst = fmaxf(worst, best[j].kth());
         }
-        __syncthreads();
+        // No barrier here: the next chunk writes `cand` only after its first two barriers, which no
+        // thread passes before every thread has left this loop.
       }
       seen += total;
-      __syncthreads();  // the span arrays and total are rewritten next
+      // The first warp rewrites the span arrays next: after a chunk every thread is past its last
+      // read of them (the chunk's barriers); without one, some may still have to read span_total.
+      if (total == 0) __syncthreads();  // block-uniform
     }
     before = now;
     bool done = seen >= n;
