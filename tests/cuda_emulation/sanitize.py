@@ -1,5 +1,6 @@
 """The emulated CUDA kernels under AddressSanitizer and UBSan on random batches of bad input:
-unvalidated garbage offsets (decreasing, negative, past the end), NaN/inf/huge heads, bad sigmas.
+unvalidated garbage offsets (decreasing, negative, past the end), NaN/inf/huge heads, bad sigmas,
+each batch in one of the emulator's thread orders.
 The kernels promise never to read or write outside their buffers whatever the values; any report
 fails the run. The GPU's compute-sanitizer covers the same on the hardware (bench/gpu_check.sh).
 
@@ -47,6 +48,7 @@ def run_cases(lib, cases: int, seed: int) -> None:
     call = emulated_cuda.call
     for _ in range(cases):
         points, offsets, batch, count, height, width = random_batch(rng)
+        lib.emulator_set_schedule(int(rng.integers(0, len(emulated_cuda.SCHEDULES))))  # any thread order
         k = int(rng.choice([1, 2, 3, 4, 8, 16, 33, 64]))
         out = np.empty((batch, height, width), np.float32)
         size = lib.emulated_knn_workspace_bytes(batch, count, height, width, k)
