@@ -22,14 +22,19 @@ def emulated_cuda_library(tmp_path_factory):
     return emulated_cuda.build(tmp_path_factory.mktemp("emulated_cuda"))
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "emulated", "emulated-warps-ahead"])
 def device(request, monkeypatch):
     """Every backend of the label engine: the C++ CPU kernels, CUDA where a GPU is visible, and
     "emulated": mud_iknn's CUDA path with the CUDA kernels' code run on the CPU emulator
-    (emulated_cuda.install; the tests then see CPU tensors)."""
-    if request.param != "emulated":
+    (emulated_cuda.install; the tests then see CPU tensors), its threads in order or, as
+    "emulated-warps-ahead", each warp running ahead of the next as far as its barriers let it."""
+    if not request.param.startswith("emulated"):
         return torch.device(request.param)
-    emulated_cuda.install(request.getfixturevalue("emulated_cuda_library"), monkeypatch)
+    library = request.getfixturevalue("emulated_cuda_library")
+    emulated_cuda.install(library, monkeypatch)
+    if request.param == "emulated-warps-ahead":
+        library.emulator_set_schedule(emulated_cuda.SCHEDULES["warps ahead"])
+        request.addfinalizer(lambda: library.emulator_set_schedule(emulated_cuda.SCHEDULES["in order"]))
     return torch.device("cpu")
 
 
