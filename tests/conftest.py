@@ -14,11 +14,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def require_host_compiler() -> None:
+    """Skips the test where no host C++ compiler can build the emulated CUDA kernels."""
+    if emulated_cuda.compiler() is None:
+        pytest.skip("no host C++ compiler (g++, c++ or $CXX) to build the emulated CUDA kernels")
+
+
 @pytest.fixture(scope="session")
 def emulated_cuda_library(tmp_path_factory):
     """The CUDA label engine's source built on the CUDA emulator (tests/emulated_cuda.py)."""
-    if emulated_cuda.compiler() is None:
-        pytest.skip("no host C++ compiler (g++, c++ or $CXX) to build the emulated CUDA kernels")
+    require_host_compiler()
     return emulated_cuda.build(tmp_path_factory.mktemp("emulated_cuda"))
 
 

@@ -10,7 +10,7 @@ import torch
 
 import emulated_cuda
 import mud_iknn
-from conftest import clustered_points
+from conftest import clustered_points, require_host_compiler
 from mud_iknn import _C, reference
 from emulated_cuda import call
 
@@ -60,8 +60,7 @@ def test_maps_taller_than_one_launch_are_launched_in_bands(tmp_path, monkeypatch
     # gridDim.y caps a tile kernel launch at 65535 rows of tiles (2M pixels for k <= 4): taller maps
     # take several launches. A build that lowers the cap to 2 (for the emulator too) shows it on a
     # 300-row map: 10, 19 and 38 rows of tiles for k = 1, 5 and 16 (tiles 32, 16 and 8 rows tall).
-    if emulated_cuda.compiler() is None:
-        pytest.skip("no host C++ compiler (g++, c++ or $CXX) to build the emulated CUDA kernels")
+    require_host_compiler()
     flags = ("-O2", "-DMUD_IKNN_CUDA_MAX_GRID_Y=2")
     emulated_cuda.install(emulated_cuda.load(emulated_cuda.compile_library(tmp_path, flags)), monkeypatch)
     points = clustered_points(np.random.default_rng(4), 60, 300, 40)
