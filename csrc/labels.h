@@ -144,9 +144,10 @@ MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before,
   return RowSpans{0, 0, -1, 0, -1};
 }
 
-// On the GPU with the special function unit's reciprocal and reciprocal square root (within 2 ulp).
+// On the GPU (and its emulator) with the special function unit's reciprocal and reciprocal square
+// root (within 2 ulp).
 MUD_HD float apply_transform(float dist, int transform) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) || defined(MUD_IKNN_CUDA_EMULATION)
   if (transform == kInverse) return __fdividef(1.0f, dist + 1.0f);
   if (transform == kInverseSqrt) return rsqrtf(dist + 1.0f);
 #else

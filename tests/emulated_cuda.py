@@ -60,6 +60,10 @@ def load(library: Path) -> ctypes.CDLL:
     lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, ptr, i64, err, i32]
     lib.emulator_set_schedule.argtypes = [i32]
     lib.emulator_set_schedule.restype = None
+    lib.emulator_set_math_error.argtypes = [i32]
+    lib.emulator_set_math_error.restype = None
+    lib.emulator_fast_math.argtypes = [i32, ptr, ptr]
+    lib.emulator_fast_math.restype = None
     lib.emulator_read_behind_a_warp_ahead.argtypes = [ptr, err, i32]
     lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
     lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
@@ -72,6 +76,9 @@ def load(library: Path) -> ctypes.CDLL:
 
 # The emulator's thread orders between barriers (cuda_emulation.h, Schedule), by name.
 SCHEDULES = {"in order": 0, "reversed": 1, "warps ahead": 2, "warps ahead, last first": 3}
+# How far the emulated rsqrtf, __fdividef and expf are off (cuda_emulation.h, MathError), by name;
+# "scattered" (within 2 ulp, by the arguments' bits) is the default.
+MATH_ERRORS = {"exact": 0, "scattered": 1, "high": 2, "low": 3}
 
 
 def call(function, *args) -> None:

@@ -126,3 +126,64 @@ def test_the_emulated_entry_points_take_the_bindings_arguments(name):
     assert len(binding) == len(stand_in)
     floats = {"max_distance", "beta", "truncate"}
     assert ["Float" in kind for kind in binding] == [param in floats for param in stand_in]
+
+
+@pytest.fixture
+def math_error(emulated_cuda_library):
+    """Sets how far off the emulated rsqrtf, __fdividef and expf are (a name in
+    emulated_cuda.MATH_ERRORS); "scattered", the default, again afterwards."""
+    yield lambda name: emulated_cuda_library.emulator_set_math_error(emulated_cuda.MATH_ERRORS[name])
+    emulated_cuda_library.emulator_set_math_error(emulated_cuda.MATH_ERRORS["scattered"])
+
+
+def test_fast_math_is_as_far_off_as_the_hardware_may_be(emulated_cuda_library, math_error):
+    # rsqrtf, __fdividef(1, v) and expf of v: within 2 ulp of the correctly rounded value on the GPU,
+    # and so in the emulator: exactly 0, +2 or -2 ulp off in the fixed modes, spread over all of
+    # -2..2 in "scattered". Zeros and infinities are exact; __fdividef by |b| > 2^126 gives 0.
+    v = np.random.default_rng(8).uniform(1e-3, 100.0, 2000).astype(np.float32)
+    with np.errstate(over="ignore"):
+        exact = np.stack([1 / np.sqrt(v.astype(np.float64)), 1 / v.astype(np.float64),
+                          np.exp(v.astype(np.float64))]).astype(np.float32)
+
+    def fast_math(values):
+        out = np.empty(3 * len(values), dtype=np.float32)
+        emulated_cuda_library.emulator_fast_math(len(values), values.ctypes.data, out.ctypes.data)
+        return out.reshape(3, -1)
+
+    def ulps_off(got):
+        finite = np.isfinite(exact)
+        assert (got[~finite] == exact[~finite]).all()
+        return (got[finite].view(np.int32).astype(np.int64) - exact[finite].view(np.int32)), finite
+
+    for name, want in [("exact", {0}), ("high", {2}), ("low", {-2}), ("scattered", {-2, -1, 0, 1, 2})]:
+        math_error(name)
+        off, finite = ulps_off(fast_math(v))
+        assert set(np.unique(off)) == want, name
+        assert not finite.all()  # expf overflows to an exact +inf past 88.7
+    math_error("high")
+    rsqrt, reciprocal, exp = fast_math(np.array([0.0, np.inf, 2.0**127], dtype=np.float32))
+    assert list(rsqrt[:2]) == [np.inf, 0.0] and list(reciprocal) == [np.inf, 0.0, 0.0] and exp[1] == np.inf
+
+
+@pytest.mark.parametrize("error", ["high", "low"])
+def test_label_kernels_meet_the_tolerances_at_the_fast_math_bounds(emulated_cuda_library, math_error, monkeypatch,
+                                                                   error):
+    # The CUDA kernels' square roots, reciprocals and Gaussians use the GPU's fast math (2 ulp):
+    # all of it 2 ulp high, or all 2 ulp low, keeps every map within the issue's tolerances of the
+    # scipy reference (D: 1e-5 relative; M: 1e-6; density: 1e-5 of the maximum).
+    emulated_cuda.install(emulated_cuda_library, monkeypatch)
+    math_error(error)
+    rng = np.random.default_rng(31)
+    points = clustered_points(rng, 400, 90, 110)
+    for k in (1, 3, 16):
+        for clip in (None, 6.0):
+            d = mud_iknn.knn_distance_maps(torch.from_numpy(points), (90, 110), k, max_distance=clip).numpy()
+            np.testing.assert_allclose(d, reference.knn_distance_maps(points, (90, 110), k, max_distance=clip),
+                                       rtol=1e-5, atol=1e-6)
+        for transform in ("inverse", "inverse_sqrt"):
+            m = mud_iknn.iknn_maps(torch.from_numpy(points), (90, 110), k, transform=transform).numpy()
+            np.testing.assert_allclose(m, reference.iknn_maps(points, (90, 110), k, transform=transform),
+                                       atol=1e-6, rtol=0)
+    density = mud_iknn.density_maps(torch.from_numpy(points), (90, 110)).numpy()
+    want = reference.density_maps(points, (90, 110))
+    np.testing.assert_allclose(density, want, atol=1e-5 * want.max(), rtol=0)

@@ -9,13 +9,14 @@
 // code, a lane that left early) raises std::runtime_error instead of hanging or passing silently.
 // Threads run in a fixed order between barriers (Schedule: in order, reversed, or a warp at a time
 // through its shuffles, as far ahead of the others as the hardware may let it run): running them
-// all and comparing the bits exposes races and order-dependent sums. What it does not model:
-// timing, the memory model beyond that, the hardware's fast-math differences (expf and friends are
-// the C library's).
+// all and comparing the bits exposes races and order-dependent sums. rsqrtf, __fdividef and expf
+// are as far off as the hardware's may be (MathError). What it does not model: timing, the memory
+// model beyond that.
 #pragma once
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -53,9 +54,64 @@ template <class A, class B>
 std::common_type_t<A, B> max(A a, B b) {
   return a < b ? b : a;
 }
-// The special function unit's approximations, here correctly rounded (the GPU's are within 2 ulp).
-inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
-inline float __fdividef(float a, float b) { return a / b; }
+namespace cuda_emulation {
+
+// The GPU's rsqrtf and __fdividef (its special function unit) and expf are within 2 ulp of the
+// true value (CUDA Programming Guide, mathematical functions), not correctly rounded. The emulator
+// returns the correctly rounded value moved by a number of ulps that MathError picks, so that the
+// tests see results as far off as the hardware's may be. Zeros and infinities stay exact.
+enum class MathError {
+  kExact,      // correctly rounded
+  kScattered,  // -2 to +2 ulp, a pseudo-random choice fixed by the arguments' bits (the default)
+  kHigh,       // +2 ulp everywhere (towards +infinity)
+  kLow         // -2 ulp everywhere
+};
+constexpr int kFastMathUlps = 2;
+
+inline MathError& math_error() {
+  static MathError mode = MathError::kScattered;
+  return mode;
+}
+
+inline uint32_t bits_of(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+
+// `exact` moved by the ulps math_error() picks for the arguments whose bits are `key`.
+inline float within_fast_math_error(float exact, uint64_t key) {
+  if (exact == 0.0f || !std::isfinite(exact)) return exact;
+  int ulps = 0;
+  switch (math_error()) {
+    case MathError::kExact: return exact;
+    case MathError::kHigh: ulps = kFastMathUlps; break;
+    case MathError::kLow: ulps = -kFastMathUlps; break;
+    case MathError::kScattered:
+      key = (key ^ (key >> 31)) * 0x9e3779b97f4a7c15ull;  // splitmix64's finaliser
+      key = (key ^ (key >> 29)) * 0xbf58476d1ce4e5b9ull;
+      ulps = int((key ^ (key >> 32)) % (2 * kFastMathUlps + 1)) - kFastMathUlps;
+      break;
+  }
+  for (; ulps > 0; --ulps) exact = std::nextafter(exact, INFINITY);
+  for (; ulps < 0; ++ulps) exact = std::nextafter(exact, -INFINITY);
+  return exact;
+}
+
+inline float device_expf(float v) { return within_fast_math_error(float(std::exp(double(v))), bits_of(v)); }
+
+}  // namespace cuda_emulation
+
+inline float rsqrtf(float v) {
+  return cuda_emulation::within_fast_math_error(float(1.0 / std::sqrt(double(v))), cuda_emulation::bits_of(v));
+}
+// The GPU's __fdividef(a, b) is 0 for 2^126 < |b| < 2^128 (NaN when a is infinite).
+inline float __fdividef(float a, float b) {
+  if (std::isfinite(b) && std::fabs(b) > 0x1p126f) return std::isinf(a) ? NAN : 0.0f;
+  return cuda_emulation::within_fast_math_error(a / b, uint64_t(cuda_emulation::bits_of(a)) << 32 | cuda_emulation::bits_of(b));
+}
+// Every expf of the emulated kernels (the standard headers are all included above).
+#define expf(v) ::cuda_emulation::device_expf(v)
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 using cudaStream_t = struct EmulatedStream*;

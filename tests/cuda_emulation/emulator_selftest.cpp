@@ -71,6 +71,17 @@ using cuda_emulation::guarded;
 
 EXPORT void emulator_set_schedule(int order) { cuda_emulation::schedule() = cuda_emulation::Schedule(order); }
 
+EXPORT void emulator_set_math_error(int mode) { cuda_emulation::math_error() = cuda_emulation::MathError(mode); }
+
+// rsqrtf, __fdividef and expf of each of the n values in `in` (into out, out + n and out + 2n).
+EXPORT void emulator_fast_math(int n, const float* in, float* out) {
+  for (int i = 0; i < n; ++i) {
+    out[i] = rsqrtf(in[i]);
+    out[n + i] = __fdividef(1.0f, in[i]);
+    out[2 * n + i] = expf(in[i]);
+  }
+}
+
 EXPORT int emulator_warp_sums(int threads, int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, threads, [&] { warp_sums(out); }); });
 }
