@@ -65,6 +65,7 @@ def load(library: Path) -> ctypes.CDLL:
     lib.emulator_fast_math.argtypes = [i32, ptr, ptr]
     lib.emulator_fast_math.restype = None
     lib.emulator_read_behind_a_warp_ahead.argtypes = [ptr, err, i32]
+    lib.emulator_read_shared_before_writing.argtypes = [i32, ptr, err, i32]
     lib.emulator_warp_sums.argtypes = [i32, ptr, err, i32]
     lib.emulator_reverse_through_shared.argtypes = [i32, ptr, ptr, err, i32]
     lib.emulator_last_writer_wins.argtypes = [ptr, err, i32]
@@ -106,10 +107,10 @@ def install(lib: ctypes.CDLL, monkeypatch) -> None:
         monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
 
 
-def _poison(out: int, floats: int) -> None:
-    """Fills an output with NaN first: torch.empty on a GPU may hold anything, so every pixel the
-    kernel leaves unwritten shows."""
-    ctypes.memset(out, 0xFF, floats * 4)
+def _poison(pointer: int, nbytes: int) -> None:
+    """Fills an output or workspace with 0xff bytes (NaN floats, -1 ints) first: torch.empty on a GPU
+    may hold anything, so every value a kernel reads before writing, or leaves unwritten, shows."""
+    ctypes.memset(pointer, 0xFF, nbytes)
 
 
 class EmulatedEntryPoints:
@@ -121,18 +122,22 @@ class EmulatedEntryPoints:
 
     def knn_maps_cuda(self, points, offsets, batch, count, height, width, k, max_distance, transform, out,
                       workspace, workspace_bytes, stream, device):
-        _poison(out, batch * height * width)
+        _poison(out, batch * height * width * 4)
+        _poison(workspace, workspace_bytes)
         call(self.lib.emulated_knn_maps, points, offsets, batch, count, height, width, k, max_distance, transform,
              out, workspace, workspace_bytes)
 
     def head_sigmas_cuda(self, points, offsets, batch, count, height, width, k, beta, out, workspace,
                          workspace_bytes, stream, device):
+        _poison(out, count * 4)
+        _poison(workspace, workspace_bytes)
         call(self.lib.emulated_head_sigmas, points, offsets, batch, count, height, width, k, beta, out, workspace,
              workspace_bytes)
 
     def density_maps_cuda(self, points, offsets, sigmas, batch, count, height, width, truncate, out, workspace,
                           workspace_bytes, stream, device):
-        _poison(out, batch * height * width)
+        _poison(out, batch * height * width * 4)
+        _poison(workspace, workspace_bytes)
         call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out,
              workspace, workspace_bytes)
 

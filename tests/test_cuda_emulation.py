@@ -37,6 +37,14 @@ def test_shared_memory_and_votes_across_a_barrier(emulated_cuda_library, values,
     assert (out[-2], out[-1]) == (all_even, all_small)
 
 
+def test_each_block_starts_with_garbage_in_shared_memory(emulated_cuda_library):
+    # On the GPU a block's shared memory holds whatever was there before: a block that reads before
+    # writing gets 0xff or 0x5a bytes (alternating), never the previous block's 7 or a zero.
+    out = np.zeros(4, dtype=np.int32)
+    call(emulated_cuda_library.emulator_read_shared_before_writing, 4, out.ctypes.data)
+    assert sorted(set(out.tolist())) == [-1, 0x5a5a5a5a]
+
+
 def test_a_barrier_in_divergent_code_is_an_error(emulated_cuda_library):
     with pytest.raises(RuntimeError, match=r"block \(0, 0, 0\): __syncthreads reached by 40 of 64 threads"):
         call(emulated_cuda_library.emulator_barrier_in_divergent_code)

@@ -3,7 +3,8 @@
 // labels_cuda.cu includes this header instead of the CUDA headers when compiled by a host C++
 // compiler with -DMUD_IKNN_CUDA_EMULATION (tests/emulated_cuda.py builds it that way). Each
 // CUDA thread of a block runs as a fiber (ucontext) on one OS thread; blocks run one after another.
-// __shared__ variables are function statics, so the threads of a block share them. The emulator
+// __shared__ variables are function statics, so the threads of a block share them; each block
+// starts with them full of garbage, as on the GPU. The emulator
 // checks what the hardware leaves undefined: a block barrier must be reached by every thread of the
 // block and a warp shuffle or vote by all 32 lanes of the warp; anything else (a barrier inside divergent
 // code, a lane that left early) raises std::runtime_error instead of hanging or passing silently.
@@ -33,7 +34,11 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
+// __shared__ variables are statics in one section of the library, which every block starts by
+// filling with garbage (poison_shared_memory): on the GPU a block's shared memory holds whatever was
+// there, so a read before the block's own write shows.
+#define __shared__ static __attribute__((section("cuda_emulation_shared")))
+extern "C" char __start_cuda_emulation_shared[], __stop_cuda_emulation_shared[];  // the linker's
 
 struct dim3 {
   unsigned x, y, z;
@@ -291,8 +296,17 @@ inline void sweep(Block& b) {
   }
 }
 
+// Fills every __shared__ variable with a garbage byte: 0xff (-1 ints, NaN floats) or 0x5a (large
+// positive ints and floats), alternating from block to block.
+inline void poison_shared_memory() {
+  static unsigned blocks = 0;
+  std::memset(__start_cuda_emulation_shared, blocks++ % 2 ? 0x5a : 0xff,
+              size_t(__stop_cuda_emulation_shared - __start_cuda_emulation_shared));
+}
+
 // Runs body() as every thread of one block, fibers switching at barriers and shuffles.
 inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::function<void()>& body) {
+  poison_shared_memory();
   Block b;
   b.block_idx = block_idx;
   b.block_dim = block_dim;

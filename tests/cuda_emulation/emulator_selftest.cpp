@@ -54,6 +54,16 @@ __global__ void read_behind_a_warp_ahead(int* out) {
   __syncthreads();
 }
 
+// Each block's thread 0 reads a shared word before any thread writes it (garbage on the GPU), then
+// writes it: out[blockIdx.x] = what it read.
+__global__ void read_shared_before_writing(int* out) {
+  __shared__ int fresh;
+  if (threadIdx.x == 0) {
+    out[blockIdx.x] = fresh;
+    fresh = 7;
+  }
+}
+
 // Counts the blocks of the launch (one thread each).
 __global__ void count_blocks(int* out) { ++*out; }
 
@@ -101,6 +111,11 @@ EXPORT int emulator_count_blocks(unsigned x, unsigned y, unsigned z, int* out, c
 
 EXPORT int emulator_read_behind_a_warp_ahead(int* out, char* error, int error_bytes) {
   return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, 64, [&] { read_behind_a_warp_ahead(out); }); });
+}
+
+EXPORT int emulator_read_shared_before_writing(int blocks, int* out, char* error, int error_bytes) {
+  return guarded(error, error_bytes,
+                 [&] { cuda_emulation::launch(blocks, 32, [&] { read_shared_before_writing(out); }); });
 }
 
 EXPORT int emulator_barrier_in_divergent_code(char* error, int error_bytes) {
