@@ -93,9 +93,10 @@ def test_other_thread_orders_expose_races(emulated_cuda_library, schedule):
         call(emulated_cuda_library.emulator_last_writer_wins, last.ctypes.data)
         call(emulated_cuda_library.emulator_read_behind_a_warp_ahead, behind.ctypes.data)
         seen[name] = (int(last[0]), int(behind[0]))
-    # (the last thread to write, what warp 1 read): threads in turn write 63 last (reversed: 0);
-    # warp 0 passes its shuffle and writes 2 before warp 1 reads only when it runs ahead.
-    assert seen == {"in order": (63, 1), "reversed": (0, 1), "warps ahead": (63, 2),
+    # (the last of 3 x 64 threads to write, what warp 1 read): threads in turn write 191 last
+    # (reversed, blocks too: 0; warps ahead, last first: warp 0 of block 0, thread 31); warp 0 passes
+    # its shuffle and writes 2 before warp 1 reads only when it runs ahead.
+    assert seen == {"in order": (191, 1), "reversed": (0, 1), "warps ahead": (191, 2),
                     "warps ahead, last first": (31, 1)}
 
 

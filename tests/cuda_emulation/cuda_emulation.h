@@ -195,9 +195,9 @@ struct Block {
 // different orders; correct code gives the same bits under all of them.
 enum class Schedule {
   kInOrder,           // threads 0, 1, ... each up to its next barrier or shuffle
-  kReversed,          // the same, last thread first
+  kReversed,          // the same, last thread first (and the launch's last block first)
   kWarpsAhead,        // warp 0 runs through its shuffles up to a block barrier, then warp 1, ...
-  kWarpsAheadReversed // the same, last warp first
+  kWarpsAheadReversed // the same, last warp first (and the launch's last block first)
 };
 
 inline Schedule& schedule() {
@@ -341,8 +341,10 @@ inline void run_block(dim3 block_idx, dim3 block_dim, dim3 grid_dim, const std::
   active() = nullptr;
 }
 
-// A kernel launch: the blocks of `grid` in order (x fastest), each as block_dim fibers. A grid the
-// hardware refuses (x beyond 2^31 - 1, y or z beyond MUD_IKNN_CUDA_MAX_GRID_Y, default 65535) raises.
+// A kernel launch: the blocks of `grid` one after another, each as block_dim fibers: in order (x
+// fastest), or last first under the reversed schedules (blocks of one launch must not depend on
+// each other's order either). A grid the hardware refuses (x beyond 2^31 - 1, y or z beyond
+// MUD_IKNN_CUDA_MAX_GRID_Y, default 65535) raises.
 inline void launch(dim3 grid, dim3 block_dim, const std::function<void()>& body) {
 #ifndef MUD_IKNN_CUDA_MAX_GRID_Y
   constexpr unsigned kMaxGridY = 65535;
@@ -352,9 +354,13 @@ inline void launch(dim3 grid, dim3 block_dim, const std::function<void()>& body)
   if (grid.x < 1 || grid.x > 0x7fffffffu || grid.y < 1 || grid.y > kMaxGridY || grid.z < 1 || grid.z > kMaxGridY)
     throw std::runtime_error("cuda_emulation: invalid configuration argument: grid (" + std::to_string(grid.x) +
                              ", " + std::to_string(grid.y) + ", " + std::to_string(grid.z) + ")");
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) run_block(dim3(x, y, z), block_dim, grid, body);
+  const bool reversed = schedule() == Schedule::kReversed || schedule() == Schedule::kWarpsAheadReversed;
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t b = reversed ? blocks - 1 - i : i;
+    run_block(dim3(unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / grid.x / grid.y)), block_dim,
+              grid, body);
+  }
 }
 
 inline void warp_barrier() { park(State::kAtWarpBarrier); }

@@ -36,8 +36,8 @@ __global__ void reverse_through_shared(const int* in, int* out) {
   }
 }
 
-// Every thread writes its index to the same word: the last writer wins, a race.
-__global__ void last_writer_wins(int* out) { *out = threadIdx.x; }
+// Every thread of every block writes its global index to the same word: the last writer wins, a race.
+__global__ void last_writer_wins(int* out) { *out = blockIdx.x * blockDim.x + threadIdx.x; }
 
 // Warp 0 shuffles and then overwrites a shared word that another warp reads with no barrier in
 // between, a race: the reader sees 1 or 2 depending on how far warp 0 has run ahead.
@@ -102,7 +102,7 @@ EXPORT int emulator_reverse_through_shared(int threads, const int* in, int* out,
 }
 
 EXPORT int emulator_last_writer_wins(int* out, char* error, int error_bytes) {
-  return guarded(error, error_bytes, [&] { cuda_emulation::launch(1, 64, [&] { last_writer_wins(out); }); });
+  return guarded(error, error_bytes, [&] { cuda_emulation::launch(3, 64, [&] { last_writer_wins(out); }); });
 }
 
 EXPORT int emulator_count_blocks(unsigned x, unsigned y, unsigned z, int* out, char* error, int error_bytes) {
