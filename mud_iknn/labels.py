@@ -16,7 +16,8 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
   ``out`` when given (a contiguous float32 (B, H, W) tensor there, every pixel overwritten:
   repeated CPU calls then skip the page faults of a fresh output: a quarter of a 32-crop batch's
   kNN time, three quarters of its density time).
-* ``validate=True`` checks that coordinates are finite and offsets consistent; for CUDA inputs
+* ``validate=True`` checks that coordinates are finite and within +-1e18 pixels (squared
+  distances beyond 1.8e19 px overflow float32) and that offsets are consistent; for CUDA inputs
   this reads one flag back from the device. ``validate=False`` skips those value checks (never the
   shape, dtype and device checks) so that a training loop makes its labels without any
   host-device synchronisation; NaN heads or bad offsets then give undefined maps, but the kernels
@@ -48,6 +49,7 @@ _MAX_IMAGES = 65535        # CUDA grid dimension
 _MAX_POINTS = 2**31 - 1    # int32 indices in the kernels
 _MAX_SIGMA = 1e7           # kernels skip wider Gaussians (keeps radii in int range)
 _MAX_TRUNCATE = 100.0
+_MAX_COORDINATE = 1e18     # squared distances of the kernels stay finite in float32
 
 PointsLike = Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]]
 
@@ -121,12 +123,15 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
     if packed.device.type not in ("cpu", "cuda"):
         raise ValueError(f"points must be on the CPU or a CUDA device, got {packed.device}")
     if validate:  # one read from the device for both checks
-        points_ok = torch.isfinite(packed).all()
+        points_ok = (packed.abs() <= _MAX_COORDINATE).all()  # False for NaN too
         if not bool(points_ok if offsets_ok is None else points_ok & offsets_ok):
             if offsets_ok is not None and not bool(offsets_ok):
                 raise ValueError(f"offsets must start at 0, end at P = {packed.shape[0]} and never "
                                  f"decrease, got {offs.tolist() if offs.numel() <= 20 else 'a bad array'}")
-            raise ValueError("points holds NaN or infinite coordinates")
+            if not bool(torch.isfinite(packed).all()):
+                raise ValueError("points holds NaN or infinite coordinates")
+            raise ValueError(f"points holds coordinates beyond +-{_MAX_COORDINATE:g} pixels (largest "
+                             f"{float(packed.abs().max()):g})")
     if offs.numel() - 1 > _MAX_IMAGES:
         raise ValueError(f"points: at most {_MAX_IMAGES} images per call, got {offs.numel() - 1}")
     if packed.shape[0] > _MAX_POINTS:

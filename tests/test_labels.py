@@ -105,6 +105,13 @@ def test_dense_heads_far_outside_and_duplicates(device):
     only_far = far[np.abs(far).min(axis=1) > 1000].astype(np.float32)
     d = mud_iknn.knn_distance_maps(torch.from_numpy(only_far).to(device), (16, 24), 3)
     assert_distance_close(d, reference.knn_distance_maps(only_far, (16, 24), 3))
+    # Up to the +-1e18 px that validation allows (squared distances stay finite in float32).
+    extreme = np.array([[1e18, 5.0], [3.0, -1e18], [-1e18, 1e18], [-7e17, 2.0]], dtype=np.float32)
+    for k in (1, 3, 5):
+        d = mud_iknn.knn_distance_maps(torch.from_numpy(extreme).to(device), (6, 7), k)
+        assert_distance_close(d, reference.knn_distance_maps(extreme, (6, 7), k))
+    np.testing.assert_allclose(as_np(mud_iknn.head_sigmas(torch.from_numpy(extreme).to(device), (6, 7))),
+                               reference.head_sigmas(extreme, (6, 7)), rtol=1e-5)
 
 
 def test_out_receives_every_pixel_and_is_returned(device):
@@ -355,6 +362,7 @@ def test_input_forms_and_dtypes_are_converted():
 @pytest.mark.parametrize("call, error, words", [
     (lambda: mud_iknn.iknn_maps(np.array([[np.nan, 1.0]]), (4, 4)), ValueError, "points"),
     (lambda: mud_iknn.iknn_maps(np.array([[np.inf, 1.0]]), (4, 4)), ValueError, "infinite"),
+    (lambda: mud_iknn.iknn_maps(np.array([[1.0, -2e18]]), (4, 4)), ValueError, "beyond +-1e+18 pixels"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 3)), (4, 4)), ValueError, "shape (N, 2)"),
     (lambda: mud_iknn.iknn_maps([np.zeros((2, 2)), np.zeros(3)], (4, 4)), ValueError, "points[1]"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[1, 3]), ValueError, "offsets"),
