@@ -1,7 +1,9 @@
 # Sourced by the GPU machine scripts (run from the repository root): the output folder $OUT
 # (default ./out), the python to use ($PYTHON, default python3), `status NAME TEXT`, which
-# appends a line to $OUT/summary.md and prints it, and `install LOG [PIP ARGS...]`, which builds
-# and installs the package in the current folder with CUDA, logging to $OUT/LOG.
+# appends a line to $OUT/summary.md and prints it, `install LOG [PIP ARGS...]`, which builds and
+# installs the package in the current folder with CUDA, logging to $OUT/LOG, and `memcheck SECONDS`,
+# compute-sanitizer's memcheck of bench/sanitize_case.py (every kernel, bad input) into
+# $OUT/memcheck.log and a status line.
 set -u
 OUT=$(realpath -m "${OUT:-out}")
 mkdir -p "$OUT"
@@ -14,4 +16,12 @@ install() {
   local log=$1
   shift
   MUD_IKNN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps "$@" . > "$OUT/$log" 2>&1
+}
+memcheck() {
+  local san t
+  san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  t=$(date +%s)
+  (cd /tmp && timeout "$1" "$san" --tool memcheck --error-exitcode 9 $PY "$ROOT/bench/sanitize_case.py") \
+    > "$OUT/memcheck.log" 2>&1
+  status memcheck "exit $? ($(( $(date +%s) - t )) s): $(grep -E 'ERROR SUMMARY|all calls returned' "$OUT/memcheck.log" | tr '\n' ' ')"
 }

@@ -26,6 +26,7 @@ mud_iknn.iknn_maps(pts, (33, 40), 3, offsets=bad, validate=False)
 mud_iknn.density_maps(pts, (33, 40), offsets=bad, validate=False)
 nan = pts.clone()
 nan[::7] = float("nan")
+nan[1::7] = 1e30  # beyond the +-1e18 that validation allows
 mud_iknn.iknn_maps(nan, (33, 40), 3, offsets=offsets, validate=False)
 mud_iknn.density_maps(nan, (33, 40), 2.0, offsets=offsets, validate=False)
 torch.cuda.synchronize()
