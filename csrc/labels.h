@@ -212,6 +212,16 @@ MUD_HD Stamp stamp_of(float x, float y, float sigma, float truncate, int height,
   return s;
 }
 
+// A share of the normalisation of a non-empty stamp of width `sigma` (the sum of exp(scale t^2) over
+// integer t in [-r, r]) for one of `parts` workers that add their shares: part p sums t = -r + p,
+// -r + p + parts, ...; past kLongGaussianRadius part 0 takes the closed form and the others 0.
+MUD_HD double gaussian_norm_share(const Stamp& st, float sigma, int part, int parts) {
+  if (st.r > kLongGaussianRadius) return part == 0 ? long_gaussian_norm(sigma, st.r) : 0.0;
+  double sum = 0.0;
+  for (int t = -st.r + part; t <= st.r; t += parts) sum += exp(st.scale * double(t) * double(t));
+  return sum;
+}
+
 // ---- entry points (pointers are host pointers for *_cpu, device pointers for *_cuda) ----------
 
 void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,

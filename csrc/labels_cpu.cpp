@@ -308,11 +308,7 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
   parallel_for(count, threads, [&](int64_t i) {
     const Stamp& st = stamps[i];
     if (st.empty()) return;
-    double norm = 0.0;
-    if (st.r > kLongGaussianRadius) norm = long_gaussian_norm(sigmas[i], st.r);
-    else
-      for (int64_t t = -st.r; t <= st.r; ++t) norm += std::exp(st.scale * double(t) * double(t));
-    const double inv_norm = 1.0 / norm;
+    const double inv_norm = 1.0 / gaussian_norm_share(st, sigmas[i], 0, 1);
     const auto weight = [&](int64_t t) { return float(std::exp(st.scale * double(t) * double(t)) * inv_norm); };
     float* w = weights.data() + at[i];
     for (int64_t xx = st.xa; xx < st.xb; ++xx) *w++ = weight(xx - st.cx);

@@ -537,16 +537,9 @@ __global__ void density_norm_kernel(const float2* __restrict__ points, const flo
     const float2 p = points[i];
     const float sigma = sigmas[i];
     const Stamp st = stamp_of(p.x, p.y, sigma, truncate, height, width);  // the same on every lane
-    double total = 0.0;
-    if (st.empty()) {
-      total = INFINITY;
-    } else if (st.r > kLongGaussianRadius) {
-      total = long_gaussian_norm(sigma, st.r);
-    } else {
-      for (int t = -st.r + lane; t <= st.r; t += 32) total += exp(st.scale * double(t) * double(t));
-      for (int off = 16; off > 0; off >>= 1) total += __shfl_down_sync(0xffffffffu, total, off);
-    }
-    if (lane == 0) inv_norms[i] = float(1.0 / total);
+    double total = st.empty() ? 0.0 : gaussian_norm_share(st, sigma, lane, 32);
+    for (int off = 16; off > 0; off >>= 1) total += __shfl_down_sync(0xffffffffu, total, off);
+    if (lane == 0) inv_norms[i] = st.empty() ? 0.0f : float(1.0 / total);
   }
 }
 
