@@ -9,7 +9,8 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
 * ``points`` is a list of B arrays/tensors of shape (N_i, 2), or one packed (P, 2) array/tensor
   with ``offsets`` (B + 1 int64: first 0, last P, non-decreasing), or one (N, 2) array/tensor
   without ``offsets`` (B = 1). Coordinates of any real or integer dtype are converted to float32;
-  other dtypes raise TypeError.
+  other dtypes raise TypeError. The maps are training targets, not differentiable in the points:
+  points that require grad are detached (the results never require grad).
 * numpy arrays and CPU tensors run the multi-threaded C++ kernel (``torch.get_num_threads()``
   threads); CUDA tensors run the CUDA kernels on their device and the current stream. The result
   is a float32 torch.Tensor of shape (B, H, W) on the points' device, freshly allocated, or
@@ -71,7 +72,7 @@ def _as_points_tensor(value, name: str) -> torch.Tensor:
             value = value.reshape(0, 2)
         else:
             raise ValueError(f"{name} must have shape (N, 2) holding (x, y), got {tuple(value.shape)}")
-    return value.to(torch.float32).contiguous()
+    return value.detach().to(torch.float32).contiguous()
 
 
 def _offsets_on(device: torch.device, values) -> torch.Tensor:
@@ -305,7 +306,7 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
                              f"got {sigmas.dtype} {tuple(sigmas.shape)}")
         if sigmas.device != packed.device:
             raise ValueError(f"sigma is on {sigmas.device} but points is on {packed.device}")
-        sigmas = sigmas.to(torch.float32).contiguous()
+        sigmas = sigmas.detach().to(torch.float32).contiguous()
         if validate and sigmas.numel() and not bool(((sigmas >= 0) & (sigmas <= _MAX_SIGMA)).all()):
             raise ValueError(f"sigma holds values outside [0, {_MAX_SIGMA:g}] (or NaN)")
     else:

@@ -80,6 +80,20 @@ def test_no_heads_gives_infinite_distance_and_zero_maps(device):
     assert (mud_iknn.density_maps(empty, (7, 9)) == 0).all()
 
 
+def test_maps_are_targets_that_never_require_grad(device):
+    # Points (and sigmas) that require grad, e.g. from a differentiable augmentation, are detached:
+    # a loss against the maps backpropagates into the prediction alone.
+    pts = (torch.rand(6, 2, generator=torch.Generator().manual_seed(2)) * 9).to(device).requires_grad_()
+    sigma = torch.full((6,), 1.5, device=device, requires_grad=True)
+    maps = [mud_iknn.iknn_maps(pts, (8, 9), 2), mud_iknn.knn_distance_maps([pts[:2], pts[2:]], (8, 9)),
+            mud_iknn.density_maps(pts, (8, 9), sigma), mud_iknn.head_sigmas(pts, (8, 9))]
+    assert not any(m.requires_grad for m in maps)
+    torch.testing.assert_close(maps[0], mud_iknn.iknn_maps(pts.detach(), (8, 9), 2), rtol=0, atol=0)
+    prediction = torch.zeros(1, 8, 9, device=device, requires_grad=True)
+    ((prediction - maps[0]) ** 2).sum().backward()
+    torch.testing.assert_close(prediction.grad, -2 * maps[0])
+
+
 def test_packed_batch_equals_per_image_calls(device):
     rng = np.random.default_rng(3)
     images = [clustered_points(rng, n, 40, 50) for n in (0, 1, 5, 120, 2)]
