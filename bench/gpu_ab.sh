@@ -55,13 +55,14 @@ for flags in "$@"; do
   bench "variant_$n" "" --k 3 --cases crop512_n300_b32 img2048_n5000 img4096_n12000
 done
 
-cuda_columns() {  # case, map and the two CUDA timings of a benchmark table, found by their headers
-  awk -F'|' '/^\|/ && !/---/ {
+cuda_columns() {  # case, map and the two CUDA timings of a benchmark's first table, found by their headers
+  awk -F'|' '/^\|/ { table = 1 } !/^\|/ && table { exit } /^\|/ && !/---/ {
     if (!e) for (i = 1; i <= NF; i++) { if ($i ~ /CUDA end to end/) e = i; if ($i ~ /CUDA GPU time/) g = i }
     print "|" $2 "|" $3 "|" $e "|" $g "|" }' "$1"
 }
 for f in bench_new bench_base $(seq -f 'variant_%g' 1 $n); do
   [ -f "$OUT/$f.md" ] && { echo "## $f"; cuda_columns "$OUT/$f.md"; }
 done
+[ -f "$OUT/bench_new.md" ] && sed -n '/^Against/,$p' "$OUT/bench_new.md"  # the working tree's targets
 cat "$summary"
 grep -E "FAILED|Error" "$OUT/tests.log" | head -20
