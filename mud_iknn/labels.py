@@ -23,7 +23,7 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
   shape, dtype and device checks) so that a training loop makes its labels without any
   host-device synchronisation; NaN heads or bad offsets then give undefined maps, but the kernels
   clamp every index, so they never read or write outside their buffers.
-* Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map and 2^30 per
+* Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map and 2^24 per
   side, k <= MAX_K, Gaussian widths up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px
   apart, are skipped).
 """
@@ -45,7 +45,7 @@ MAX_K = _ops.MAX_K
 backend_info = _ops.backend_info  # CUDA compiled in or not, its architectures, visible devices
 _TRANSFORMS = {"distance": 0, "inverse": 1, "inverse_sqrt": 2}
 _MAX_MAP_PIXELS = 2**31 - 1
-_MAX_MAP_SIDE = 2**30      # int pixel coordinates in the kernels keep a tile's headroom
+_MAX_MAP_SIDE = 2**24      # every pixel centre is exact in float32 (the kernels' coordinates)
 _MAX_IMAGES = 65535        # CUDA grid dimension
 _MAX_POINTS = 2**31 - 1    # int32 indices in the kernels
 _MAX_SIGMA = 1e7           # kernels skip wider Gaussians (keeps radii in int range)

@@ -389,7 +389,7 @@ def test_input_forms_and_dtypes_are_converted():
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), k=2.5), TypeError, "k must be an integer"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (0, 4)), ValueError, "size"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (-2, 4)), ValueError, "size"),
-    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (2**30 + 1, 1)), ValueError, "each side must be at most"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (1, 2**24 + 1)), ValueError, "each side must be at most 16777216"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4.5, 4)), TypeError, "size"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), 4), TypeError, "size"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2), dtype=bool), (4, 4)), TypeError, "points"),
