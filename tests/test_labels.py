@@ -29,7 +29,7 @@ def assert_distance_close(d, d_ref, rtol=1e-5):
 
 # ---- kNN distance and ikNN maps ---------------------------------------------------------------
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 16])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 16, 24, mud_iknn.MAX_K])  # every list size of the kernels
 def test_knn_matches_reference_on_clustered_heads(device, k):
     rng = np.random.default_rng(k)
     pts = clustered_points(rng, 300, 96, 130)
@@ -356,6 +356,10 @@ def test_per_head_sigmas_and_adaptive_parameters(device):
     ref = reference.density_maps(np.concatenate(images), (40, 40), "adaptive", k=5, beta=0.2,
                                  offsets=[0, 1, 3, 33])
     np.testing.assert_allclose(as_np(b), ref, atol=1e-5 * ref.max())
+    crowd = clustered_points(rng, 300, 40, 40)
+    for k in (20, mud_iknn.MAX_K - 1):  # the sigma kernel's larger list sizes
+        np.testing.assert_allclose(as_np(mud_iknn.head_sigmas(torch.from_numpy(crowd).to(device), (40, 40), k=k)),
+                                   reference.head_sigmas(crowd, (40, 40), k), rtol=1e-5)
 
 
 # ---- input forms and bad input ----------------------------------------------------------------
