@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -215,6 +216,8 @@ def test_nwpu_crowd_count_mismatch_names_file(tmp_path):
     (tmp_path / "jsons" / "0001.json").write_text(json.dumps({"human_num": 3, "points": [[1, 1]]}))
     with pytest.raises(ValueError, match="0001.json: human_num is 3"):
         open_dataset("nwpu_crowd", tmp_path, split="all")[0]
+    (tmp_path / "jsons" / "0001.json").write_text(json.dumps({"human_num": None, "points": [[1, 1]]}))
+    assert open_dataset("nwpu_crowd", tmp_path, split="all")[0].points.tolist() == [[1.0, 1.0]]  # null: unrecorded
 
 
 # ---------------------------------------------------------------- your own folder
@@ -246,6 +249,20 @@ def test_point_folder_errors(tmp_path):
         open_dataset("folder", tmp_path)
     with pytest.raises(FileNotFoundError, match="split 'val'"):
         open_dataset("folder", tmp_path, split="val")
+
+
+def test_point_folder_reads_what_spreadsheets_write_and_refuses_shared_point_files(tmp_path):
+    write_image(tmp_path / "a.png")
+    (tmp_path / "a.CSV").write_bytes("\ufeffx,y\r\n1,2\r\n".encode("utf-8"))  # Excel's "CSV UTF-8"
+    write_image(tmp_path / "b.png")
+    (tmp_path / "b.json").write_bytes("\ufeff[[3, 4]]".encode("utf-8"))
+    assert [s.points.tolist() for s in open_dataset("folder", tmp_path)] == [[[1, 2]], [[3, 4]]]
+    (tmp_path / "b.json").write_bytes(b"[[3, \xff]]")
+    with pytest.raises(ValueError, match=r"b.json: not UTF-8"):
+        open_dataset("folder", tmp_path)[1]
+    write_image(tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match=r"a.jpg and .*a.png would share one point file"):
+        open_dataset("folder", tmp_path)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -280,6 +297,23 @@ def test_load_image_modes(tmp_path):
         load_image(broken)
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         load_image(tmp_path / "missing.jpg")
+    bomb = tmp_path / "bomb.png"  # a header claiming 20000 x 20000 px: PIL's DecompressionBombError
+    Image.new("L", (1, 1)).save(bomb)
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR width and height, then the chunk's CRC
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="cannot read image .*bomb.png: Image size .* exceeds limit"):
+        load_image(bomb)
+
+
+@pytest.mark.parametrize("content", [b"", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n",
+                                     b"MATLAB 5.0 MAT-file" + b"\0" * 200])
+def test_a_mat_file_that_is_not_one_names_the_file(tmp_path, content):
+    path = tmp_path / "GT_IMG_1.mat"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="cannot read MATLAB file .*GT_IMG_1.mat"):
+        load_mat(path)
 
 
 def test_matlab_v73_file_gets_a_clear_error(tmp_path):

@@ -56,7 +56,7 @@ def load_image(path) -> torch.Tensor:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256.0).clip(0, 255).astype(np.uint8))
             rgb = np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # PIL's errors (decoding, DecompressionBombError, ...) share no base class
         raise ValueError(f"cannot read image {path}: {err}") from None
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
@@ -80,8 +80,8 @@ def load_mat(path) -> dict:
         return scipy.io.loadmat(str(path))
     except NotImplementedError:  # scipy's answer to HDF5 files without the text header
         return _load_mat_v73(path)
-    except (ValueError, TypeError, OSError) as err:
-        raise ValueError(f"cannot read MATLAB file {path}: {err}") from None
+    except Exception as err:  # MatReadError, and IndexError etc. on files that are not .mat at all
+        raise ValueError(f"cannot read MATLAB file {path}: {err or type(err).__name__}") from None
 
 
 def read_annpoints_mat(path: Path):
@@ -126,7 +126,7 @@ def check_points(points, size: tuple[int, int], source, *, margin: float = POINT
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{source}: head {i} has a non-finite coordinate {tuple(arr[i])} "
+        raise ValueError(f"{source}: head {i} has a non-finite coordinate (x, y) = ({arr[i, 0]:g}, {arr[i, 1]:g}) "
                          f"({int(bad.sum())} such heads)")
     height, width = size
     lo = np.array([-margin * width, -margin * height])

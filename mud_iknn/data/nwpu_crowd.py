@@ -43,9 +43,9 @@ def read_nwpu_points(path: Path):
     except (KeyError, TypeError):
         raise ValueError(f"{path}: expected an object with a 'points' list of [x, y] pairs") from None
     meta = {}
-    if "human_num" in record:
+    if record.get("human_num") is not None:  # null: not recorded
         meta["human_num"] = record["human_num"]
-        if int(record["human_num"]) != len(points):
+        if not isinstance(record["human_num"], (int, float)) or int(record["human_num"]) != len(points):
             raise ValueError(f"{path}: human_num is {record['human_num']} but 'points' holds {len(points)} heads")
     return points, meta
 

@@ -28,18 +28,21 @@ def read_point_file(path: Path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation not found: {path} (nor {path.with_suffix('.csv').name})")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark (Excel) is fine
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text: {err}") from None
     if path.suffix.lower() == ".json":
         try:
-            with open(path) as f:
-                record = json.load(f)
+            record = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: invalid JSON: {err}") from None
         points = record.get("points") if isinstance(record, dict) else record
         if not isinstance(points, list):
             raise ValueError(f"{path}: expected {{\"points\": [[x, y], ...]}} or [[x, y], ...]")
         return points, {}
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["x", "y"]:
         rows = rows[1:]
     points = []
@@ -53,14 +56,24 @@ def read_point_file(path: Path):
 
 
 def _annotation_for(image: Path) -> Path:
-    json_path = image.with_suffix(".json")
-    csv_path = image.with_suffix(".csv")
-    return csv_path if csv_path.is_file() and not json_path.is_file() else json_path
+    """The image's point file: <stem>.json, else <stem>.csv (suffixes in any case, as for images)."""
+    for suffix in (".json", ".csv"):
+        for candidate in (image.with_suffix(suffix), image.with_suffix(suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return image.with_suffix(".json")
 
 
 def point_folder(root, split: Optional[str] = None) -> AnnotatedImages:
     """Every image in ``root`` (or ``root/split``) with its point file, in file-name order."""
     root = require_dir(root, "image")
     folder = require_dir(root / split, f"split {split!r}") if split else root
-    items = [(img, _annotation_for(img)) for img in list_images(folder)]
+    images = list_images(folder)
+    stems: dict[str, Path] = {}
+    for image in images:
+        other = stems.setdefault(image.stem, image)
+        if other is not image:
+            raise ValueError(f"{other} and {image} would share one point file ({image.stem}.json/.csv): "
+                             f"rename one of them")
+    items = [(img, _annotation_for(img)) for img in images]
     return AnnotatedImages(items, read_point_file, dataset="folder", split=split, root=root)
