@@ -48,6 +48,7 @@ class LabelSpec:
     truncate: float = 4.0
 
     def __post_init__(self):
+        _settings.check_types(self, "label spec")
         if self.kind not in ("iknn", "density"):
             raise ValueError(f"label kind must be 'iknn' or 'density', got {self.kind!r}")
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):

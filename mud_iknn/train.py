@@ -116,25 +116,37 @@ class TrainConfig:
         if isinstance(self.label, dict):
             self.label = LabelSpec.from_dict(self.label)
         if not isinstance(self.label, LabelSpec):
-            raise TypeError(f"label must be a LabelSpec or a dict, got {type(self.label).__name__}")
+            raise ValueError(f"train config label must be a LabelSpec or a dict of its settings (e.g. "
+                             f"{{\"kind\": \"density\"}}, --set label.kind=density), got {self.label!r}")
         if self.scale_range is not None:
+            if not (isinstance(self.scale_range, (list, tuple)) and len(self.scale_range) == 2 and
+                    all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.scale_range)):
+                raise ValueError(f"train config scale_range must be null or a pair of numbers [low, high], "
+                                 f"got {self.scale_range!r}")
             self.scale_range = tuple(float(v) for v in self.scale_range)
+        _settings.check_types(self, "train config")
         for name in ("steps", "batch_size", "patch_size", "lr_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("checkpoint_every", "eval_every", "log_every", "num_workers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if self.patch_size % 32:
+            raise ValueError(f"patch_size must be a multiple of 32 (the backbone's largest stride), "
+                             f"got {self.patch_size}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2^32), got {self.seed}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if not isinstance(self.map_modules, bool):
-            raise ValueError(f"map_modules must be true or false, got {self.map_modules!r}")
+        if self.eval_stride is not None and not 1 <= self.eval_stride <= self.patch_size:
+            raise ValueError(f"eval_stride must be null or in [1, patch_size = {self.patch_size}], "
+                             f"got {self.eval_stride}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"eval_limit must be null or a positive integer, got {self.eval_limit}")
 
     @classmethod
     def small(cls, **overrides) -> "TrainConfig":

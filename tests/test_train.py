@@ -47,6 +47,14 @@ def test_config_defaults_and_json_round_trip():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="device"):
         TrainConfig(device="tpu")
+    # Values of the wrong type, as text settings give them, name the field instead of passing as truthy.
+    for bad, message in [(dict(amp="False"), "amp must be true or false"), (dict(lr="abc"), "lr must be a number"),
+                         (dict(label="density"), "label.kind=density"), (dict(seed=-1), r"seed must be in \[0"),
+                         (dict(patch_size=16), "multiple of 32"), (dict(eval_stride=500), "eval_stride"),
+                         (dict(eval_limit=0), "eval_limit"), (dict(scale_range=5), "scale_range"),
+                         (dict(label={"k": "3"}), "label spec k must be an integer")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)
 
 
 def test_config_map_modules_switch_round_trip():
