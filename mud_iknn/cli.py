@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser", "apply_setting", "mean_count_baseline", "UsageError"]
+__all__ = ["main", "build_parser", "apply_setting", "error_line", "mean_count_baseline", "UsageError"]
 
 PROG = "mud-iknn"
 
@@ -188,14 +188,18 @@ def _read_config_file(path: Path) -> dict:
     return data
 
 
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
 def apply_setting(config: dict, assignment: str) -> None:
     """Applies ``KEY=VALUE`` to the settings dict ``config`` (dotted keys reach nested settings;
-    VALUE parsed as JSON, else kept as a string). UsageError (a ValueError) if malformed."""
+    VALUE parsed as JSON, Python's True / False / None too, else kept as a string). UsageError (a
+    ValueError) if malformed."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
         raise UsageError(f"--set expects KEY=VALUE, got {assignment!r}")
     try:
-        value = json.loads(text)
+        value = _PYTHON_LITERALS[text] if text in _PYTHON_LITERALS else json.loads(text)
     except ValueError:
         value = text
     *parents, leaf = key.split(".")
@@ -220,15 +224,42 @@ def _train_settings(args) -> dict:
     return settings
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied, nested settings (dicts) merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _run_settings(engine, settings: dict, resume: bool) -> dict:
+    """The settings of the run in the out_dir they name: with --resume and a checkpoint there, the
+    checkpoint's settings with the given ones applied over them (the engine refuses changes that
+    would make it another run); a checkpoint there without --resume is not overwritten."""
+    out_dir = Path(settings.get("out_dir", engine.TrainConfig().out_dir))
+    checkpoint = out_dir / engine.CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        if resume:
+            print(f"{PROG} train: no checkpoint in {out_dir}: starting a new run", file=sys.stderr)
+        return settings
+    if not resume:
+        raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
+                         f"choose another --out-dir (or delete that one)")
+    state = engine.read_checkpoint(checkpoint)
+    if _is_main_process():
+        print(f"{PROG} train: resuming {checkpoint} at step {state['step']}", file=sys.stderr)
+    return _merged(state["config"], settings)
+
+
 def _cmd_train(args) -> int:
     from .data import DATASETS
 
-    settings = _train_settings(args)
+    engine = _project("train")
+    settings = _run_settings(engine, _train_settings(args), args.resume)
+    config = engine.TrainConfig.from_dict(settings)
     train_set = _open_dataset(args, args.split)
     val_split = args.val_split if args.val_split is not None else DATASETS[args.dataset].eval_split
     val_set = None if val_split in (None, "none") else _open_dataset(args, val_split)
-    engine = _project("train")
-    config = engine.TrainConfig.from_dict(settings)
     result = engine.train(config, train_set, val_set, resume=args.resume)
     if _is_main_process():
         summary = {k: v for k, v in result.items() if k != "model"}
@@ -547,13 +578,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.run(args) or 0)
     except UsageError as err:
         args.command_parser.error(str(err))  # exits 2
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as err:
-        if args.debug:
-            raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: error: {error_line(err)}", file=sys.stderr)
+        return 1
     return 0
+
+
+_EXPECTED_ERRORS = (FileNotFoundError, ValueError, ImportError, RuntimeError, OSError)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line that tells a user what went wrong: the error's first line, or for an error
+    re-raised from a DataLoader worker (whose message is a whole traceback) the original error's
+    line; other types than the expected input errors keep their type name (a bug to report)."""
+    text = str(err).strip()
+    if "Original Traceback (most recent call last):" in text:
+        last = text.splitlines()[-1]
+        kind, sep, message = last.partition(": ")
+        text = message if sep and kind.isidentifier() else last
+    line = text.splitlines()[0] if text else ""
+    if not isinstance(err, _EXPECTED_ERRORS) or not line:
+        line = f"{type(err).__name__}: {line}" if line else type(err).__name__
+    return line

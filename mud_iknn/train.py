@@ -42,8 +42,8 @@ from .loss import LabelSpec, MUDLoss
 from .model import MUDIKNN
 from .transforms import TrainTransform, collate_crowd
 
-__all__ = ["TrainConfig", "train", "build_model", "save_checkpoint", "load_checkpoint",
-           "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "train", "build_model", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "RESUMABLE"]
 
 CHECKPOINT_FORMAT = "mud_iknn.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -256,7 +256,14 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is a mud_iknn checkpoint of version {state.get('version')!r}; this "
                          f"version reads {CHECKPOINT_VERSION}")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise ValueError(f"{path} is a damaged mud_iknn checkpoint: "
+                         + (f"no {', '.join(missing)}" if missing else "its config is not a dict"))
     return state
+
+
+_CHECKPOINT_KEYS = ("step", "config", "model", "optimizer", "scheduler", "scaler", "rng", "metrics")
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dict]:
@@ -267,9 +274,17 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
     Raises FileNotFoundError for a missing file and ValueError naming the file for anything else.
     """
     state = read_checkpoint(path, map_location)
-    config = TrainConfig.from_dict(state["config"])
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
     model = build_model(config, load_weights=False)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # "Error(s) in loading state_dict ...:", then one line per mismatch
+        lines = [line.strip() for line in str(err).strip().splitlines()]
+        raise ValueError(f"{path}: the weights do not fit the network of its config (backbone "
+                         f"{config.backbone}, patch_size {config.patch_size}): {lines[-1][:300]}") from None
     model.to(map_location).eval()
     extra = {key: state[key] for key in ("step", "metrics", "optimizer", "scheduler", "scaler", "rng")}
     return model, config, extra
@@ -382,12 +397,35 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+#: The settings a resumed run may change: how long it runs, how it logs, checkpoints and validates,
+#: and where; everything else must equal the checkpoint's (the run would silently be another one).
+RESUMABLE = ("steps", "checkpoint_every", "eval_every", "log_every", "eval_stride", "eval_limit", "num_workers",
+             "device", "out_dir", "progress", "deterministic")
+
+
+def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
+    """ValueError naming the checkpoint and each setting outside RESUMABLE that differs from it."""
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: its config does not load: {err}") from None
+    now = config.to_dict()
+    changed = [f"{name} {saved[name]!r} -> {now[name]!r}" for name in now
+               if name not in RESUMABLE and now[name] != saved[name]]
+    if changed:
+        raise ValueError(f"{path} was written by a run with other settings ({'; '.join(changed)}): resume "
+                         f"with the checkpoint's settings (only {', '.join(RESUMABLE)} may change) or start a "
+                         f"new run in another out_dir")
+
+
 def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Trains MUD-ikNN on ``train_set`` (a torch Dataset of CrowdSample); see the module docstring.
 
     val_set: evaluated with sliding windows every ``eval_every`` steps and at the end (rank 0).
-    resume: continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh).
+    resume: continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh); the config
+    may differ from the checkpoint's only in :data:`RESUMABLE` settings (ValueError otherwise).
+    A validation that fails (e.g. an unreadable image) first checkpoints the steps trained so far.
     on_step(step, record): called on every process after each step with that step's loss record
     (values as Python floats only on logging steps; otherwise the record holds only "step").
 
@@ -426,6 +464,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
     last_val = None
     if resume and ckpt_path.exists():
         state = read_checkpoint(ckpt_path, map_location="cpu")
+        _check_resumable(config, state["config"], ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -453,6 +492,10 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
     if ctx.is_main and config.progress and step < config.steps:
         from tqdm.auto import tqdm
         progress = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    def save(val) -> None:  # a checkpoint of the steps trained so far
+        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, val, ctx=ctx)
+
     model.train()
     batches = iter(loader)
     tic, tic_step = time.perf_counter(), step
@@ -491,16 +534,16 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
                     if progress is not None:
                         progress.set_postfix(loss=f"{record['loss']:.4g}")
             if val_set is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                last_val = _validate(model, val_set, config, ctx, step, log_path)
+                last_val = _validate(model, val_set, config, ctx, step, log_path, lambda: save(last_val))
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, last_val, ctx)
+                save(last_val)
             if progress is not None:
                 progress.update(1)
             if on_step is not None:
                 on_step(step, record)
         if val_set is not None:
-            last_val = _validate(model, val_set, config, ctx, step, log_path)
-        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, last_val, ctx)
+            last_val = _validate(model, val_set, config, ctx, step, log_path, lambda: save(last_val))
+        save(last_val)
     finally:
         if progress is not None:
             progress.close()
@@ -514,11 +557,18 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
     return result
 
 
-def _validate(model, val_set, config, ctx, step, log_path) -> Optional[dict]:
+def _validate(model, val_set, config, ctx, step, log_path, save_on_failure) -> Optional[dict]:
+    """Rank 0 evaluates; every rank gets the metrics. If evaluating raises, ``save_on_failure()``
+    checkpoints the steps trained so far (on one process) before the error propagates."""
     metrics = None
     if ctx.is_main:
-        result = evaluate(model, val_set, window=config.patch_size, stride=config.window_stride,
-                          limit=config.eval_limit)
+        try:
+            result = evaluate(model, val_set, window=config.patch_size, stride=config.window_stride,
+                              limit=config.eval_limit)
+        except Exception:
+            if ctx.world_size == 1:  # with several, the others wait at the broadcast below: no barrier
+                save_on_failure()
+            raise
         metrics = {"split": "val", "step": step, "mae": result["mae"], "rmse": result["rmse"], "nae": result["nae"]}
         _append(log_path, metrics)
     if ctx.world_size > 1:
@@ -528,7 +578,7 @@ def _validate(model, val_set, config, ctx, step, log_path) -> Optional[dict]:
     return metrics
 
 
-def _checkpoint(path, model, config, optimizer, scheduler, scaler, step, last_val, ctx) -> None:
+def _checkpoint(path, model, config, optimizer, scheduler, scaler, step, last_val, *, ctx) -> None:
     if ctx.is_main:
         save_checkpoint(path, model, config, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                         step=step, metrics={"val": last_val})

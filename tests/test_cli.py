@@ -89,6 +89,23 @@ def test_missing_root_folder_is_one_line(capsys, tmp_path):
     assert err.strip() == f"mud-iknn labels: error: ShanghaiTech root folder not found: {tmp_path / 'nope'}"
 
 
+class _BadAnnotations(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise ValueError("ds/folder/b.json: head points are not numbers")
+
+
+def test_errors_in_data_loader_workers_keep_the_files_name():
+    # a DataLoader re-raises a worker's error with a whole traceback as its message
+    with pytest.raises(ValueError) as info:
+        next(iter(torch.utils.data.DataLoader(_BadAnnotations(), num_workers=1)))
+    assert "DataLoader worker" in str(info.value).splitlines()[0]
+    assert cli.error_line(info.value) == "ds/folder/b.json: head points are not numbers"
+    assert cli.error_line(KeyError("config")) == "KeyError: 'config'"  # not an input error: its type shown
+
+
 def test_model_commands_without_the_engine_are_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mud_iknn.train", None)  # as if the engine were not installed
     status, _, err = run(capsys, "demo", "--out", tmp_path / "demo")
@@ -264,8 +281,12 @@ def engine(monkeypatch):
         calls["evaluate"].append((dataset, window, stride))
         return calls.get("metrics", {"mae": 1.5, "rmse": 2.0, "nae": 0.1, "per_image": [{"name": "x"}]})
 
+    def read_checkpoint(path, map_location="cpu"):  # a run's checkpoint: {"step", "config"} as JSON
+        return json.loads(Path(path).read_text())
+
     train_module = types.ModuleType("mud_iknn.train")
     train_module.TrainConfig, train_module.train, train_module.load_checkpoint = _Config, train, load_checkpoint
+    train_module.read_checkpoint, train_module.CHECKPOINT_NAME = read_checkpoint, "checkpoint.pt"
     evaluate_module = types.ModuleType("mud_iknn.evaluate")
     evaluate_module.evaluate, evaluate_module.predict_image = evaluate, _predict_image
     evaluate_module.count_metrics = _count_metrics
@@ -351,6 +372,26 @@ def test_train_merges_file_options_and_set(capsys, tmp_path, engine):
     summary = json.loads(out)
     assert summary["step"] == 7 and summary["checkpoint"] == str(tmp_path / "run" / "checkpoint.pt")
     assert "model" not in summary
+
+
+def test_train_resumes_with_the_checkpoints_settings_and_never_overwrites_a_run(capsys, tmp_path, engine):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = dataclasses.asdict(_Config(steps=10, batch_size=4, lr=0.01, label=_Label("density", k=5),
+                                       out_dir=str(run_dir)))
+    (run_dir / "checkpoint.pt").write_text(json.dumps({"step": 10, "config": saved}))
+    data = ["--dataset", "synthetic", "--num-images", "2", "--out-dir", run_dir]
+    status, _, err = run(capsys, "train", *data, "--steps", "30")
+    assert status == 1 and f"{run_dir} already holds a run" in err and "--resume" in err and engine["train"] == []
+    # resumed without repeating the run's options: they come from the checkpoint, the given ones on top
+    status, _, err = run(capsys, "train", *data, "--steps", "30", "--set", "label.transform=inverse_sqrt", "--resume")
+    assert status == 0 and "resuming" in err and "at step 10" in err
+    cfg, _, _, resume = engine["train"][-1]
+    assert resume and (cfg.steps, cfg.batch_size, cfg.lr) == (30, 4, 0.01)
+    assert (cfg.label.kind, cfg.label.k, cfg.label.transform) == ("density", 5, "inverse_sqrt")
+    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--out-dir", tmp_path / "new",
+                         "--resume")
+    assert status == 0 and "no checkpoint in" in err and "starting a new run" in err
 
 
 def test_train_reads_toml_config(capsys, tmp_path, engine):
@@ -511,6 +552,13 @@ def test_train_eval_count_with_the_real_engine(capsys, tmp_path):
     assert status == 0, err
     summary = json.loads(out)
     assert summary["step"] == 2 and Path(summary["checkpoint"]) == run_dir / "checkpoint.pt"
+    # resumed with only what changes: the rest comes from the checkpoint; a change of the run is refused
+    data = ["--dataset", "synthetic", "--num-images", "4", "--image-size", "64", "--out-dir", run_dir,
+            "--val-split", "none", "--resume"]
+    status, out, err = run(capsys, "train", *data, "--steps", "3")
+    assert status == 0 and json.loads(out)["step"] == 3, err
+    status, _, err = run(capsys, "train", *data, "--steps", "4", "--lr", "0.5")
+    assert status == 1 and "checkpoint.pt was written by a run with other settings (lr 0.0001 -> 0.5)" in err
     status, out, err = run(capsys, "eval", "--checkpoint", run_dir / "checkpoint.pt", "--dataset", "synthetic",
                            "--num-images", "2", "--image-size", "64", "--json", "-", "--device", "cpu")
     assert status == 0, err

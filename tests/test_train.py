@@ -210,6 +210,30 @@ def test_validation_during_training(tmp_path):
     assert result["val"] == val[-1] and result["val"]["mae"] >= 0 and result["val"]["rmse"] >= result["val"]["mae"]
 
 
+def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
+    data = Blobs(n=4, size=32)
+    train(_config(tmp_path, steps=2, checkpoint_every=1, batch_size=2), data)
+    for changed, message in [(dict(batch_size=3), "batch_size 2 -> 3"), (dict(lr=1e-5), "lr 0.001 -> 1e-05"),
+                             (dict(label=LabelSpec("density")), "label "), (dict(patch_size=64), "patch_size")]:
+        with pytest.raises(ValueError, match=f"checkpoint.pt was written by a run with other settings.*{message}"):
+            train(_config(tmp_path, steps=3, **{"batch_size": 2, **changed}), data, resume=True)
+    # how long it runs, how it logs and validates may change
+    result = train(_config(tmp_path, steps=3, batch_size=2, log_every=2, eval_every=5), data, resume=True)
+    assert result["step"] == 3
+
+
+def test_a_failing_validation_first_checkpoints_the_steps_trained(tmp_path):
+    class Broken(Blobs):
+        def __getitem__(self, index):
+            raise ValueError("val/7.json: head points are not numbers")
+
+    for eval_every in (0, 3):  # the final validation, and a periodic one
+        out = tmp_path / f"every{eval_every}"
+        with pytest.raises(ValueError, match="val/7.json"):
+            train(_config(out, steps=4, eval_every=eval_every), Blobs(n=4, size=32), val_set=Broken(n=1))
+        assert load_checkpoint(out / "checkpoint.pt")[2]["step"] == (eval_every or 4)
+
+
 def test_resume_drops_a_log_line_cut_by_the_kill(tmp_path):
     data = Blobs(n=4, size=32)
     config = _config(tmp_path, steps=2, checkpoint_every=1)
@@ -243,6 +267,15 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         load_checkpoint(tmp_path / "pickled_module.pt")
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         load_checkpoint(tmp_path / "nowhere.pt")
+    state = torch.load(result["checkpoint"], weights_only=True)
+    for damage, message in [(lambda s: s.pop("config"), "damaged .*no config"),
+                            (lambda s: s["config"].update(patch_size=64), "checkpoint.pt: .*size mismatch"),
+                            (lambda s: s["config"].update(colour=1), r"checkpoint.pt: .*unknown fields \['colour'\]")]:
+        damaged = {**state, "config": dict(state["config"])}
+        damage(damaged)
+        torch.save(damaged, tmp_path / "checkpoint.pt")
+        with pytest.raises(ValueError, match=message):
+            load_checkpoint(tmp_path / "checkpoint.pt")
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
