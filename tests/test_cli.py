@@ -394,6 +394,15 @@ def test_train_resumes_with_the_checkpoints_settings_and_never_overwrites_a_run(
     assert status == 0 and "no checkpoint in" in err and "starting a new run" in err
 
 
+def test_set_values_are_json_or_python_literals_else_strings():
+    settings = {}
+    for assignment in ["amp=False", "progress=true", "weights=None", "label.k=3", "lr=1e-3", "device=cuda:1",
+                       "scale_range=[0.5, 2]", "backbone=densenet121"]:
+        cli.apply_setting(settings, assignment)
+    assert settings == {"amp": False, "progress": True, "weights": None, "label": {"k": 3}, "lr": 1e-3,
+                        "device": "cuda:1", "scale_range": [0.5, 2], "backbone": "densenet121"}
+
+
 def test_train_reads_toml_config(capsys, tmp_path, engine):
     config = tmp_path / "config.toml"
     config.write_text('steps = 12\nlr = 0.005\n[label]\nkind = "density"\n')
