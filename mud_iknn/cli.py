@@ -42,11 +42,21 @@ def _project(module: str):
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
+    """--device: "auto" (cuda when torch sees a GPU), "cpu", "cuda" or "cuda:N" (UsageError otherwise)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    index = name[5:] if name.startswith("cuda:") else None
+    if name != "cuda" and not (index and index.isdigit()):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: torch sees no CUDA GPU here (use cpu or auto)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    return name
 
 
 def _add_dataset_args(parser, *, split_help: str):
@@ -278,8 +288,24 @@ def _metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _finite_or_null(value):
+    """``value`` with every non-finite float (NaN: e.g. NAE without positive counts) as None: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def _check_json_target(target: Optional[str]) -> None:
+    if target and target != "-" and Path(target).is_dir():
+        raise UsageError(f"--json {target} is a folder: give a file name")
+
+
 def _write_json(data, target: str) -> None:
-    text = json.dumps(data, indent=1, default=float)
+    text = json.dumps(_finite_or_null(json.loads(json.dumps(data, default=float))), indent=1, allow_nan=False)
     if target == "-":
         print(text)
     else:
@@ -290,6 +316,7 @@ def _write_json(data, target: str) -> None:
 def _cmd_eval(args) -> int:
     from .data import DATASETS
 
+    _check_json_target(args.json)
     split = args.split or DATASETS[args.dataset].test_split
     dataset = _open_dataset(args, split)
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
@@ -315,9 +342,7 @@ def _cmd_count(args) -> int:
     if missing:
         raise FileNotFoundError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
                                                                     if len(missing) > 1 else ""))
-    overlay_dir = args.overlay if args.overlay and len(args.images) > 1 else None
-    if args.overlay and overlay_dir is None and args.overlay.suffix.lower() != ".png":
-        raise UsageError(f"--overlay for one image must be a .png file, got {args.overlay}")
+    overlays = _overlay_targets(args.overlay, args.images) if args.overlay else {}
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
     predict = _project("evaluate").predict_image
     results = []
@@ -327,13 +352,33 @@ def _cmd_count(args) -> int:
         count = float(count)
         results.append({"image": str(path), "count": count})
         if args.overlay:
-            target = overlay_dir / f"{path.stem}.png" if overlay_dir else args.overlay
-            save_overlay(image, density, count, target, title=path.name)
+            save_overlay(image, density, count, overlays[path], title=path.name)
+            results[-1]["overlay"] = str(overlays[path])
         if not args.json:
             print(f"{path}\t{count:.1f}")
     if args.json:
         _write_json(results, "-")
     return 0
+
+
+def _overlay_targets(overlay: Path, images: Sequence[Path]) -> dict:
+    """The overlay file of each image: ``overlay`` itself (a .png) for one image, else
+    overlay/<image name>.png, with _2, _3, ... where names repeat (d1/x.jpg, d2/x.png)."""
+    if len(images) == 1:
+        if overlay.suffix.lower() != ".png":
+            raise UsageError(f"--overlay for one image must be a .png file, got {overlay}")
+        return {images[0]: overlay}
+    if overlay.suffix.lower() == ".png":
+        raise UsageError(f"--overlay for {len(images)} images must be a folder, got the file name {overlay}")
+    targets, taken = {}, set()
+    for image in dict.fromkeys(images):
+        name, n = image.stem, 1
+        while name in taken:
+            n += 1
+            name = f"{image.stem}_{n}"
+        taken.add(name)
+        targets[image] = overlay / f"{name}.png"
+    return targets
 
 
 # ------------------------------------------------------------------ demo
@@ -476,20 +521,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", help="split evaluated during training (default: the data set's test/val "
                                            "split; 'none' to skip)")
     train.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
-    train.add_argument("--steps", type=int, help="training steps")
-    train.add_argument("--batch-size", type=int, help="patches per step (per process)")
-    train.add_argument("--patch-size", type=int, help="square training patch side in pixels")
-    train.add_argument("--lr", type=_positive_float, help="learning rate")
-    train.add_argument("--label", choices=("iknn", "density"), help="map labels the network learns (label.kind)")
-    train.add_argument("--backbone", help="densenet201 (the paper's), densenet121, densenet169 or densenet_tiny")
+    # the defaults named here are TrainConfig's (a test keeps them equal)
+    train.add_argument("--steps", type=int, help="training steps (default 300000)")
+    train.add_argument("--batch-size", type=int, help="patches per step, per process (default 25)")
+    train.add_argument("--patch-size", type=int, help="square training patch side in pixels, a multiple of 32 "
+                                                      "(default 224)")
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default 0.0001)")
+    train.add_argument("--label", choices=("iknn", "density"),
+                       help="map labels the network learns (label.kind; default iknn)")
+    train.add_argument("--backbone", help="densenet201 (the paper's, default), densenet121, densenet169 or "
+                                          "densenet_tiny")
     train.add_argument("--weights", help="backbone initialisation: 'imagenet' (torchvision's weights, fetched "
-                                         "into its cache on first use) or a local state-dict file")
-    train.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes")
-    train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    train.add_argument("--out-dir", type=Path, metavar="DIR", help="checkpoints and logs")
-    train.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
-    train.add_argument("--eval-every", type=int, metavar="N", help="steps between evaluations")
+                                         "into its cache on first use) or a local state-dict file (default: "
+                                         "random)")
+    train.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes (default 4)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
+    train.add_argument("--out-dir", type=Path, metavar="DIR", help="checkpoints and logs (default runs/mud_iknn)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="steps between checkpoints, 0 for the final one only (default 1000)")
+    train.add_argument("--eval-every", type=int, metavar="N",
+                       help="steps between evaluations, 0 for the final one only (default 0)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any other setting (VALUE as JSON, dotted KEY for nested settings); repeatable")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
@@ -498,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="MAE / RMSE / NAE of a checkpoint on a data set",
         description="Counts every image of the split with sliding windows and prints MAE, RMSE and NAE.")
-    evaluate.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
+                          help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
     _add_dataset_args(evaluate, split_help="split to evaluate (default: the data set's test split; val for "
                                            "nwpu_crowd, whose test labels are not public)")
     evaluate.add_argument("--json", metavar="FILE",
@@ -511,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
         "count", help="count the people in images",
         description="Prints one line per image: path, tab, predicted count.")
     count.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    count.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    count.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
+                       help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
     count.add_argument("--overlay", type=Path, metavar="PATH",
                        help="write the predicted map over the image: a .png file for one image, a folder "
                             "(one <image name>.png each) for several")
@@ -531,11 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nearest heads: ikNN k (default 1) or density's adaptive-sigma k (default 3)")
     labels.add_argument("--max-distance", type=_positive_float, metavar="PX",
                         help="ikNN: clip each distance at PX pixels (the 2019 code used 112)")
-    labels.add_argument("--transform", choices=("inverse", "inverse_sqrt"), default="inverse",
+    labels.add_argument("--transform", choices=("inverse", "inverse_sqrt"),
                         help="ikNN: 1/(D+1) (default) or 1/sqrt(D+1)")
-    labels.add_argument("--sigma", type=_sigma, default="adaptive",
-                        help="density: 'adaptive' (default) or a fixed width in pixels")
-    labels.add_argument("--beta", type=_positive_float, default=0.3, help="density: adaptive sigma factor (0.3)")
+    labels.add_argument("--sigma", type=_sigma, help="density: 'adaptive' (default) or a fixed width in pixels")
+    labels.add_argument("--beta", type=_positive_float, help="density: adaptive sigma factor (default 0.3)")
     labels.add_argument("--limit", type=int, metavar="N", help="export the first N images only")
     labels.add_argument("--no-preview", action="store_true", help="skip the PNG previews")
     labels.set_defaults(run=_cmd_labels, command_parser=labels)
@@ -550,12 +603,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LABEL_OPTIONS = {"iknn": {"max_distance": None, "transform": "inverse", "k": 1},
+                  "density": {"sigma": "adaptive", "beta": 0.3, "k": 3}}
+
+
+def _label_defaults(args) -> None:
+    """Fills the labels command's options of its --kind with their defaults; UsageError for an
+    option of the other kind (it would be ignored)."""
+    other = "density" if args.kind == "iknn" else "iknn"
+    for name in _LABEL_OPTIONS[other]:
+        if name not in _LABEL_OPTIONS[args.kind] and getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} applies to --kind {other}, not {args.kind}")
+    for name, default in _LABEL_OPTIONS[args.kind].items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def _check_numbers(args) -> None:
-    for name in ("steps", "batch_size", "patch_size", "checkpoint_every", "num_images", "image_size",
-                 "train_images", "val_images", "window", "stride", "limit"):
+    for name, least in [("steps", 1), ("batch_size", 1), ("patch_size", 1), ("checkpoint_every", 0),
+                        ("eval_every", 0), ("num_workers", 0), ("num_images", 1), ("image_size", 1),
+                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1),
+                        ("seed", 0), ("data_seed", 0)]:
         value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if value is not None and value < least:
+            why = " (the backbone's largest stride)" if name == "window" else ""
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {least}{why}, got {value}")
     if getattr(args, "k", None) is not None:
         from . import MAX_K
 
@@ -572,8 +644,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
-        if args.command == "labels" and args.k is None:
-            args.k = 1 if args.kind == "iknn" else 3
+        if args.command == "labels":
+            _label_defaults(args)
         _check_numbers(args)
         return int(args.run(args) or 0)
     except UsageError as err:

@@ -71,7 +71,12 @@ def build_backbone(name: str = "densenet201", weights: Union[None, str, os.PathL
     if isinstance(weights, str) and weights == "imagenet":
         if enum_name is None:
             raise ValueError(f"weights='imagenet' is not available for backbone {name!r}")
-        return factory(weights=getattr(torchvision.models, enum_name).IMAGENET1K_V1)
+        try:
+            return factory(weights=getattr(torchvision.models, enum_name).IMAGENET1K_V1)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; a cut download a RuntimeError
+            raise ValueError(f"weights='imagenet': torchvision's {name} weights are not in its cache and could "
+                             f"not be fetched ({err}); on a machine without internet pass the path of a local "
+                             f"state dict instead") from None
     if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
         model = factory(weights=None)
         try:

@@ -74,6 +74,11 @@ def test_unknown_data_set_is_a_usage_error(capsys, tmp_path):
     (["labels", "--dataset", "synthetic", "--max-distance", "far", "--out", "o"],
      "argument --max-distance: must be a positive number, got far"),
     (["train", "--dataset", "synthetic", "--set", "novalue"], "--set expects KEY=VALUE"),
+    (["labels", "--dataset", "synthetic", "--sigma", "4", "--out", "o"], "--sigma applies to --kind density"),
+    (["labels", "--dataset", "synthetic", "--kind", "density", "--transform", "inverse_sqrt", "--out", "o"],
+     "--transform applies to --kind iknn"),
+    (["train", "--dataset", "synthetic", "--seed", "-1"], "--seed must be at least 0"),
+    (["train", "--dataset", "synthetic", "--data-seed", "-1"], "--data-seed must be at least 0"),
 ])
 def test_bad_arguments_exit_2_with_usage(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -315,8 +320,15 @@ def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, engine, check
     assert out.splitlines() == [f"{a}\t20.0", f"{b}\t300.0"]
     assert (tmp_path / "ov" / "a.png").is_file() and (tmp_path / "ov" / "b.png").is_file()
     status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "one.png")
-    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0}]
+    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0, "overlay": str(tmp_path / "one.png")}]
     assert (tmp_path / "one.png").is_file()
+    # images of one name from two folders get an overlay each
+    (tmp_path / "d2").mkdir()
+    a2 = tmp_path / "d2" / "a.png"
+    Image.new("L", (30, 20), 0).save(a2)
+    status, out, _ = run(capsys, "count", a, a2, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "two")
+    assert status == 0 and [r["overlay"] for r in json.loads(out)] == [str(tmp_path / "two" / "a.png"),
+                                                                       str(tmp_path / "two" / "a_2.png")]
 
 
 def test_count_errors(capsys, tmp_path, engine, checkpoint):
@@ -331,6 +343,15 @@ def test_count_errors(capsys, tmp_path, engine, checkpoint):
     status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", checkpoint,
                          "--overlay", tmp_path / "o.jpg")
     assert status == 2 and "must be a .png file" in err
+    status, _, err = run(capsys, "count", tmp_path / "x.png", tmp_path / "x.png", "--checkpoint", checkpoint,
+                         "--overlay", tmp_path / "o.png")
+    assert status == 2 and "--overlay for 2 images must be a folder" in err
+    for device, message in [("gpu", "--device must be auto, cpu, cuda or cuda:N"),
+                            ("cuda:x", "--device must be"), ("cuda:99", "cuda:99")]:
+        status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", checkpoint, "--device", device)
+        assert status == 2 and message in err
+    status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", checkpoint, "--window", "16")
+    assert status == 2 and "--window must be at least 32" in err
 
 
 # ------------------------------------------------------------------ eval
@@ -353,6 +374,15 @@ def test_eval_prints_table_and_writes_json(capsys, tmp_path, engine, checkpoint)
     assert status == 0 and json.loads(out)["split"] == "test"  # the reporting split by default
     run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1", "--window", "70")
     assert engine["evaluate"][-1][1:] == (70, 40)
+    # NAE without a positive true count is NaN, which JSON cannot hold: null; a folder is no --json target
+    engine["metrics"] = {"mae": 0.5, "rmse": 0.5, "nae": float("nan"), "per_image": []}
+    status, out, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
+                           "--json", "-")
+    assert status == 0 and '"nae": null' in out and json.loads(out)["nae"] is None, err
+    calls = len(engine["evaluate"])
+    status, _, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
+                         "--json", tmp_path)
+    assert status == 2 and "is a folder" in err and len(engine["evaluate"]) == calls  # refused before the work
 
 
 # ------------------------------------------------------------------ train
@@ -392,6 +422,20 @@ def test_train_resumes_with_the_checkpoints_settings_and_never_overwrites_a_run(
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--out-dir", tmp_path / "new",
                          "--resume")
     assert status == 0 and "no checkpoint in" in err and "starting a new run" in err
+
+
+def test_train_help_names_the_configs_defaults():
+    from mud_iknn.train import TrainConfig
+
+    train_parser = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items()
+                        if a[0] == "train")[1]
+    helps = {a.dest: a.help for a in train_parser._actions}
+    default = TrainConfig()
+    for field in ("steps", "batch_size", "patch_size", "lr", "num_workers", "seed", "device", "out_dir",
+                  "checkpoint_every", "eval_every"):
+        assert f"default {getattr(default, field)})" in helps[field], field
+    assert f"default {default.label.kind})" in helps["label"] and "(the paper's, default)" in helps["backbone"]
+    assert default.backbone == "densenet201" and default.weights is None
 
 
 def test_set_values_are_json_or_python_literals_else_strings():

@@ -165,6 +165,13 @@ def test_imagenet_weights_use_torchvision_enum(monkeypatch):
     with pytest.raises(ValueError, match="imagenet"):
         MUDIKNN.small(weights="imagenet")
 
+    def offline(weights=None):  # what torchvision raises without internet and an empty cache
+        raise __import__("urllib.error").error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setitem(model_module._DENSENETS, "densenet121", (offline, "DenseNet121_Weights"))
+    with pytest.raises(ValueError, match="densenet121 weights are not in its cache.*local state dict"):
+        MUDIKNN(weights="imagenet", backbone="densenet121", input_size=64)
+
 
 def _final_head_count(net, images):
     """The final count head's output, recomputed from the backbone's count-layer features by hand:
