@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 
 import numpy as np
@@ -297,6 +298,15 @@ def test_load_image_modes(tmp_path):
         load_image(broken)
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         load_image(tmp_path / "missing.jpg")
+    floats = tmp_path / "floats.tif"  # values in [0, 1] would convert to black: refused, not guessed
+    Image.fromarray(np.full((4, 5), 0.5, dtype=np.float32)).save(floats)
+    with pytest.raises(ValueError, match="floats.tif: a floating-point image"):
+        load_image(floats)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(tiny)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warned about a read-only array for 1 x 1 images
+        assert load_image(tiny)[:, 0, 0].tolist() == [1, 2, 3]
     bomb = tmp_path / "bomb.png"  # a header claiming 20000 x 20000 px: PIL's DecompressionBombError
     Image.new("L", (1, 1)).save(bomb)
     data = bytearray(bomb.read_bytes())

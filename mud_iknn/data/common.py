@@ -53,12 +53,14 @@ def load_image(path) -> torch.Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
+            if img.mode == "F":  # no convention says what range its values mean: refuse, never guess
+                raise ValueError("a floating-point image (PIL mode F); save it as 8 or 16 bits")
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256.0).clip(0, 255).astype(np.uint8))
             rgb = np.asarray(img.convert("RGB"))
     except Exception as err:  # PIL's errors (decoding, DecompressionBombError, ...) share no base class
         raise ValueError(f"cannot read image {path}: {err}") from None
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    return torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # a copy: PIL's array is read-only
 
 
 def load_mat(path) -> dict:
