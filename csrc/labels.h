@@ -157,9 +157,11 @@ MUD_HD float apply_transform(float dist, int transform) {
   return dist;
 }
 
-// Discrete Gaussian radius of scipy.ndimage.gaussian_filter; 0 for sigma <= 1e-15 (a delta).
+// Discrete Gaussian radius of scipy.ndimage.gaussian_filter, int(truncate * sigma + 0.5) in double
+// as there (in float the product can round up to a half-integer: 3 * 0.8333333f gives 2.5, r = 3
+// where scipy's r is 2); 0 for sigma <= 1e-15 (a delta).
 MUD_HD int gaussian_radius(float sigma, float truncate) {
-  return sigma <= 1e-15f ? 0 : int(truncate * sigma + 0.5f);
+  return sigma <= 1e-15f ? 0 : int(double(truncate) * double(sigma) + 0.5);
 }
 
 // Radius beyond which a Gaussian's normalisation, the sum of exp(-t^2 / (2 sigma^2)) over integer t

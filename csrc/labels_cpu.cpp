@@ -157,7 +157,10 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
     for (int ty = 0; ty < th; ++ty) row_worst[ty] = largest(kth + ty * kCpuTile, kCpuTile);
     float tile_worst = largest(row_worst, th);
     for (const RingHead& head : ring_heads) {
-      const float near = std::sqrt(head.centre_d2) - half_diagonal;  // lower bound to any pixel
+      // A lower bound of the head's distance to any pixel of the tile, padded against rounding (a
+      // few ulp of the distance, and of the half diagonal) as the CUDA kernel's: k-th distances of
+      // 1e-7 px are compared with it.
+      const float near = std::sqrt(head.centre_d2) * (1.0f - 1e-5f) - half_diagonal - 1e-3f;
       if (near > 0.0f && near * near >= tile_worst) break;
       const float hx = head.x, hy = head.y;
       const float ox = max_f(max_f(float(x0) - hx, hx - float(x1 - 1)), 0.0f);

@@ -120,14 +120,16 @@ struct TopK {
     for (int i = KMAX - 1; i > 0; --i) d[i] = fmaxf(d[i - 1], fminf(d[i], v));
     d[0] = fminf(d[0], v);
   }
-  // Mean of the square roots of the m values after the `skip` smallest, each clipped at `clip`.
-  __device__ __forceinline__ float mean_distance(int k, int skip, int m, float clip) const {
+  // Sum of the square roots of the m values after the `skip` smallest, each clipped at `clip`, in
+  // ascending order: with kFast the special function unit's roots (3 ulp), else correctly rounded.
+  template <bool kFast>
+  __device__ __forceinline__ float sum_distances(int k, int skip, int m, float clip) const {
     const int lo = KMAX - k + skip;
     float s = 0.0f;
     MUD_UNROLL
     for (int i = 0; i < KMAX; ++i)
-      if (i >= lo && i < lo + m) s += fminf(fast_sqrt(d[i]), clip);
-    return __fdividef(s, float(m));
+      if (i >= lo && i < lo + m) s += fminf(kFast ? fast_sqrt(d[i]) : sqrtf(d[i]), clip);
+    return s;
   }
 };
 
@@ -468,7 +470,8 @@ __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
   for (int j = 0; j < kRows; ++j)
     if (px < width && py0 + kStep * j < height)
       map[int64_t(py0 + kStep * j) * width + px] =
-          apply_transform(m == 0 ? INFINITY : best[j].mean_distance(k, 0, m, clip), transform);
+          apply_transform(m == 0 ? INFINITY : __fdividef(best[j].template sum_distances<true>(k, 0, m, clip), float(m)),
+                          transform);
 }
 
 template <int KMAX>
@@ -507,7 +510,7 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
           for (int j = lo; j < hi; ++j) {
             const float2 h = sorted[j];
             const float dx = h.x - q.x, dy = h.y - q.y;
-            const float d2 = fmaf(dx, dx, dy * dy);
+            const float d2 = __fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy));  // no FMA: the CPU's rounding
             if (d2 < best.kth()) best.push(d2);
           }
           seen += max(hi - lo, 0);
@@ -517,7 +520,9 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
       const float bound = outside_bound(q.x, q.y, now, g);
       if (seen >= n || best.kth() <= bound * bound) break;
     }
-    out[i] = beta * best.mean_distance(m + 1, 1, m, INFINITY);  // the smallest is the head itself
+    // The smallest is the head itself. Rounded as the CPU's, bit for bit: a sigma 1 ulp low moves
+    // the Gaussian's radius int(truncate * sigma + 0.5) down by one where that is a whole number.
+    out[i] = beta * best.template sum_distances<false>(m + 1, 1, m, INFINITY) / float(m);
   }
 }
 

@@ -196,3 +196,17 @@ def test_label_kernels_meet_the_tolerances_at_the_fast_math_bounds(emulated_cuda
     density = mud_iknn.density_maps(torch.from_numpy(points), (90, 110)).numpy()
     want = reference.density_maps(points, (90, 110))
     np.testing.assert_allclose(density, want, atol=1e-5 * want.max(), rtol=0)
+
+
+def test_adaptive_sigmas_are_the_cpu_kernels_bits(emulated_cuda_library, math_error, monkeypatch):
+    # A sigma decides a Gaussian's radius, int(truncate * sigma + 0.5): the CUDA kernel rounds it as
+    # the CPU kernel does (no FMA, correctly rounded roots and division), whatever the fast math does.
+    rng = np.random.default_rng(17)
+    points = torch.from_numpy(np.concatenate([clustered_points(rng, n, 60, 80) for n in (500, 3, 900)]))
+    offsets = torch.tensor([0, 500, 503, 1403])
+    on_cpu = [mud_iknn.head_sigmas(points, (60, 80), k=k, offsets=offsets) for k in (1, 3, 7)]
+    emulated_cuda.install(emulated_cuda_library, monkeypatch)
+    for error in ("high", "low", "scattered"):
+        math_error(error)
+        for k, want in zip((1, 3, 7), on_cpu):
+            assert torch.equal(mud_iknn.head_sigmas(points, (60, 80), k=k, offsets=offsets), want), (error, k)

@@ -331,6 +331,31 @@ def test_density_maps_are_deterministic(device):
         assert torch.equal(mud_iknn.density_maps(pts, (200, 150), offsets=offsets), first)
 
 
+@pytest.mark.parametrize("pts, size, sigma, kwargs", [
+    # adaptive sigmas exactly on a radius boundary: int(truncate * sigma + 0.5) is a whole number,
+    # so a sigma 1 ulp low (the GPU's fast square root) would drop the radius by one
+    ([[5, 0], [10, 0]], (1, 20), "adaptive", dict(k=1, beta=1.0, truncate=0.5)),
+    ([[5, 5], [10, 5]], (11, 20), "adaptive", dict(k=1, beta=0.3, truncate=1.0)),
+    ([[10, 10], [12.25, 13]], (24, 24), "adaptive", {}),                      # sigma 1.125, the defaults
+    # truncate * sigma just below a half-integer: in float it rounds up to it (radius 3, scipy's 2)
+    ([[5, 5]], (11, 11), float(np.float32(2.5 / 3)), dict(truncate=3.0)),
+    # huge sigma: + 0.5 in float rounds half to even (the map's one pixel is just outside the radius)
+    ([[-(4 * (2.0**21 + 0.25)) - 0.5, 0]], (1, 3), 2.0**21 + 0.25, {}),
+])
+def test_density_radius_boundaries_as_scipy(device, pts, size, sigma, kwargs):
+    pts = np.array(pts, dtype=np.float32)
+    d = mud_iknn.density_maps(torch.from_numpy(pts).to(device), size, sigma, **kwargs)
+    ref = reference.density_maps(pts, size, sigma, **kwargs)
+    np.testing.assert_allclose(as_np(d), ref, atol=1e-5 * max(ref.max(), 1e-30), rtol=0)
+
+
+def test_knn_distances_of_a_ten_millionth_of_a_pixel(device):
+    # the CPU tile search's early exit compared k-th distances of 1e-7 px with an unpadded bound
+    pts = np.array([[-1e-7, 1], [0, -1e-7], [1, -1e-7], [1, 1], [0, 1.0000001]], dtype=np.float32)
+    d = mud_iknn.knn_distance_maps(torch.from_numpy(pts).to(device), (2, 2), 1)
+    assert_distance_close(d, reference.knn_distance_maps(pts, (2, 2), 1))
+
+
 def test_density_conserves_mass_away_from_borders(device):
     pts = torch.tensor([[20.3, 30.9], [40.0, 25.5], [30.0, 30.0]], device=device)
     d = mud_iknn.density_maps(pts, (60, 60), 2.0)

@@ -117,6 +117,8 @@ inline float __fdividef(float a, float b) {
 }
 // Every expf of the emulated kernels (the standard headers are all included above).
 #define expf(v) ::cuda_emulation::device_expf(v)
+inline float __fmul_rn(float a, float b) { return a * b; }  // (never contracted into an FMA)
+inline float __fadd_rn(float a, float b) { return a + b; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 using cudaStream_t = struct EmulatedStream*;
