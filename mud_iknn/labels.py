@@ -25,7 +25,8 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
   clamp every index, so they never read or write outside their buffers.
 * Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map and 2^24 per
   side, k <= MAX_K, Gaussian widths up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px
-  apart, are skipped).
+  apart, are skipped), max_distance >= 1e-18 px. The kernels square distances in float32: below
+  1e-18 px distances lose relative precision (from about 1e-23 px they are 0).
 """
 from __future__ import annotations
 
@@ -51,20 +52,25 @@ _MAX_POINTS = 2**31 - 1    # int32 indices in the kernels
 _MAX_SIGMA = 1e7           # kernels skip wider Gaussians (keeps radii in int range)
 _MAX_TRUNCATE = 100.0
 _MAX_COORDINATE = 1e18     # squared distances of the kernels stay finite in float32
+_MIN_DISTANCE = 1e-18      # and normal (distances below it lose relative precision, from 1e-23 px are 0)
 
 PointsLike = Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]]
 
 
 def _as_points_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array: pass only the valid points (its mask would be ignored)")
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
             raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))  # any width (long double too)
     elif not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(np.asarray(value, dtype=np.float64))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise TypeError(f"{name} must be an array or tensor of (x, y) pairs: {err}") from None
+    if value.layout != torch.strided or value.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got a {value.layout} one")
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if value.dim() != 2 or value.shape[1] != 2:
@@ -73,6 +79,24 @@ def _as_points_tensor(value, name: str) -> torch.Tensor:
         else:
             raise ValueError(f"{name} must have shape (N, 2) holding (x, y), got {tuple(value.shape)}")
     return value.detach().to(torch.float32).contiguous()
+
+
+def _as_offsets_tensor(value) -> torch.Tensor:
+    """``offsets`` as a (B + 1,) integer tensor (not yet checked for values); TypeError /
+    ValueError naming it otherwise."""
+    if not isinstance(value, torch.Tensor):
+        array = np.asarray(value) if not isinstance(value, str) else np.asarray(value, dtype=object)
+        if array.dtype.kind not in "iu" and array.size:  # strings, objects, floats: not offsets
+            raise TypeError(f"offsets must be integers, got {array.dtype} values like {array.ravel()[:3].tolist()}")
+        try:
+            value = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        except (OverflowError, TypeError, ValueError) as err:
+            raise TypeError(f"offsets must be int64 integers: {err}") from None
+    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"offsets must be integers, got dtype {value.dtype}")
+    if value.dim() != 1 or value.numel() < 1:
+        raise ValueError(f"offsets must have shape (B + 1,), got {tuple(value.shape)}")
+    return value
 
 
 def _offsets_on(device: torch.device, values) -> torch.Tensor:
@@ -108,14 +132,7 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
         if offsets is None:
             offs = _offsets_on(packed.device, [0, packed.shape[0]])
         else:
-            if isinstance(offsets, np.ndarray):
-                offsets = torch.from_numpy(offsets)
-            elif not isinstance(offsets, torch.Tensor):
-                offsets = torch.as_tensor(offsets)
-            if offsets.dtype.is_floating_point or offsets.dtype == torch.bool or offsets.is_complex():
-                raise TypeError(f"offsets must be integers, got dtype {offsets.dtype}")
-            if offsets.dim() != 1 or offsets.numel() < 1:
-                raise ValueError(f"offsets must have shape (B + 1,), got {tuple(offsets.shape)}")
+            offsets = _as_offsets_tensor(offsets)
             if offsets.device != packed.device:
                 raise ValueError(f"offsets is on {offsets.device} but points is on {packed.device}")
             offs = offsets.to(torch.int64).contiguous()
@@ -143,9 +160,9 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
 def _check_size(size) -> tuple[int, int]:
     try:
         height, width = (int(s) for s in size)
-        if any(int(s) != s for s in size):
+        if any(int(s) != s or isinstance(s, (bool, np.bool_)) for s in size):
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"size must be a pair of integers (H, W), got {size!r}") from None
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, got (H, W) = ({height}, {width})")
@@ -164,12 +181,18 @@ def _check_k(k, name="k", limit=MAX_K) -> int:
     return int(k)
 
 
-def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+def _check_positive(value, name: str, least: float = 0.0) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
+    if value < least:
+        raise ValueError(f"{name} must be at least {least:g}, got {value:g}")
+    return value
 
 
 class _OutputGuard:
@@ -252,7 +275,7 @@ def iknn_maps(points: PointsLike, size, k: int = 1, *, offsets=None,
 def _knn(points, size, k, offsets, max_distance, transform, validate, out) -> torch.Tensor:
     height, width = _check_size(size)
     k = _check_k(k)
-    clip = math.inf if max_distance is None else _check_positive(max_distance, "max_distance")
+    clip = math.inf if max_distance is None else _check_positive(max_distance, "max_distance", _MIN_DISTANCE)
     packed, offs = pack_points(points, offsets, validate=validate)
     if out is not None:
         _check_out(out, offs.numel() - 1, height, width, packed)
@@ -300,7 +323,10 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
         beta = _check_positive(beta, "beta")
         sigmas = torch.ops.mud_iknn.head_sigmas(packed, offs, height, width, k, beta)
     elif isinstance(sigma, (torch.Tensor, np.ndarray)):
-        sigmas = torch.as_tensor(sigma)
+        if isinstance(sigma, np.ndarray) and sigma.dtype.kind != "f":
+            raise ValueError(f"sigma as an array must be float of shape (P,) = ({packed.shape[0]},), "
+                             f"got numpy {sigma.dtype} {sigma.shape}")
+        sigmas = torch.as_tensor(np.asarray(sigma, dtype=np.float32) if isinstance(sigma, np.ndarray) else sigma)
         if sigmas.shape != (packed.shape[0],) or sigmas.is_complex() or not sigmas.is_floating_point():
             raise ValueError(f"sigma as a tensor must be float of shape (P,) = ({packed.shape[0]},), "
                              f"got {sigmas.dtype} {tuple(sigmas.shape)}")

@@ -394,7 +394,7 @@ def test_input_forms_and_dtypes_are_converted():
     want = mud_iknn.iknn_maps(pts64.astype(np.float32), (4, 5))
     assert want.shape == (1, 4, 5) and want.device.type == "cpu"
     for form in (pts64, pts64.astype(np.int32).astype(np.float32), torch.tensor(pts64),
-                 torch.tensor(pts64, dtype=torch.float16), [pts64]):
+                 torch.tensor(pts64, dtype=torch.float16), [pts64], pts64.astype(np.longdouble)):
         got = mud_iknn.iknn_maps(form, (4, 5))
         assert got.dtype == torch.float32 and got.shape == (1, 4, 5)
     torch.testing.assert_close(mud_iknn.iknn_maps(torch.tensor([[1, 2]]), (3, 3)),
@@ -425,6 +425,24 @@ def test_input_forms_and_dtypes_are_converted():
     (lambda: mud_iknn.iknn_maps(torch.zeros(3, 2, dtype=torch.complex64), (4, 4)), TypeError, "points"),
     (lambda: mud_iknn.iknn_maps(np.array([["a", "b"]]), (4, 4)), TypeError, "points"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), transform="log"), ValueError, "transform"),
+    # from fuzzing: each of these escaped as another error type, or passed with a wrong meaning
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (float("inf"), 4)), TypeError, "size"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (True, 4)), TypeError, "size"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), max_distance=10**400), ValueError, "max_distance"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), max_distance=1e-50), ValueError,
+     "max_distance must be at least 1e-18"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), truncate=10**400), ValueError, "truncate"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets="03"), TypeError, "offsets must be integers"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=["0", "3"]), TypeError, "offsets must be integers"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[0, 2**64, 3]), TypeError, "offsets"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=np.array([0, 3], dtype=object)), TypeError,
+     "offsets must be integers"),
+    (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), offsets=[]), ValueError, "offsets must have shape"),
+    (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), sigma=np.array([1, 2, 3], dtype=object)),
+     ValueError, "sigma as an array must be float"),
+    (lambda: mud_iknn.iknn_maps(torch.zeros(3, 2).to_sparse(), (4, 4)), TypeError, "dense (strided)"),
+    (lambda: mud_iknn.iknn_maps(np.ma.masked_array(np.zeros((3, 2)), mask=[[1, 1], [0, 0], [0, 0]]), (4, 4)),
+     TypeError, "masked array"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), max_distance=0), ValueError, "max_distance"),
     (lambda: mud_iknn.iknn_maps(np.zeros((3, 2)), (4, 4), max_distance=float("nan")), ValueError,
      "max_distance"),
