@@ -256,6 +256,10 @@ def _run_settings(engine, settings: dict, resume: bool) -> dict:
         raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
                          f"choose another --out-dir (or delete that one)")
     state = engine.read_checkpoint(checkpoint)
+    try:
+        engine.TrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as err:  # e.g. written by a newer version with more settings
+        raise ValueError(f"{checkpoint}: {err}") from None
     if _is_main_process():
         print(f"{PROG} train: resuming {checkpoint} at step {state['step']}", file=sys.stderr)
     return _merged(state["config"], settings)

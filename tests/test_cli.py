@@ -422,6 +422,9 @@ def test_train_resumes_with_the_checkpoints_settings_and_never_overwrites_a_run(
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--out-dir", tmp_path / "new",
                          "--resume")
     assert status == 0 and "no checkpoint in" in err and "starting a new run" in err
+    (run_dir / "checkpoint.pt").write_text(json.dumps({"step": 10, "config": {**saved, "new_field": 1}}))
+    status, _, err = run(capsys, "train", *data, "--resume")
+    assert status == 1 and f"{run_dir / 'checkpoint.pt'}: train config has unknown fields ['new_field']" in err
 
 
 def test_train_help_names_the_configs_defaults():
