@@ -8,8 +8,10 @@ Format (``root``, or ``root/<split>`` when a split is given)::
     market.csv      # one head per row: x,y   (an optional first line "x,y" is a header)
 
 The annotation file has the image's name with ``.json`` or ``.csv`` in place of the image suffix
-(JSON wins if both exist). Coordinates are pixels, 0-based, x right, y down, the centre of the
-top-left pixel at (0, 0). An image with no heads has ``{"points": []}`` or an empty CSV.
+(JSON wins if both exist; suffixes in any case; UTF-8 text, a byte-order mark is fine). Two images
+with one name (a.jpg, a.png) would share a point file and are refused. Coordinates are pixels,
+0-based, x right, y down, the centre of the top-left pixel at (0, 0). An image with no heads has
+``{"points": []}`` or an empty CSV.
 """
 from __future__ import annotations
 
