@@ -249,7 +249,7 @@ def _run_settings(engine, settings: dict, resume: bool) -> dict:
     out_dir = Path(settings.get("out_dir", engine.TrainConfig().out_dir))
     checkpoint = out_dir / engine.CHECKPOINT_NAME
     if not checkpoint.is_file():
-        if resume:
+        if resume and _is_main_process():
             print(f"{PROG} train: no checkpoint in {out_dir}: starting a new run", file=sys.stderr)
         return settings
     if not resume:
