@@ -17,6 +17,13 @@ def from_dict(cls, data: dict, what: str):
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
+def _is(value, kind) -> bool:
+    """isinstance for settings: a bool is no int or float, an int is a float."""
+    if kind is bool or kind is str:
+        return isinstance(value, kind)
+    return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+
+
 def check_types(obj, what: str) -> None:
     """ValueError naming the field when a field of the dataclass ``obj`` annotated bool, int, float
     or str (or Optional / a Union of those) holds a value of another type: settings parsed from
@@ -26,14 +33,12 @@ def check_types(obj, what: str) -> None:
     for f in dataclasses.fields(obj):
         hint = hints[f.name]
         allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
-        scalars = [t for t in allowed if t in _KINDS]
+        optional = type(None) in allowed
+        kinds = [t for t in allowed if t is not type(None)]
+        if not all(t in _KINDS for t in kinds):
+            continue  # a class, or a Union with one: checked by the dataclass itself
         value = getattr(obj, f.name)
-        if not scalars or (value is None and type(None) in allowed):
+        if (value is None and optional) or any(_is(value, t) for t in kinds):
             continue
-        if len(scalars) < len([t for t in allowed if t is not type(None)]):
-            continue  # a Union with other types: checked by the class itself
-        ok = any(isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) or
-                 (t is float and isinstance(value, int) and not isinstance(value, bool)) for t in scalars)
-        if not ok:
-            expected = " or ".join(_KINDS[t] for t in scalars) + (" or null" if type(None) in allowed else "")
-            raise ValueError(f"{what} {f.name} must be {expected}, got {value!r}")
+        expected = " or ".join(_KINDS[t] for t in kinds) + (" or null" if optional else "")
+        raise ValueError(f"{what} {f.name} must be {expected}, got {value!r}")
