@@ -255,11 +255,7 @@ def _run_settings(engine, settings: dict, resume: bool) -> dict:
     if not resume:
         raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
                          f"choose another --out-dir (or delete that one)")
-    state = engine.read_checkpoint(checkpoint)
-    try:
-        engine.TrainConfig.from_dict(state["config"])
-    except (ValueError, TypeError) as err:  # e.g. written by a newer version with more settings
-        raise ValueError(f"{checkpoint}: {err}") from None
+    state = engine.read_checkpoint(checkpoint)  # ValueError naming it when damaged or its config does not load
     if _is_main_process():
         print(f"{PROG} train: resuming {checkpoint} at step {state['step']}", file=sys.stderr)
     return _merged(state["config"], settings)

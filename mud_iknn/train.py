@@ -240,7 +240,8 @@ def save_checkpoint(path, model: torch.nn.Module, config: TrainConfig, *, optimi
 
 
 def read_checkpoint(path, map_location="cpu") -> dict:
-    """The raw checkpoint dict; ValueError naming the file when it is not a mud_iknn checkpoint."""
+    """The raw checkpoint dict; ValueError naming the file when it is not a mud_iknn checkpoint, is
+    damaged, or holds a config that does not load (e.g. written by a newer version)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -260,6 +261,10 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     if missing or not isinstance(state["config"], dict):
         raise ValueError(f"{path} is a damaged mud_iknn checkpoint: "
                          + (f"no {', '.join(missing)}" if missing else "its config is not a dict"))
+    try:
+        TrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
     return state
 
 
@@ -274,10 +279,7 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
     Raises FileNotFoundError for a missing file and ValueError naming the file for anything else.
     """
     state = read_checkpoint(path, map_location)
-    try:
-        config = TrainConfig.from_dict(state["config"])
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: {err}") from None
+    config = TrainConfig.from_dict(state["config"])
     model = build_model(config, load_weights=False)
     try:
         model.load_state_dict(state["model"])
@@ -286,7 +288,7 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
         raise ValueError(f"{path}: the weights do not fit the network of its config (backbone "
                          f"{config.backbone}, patch_size {config.patch_size}): {lines[-1][:300]}") from None
     model.to(map_location).eval()
-    extra = {key: state[key] for key in ("step", "metrics", "optimizer", "scheduler", "scaler", "rng")}
+    extra = {key: state[key] for key in _CHECKPOINT_KEYS if key not in ("config", "model")}
     return model, config, extra
 
 
@@ -404,11 +406,9 @@ RESUMABLE = ("steps", "checkpoint_every", "eval_every", "log_every", "eval_strid
 
 
 def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
-    """ValueError naming the checkpoint and each setting outside RESUMABLE that differs from it."""
-    try:
-        saved = TrainConfig.from_dict(saved).to_dict()
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: its config does not load: {err}") from None
+    """ValueError naming the checkpoint and each setting outside RESUMABLE that differs from its
+    config ``saved`` (as read_checkpoint returns it: loadable)."""
+    saved = TrainConfig.from_dict(saved).to_dict()
     now = config.to_dict()
     changed = [f"{name} {saved[name]!r} -> {now[name]!r}" for name in now
                if name not in RESUMABLE and now[name] != saved[name]]
