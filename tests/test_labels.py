@@ -20,11 +20,13 @@ def as_np(t):
 
 
 def assert_distance_close(d, d_ref, rtol=1e-5):
+    """D within rtol of the reference; below 1e-18 px, where the kernels' float32 squares leave the
+    normal range (labels.py's documented limit), within 1e-18 px."""
     d, d_ref = as_np(d), np.asarray(d_ref)
     assert d.shape == d_ref.shape
     inf = np.isinf(d_ref)
     assert (np.isinf(d) == inf).all()
-    np.testing.assert_allclose(d[~inf], d_ref[~inf], rtol=rtol, atol=0)
+    np.testing.assert_allclose(d[~inf], d_ref[~inf], rtol=rtol, atol=mud_iknn.labels._MIN_DISTANCE)
 
 
 # ---- kNN distance and ikNN maps ---------------------------------------------------------------
