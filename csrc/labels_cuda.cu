@@ -9,8 +9,9 @@
 //      stops once every pixel's k-th distance is within the exact bound to the unvisited cells (or
 //      the whole grid is visited, or the bound passes max_distance);
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
-//   4. density maps: each head's normalisation, then a block per band of rows adds the Gaussians that
-//      reach it head by head in packed order (deterministic, no atomics).
+//   4. density maps: each head's normalisation, then a block per tile of rows x columns whose threads
+//      add, in registers, the Gaussians that reach their pixels in packed order (deterministic, no
+//      atomics).
 #ifdef MUD_IKNN_CUDA_EMULATION
 #include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
 #else
@@ -527,10 +528,19 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
 }
 
 // Density maps, deterministic: the reciprocal of each head's normalisation first, then a block per
-// band of kDensityBand rows of one image adds the Gaussians of the heads that reach the band one
-// head after another in packed order, so every pixel sums its heads in the same order on every run.
+// tile of kDensityBand rows x kDensityTileW columns of one image. Each thread owns kDensityColumns
+// columns of the tile (kDensityThreads apart) and adds to its pixels, in registers, the Gaussians of
+// the heads that reach the tile one after another in packed order: every pixel sums its heads in
+// the same order on every run, and no thread waits for another between heads.
 constexpr int kDensityBand = 8;
 constexpr int kDensityThreads = 256;
+#ifndef MUD_IKNN_CUDA_DENSITY_COLUMNS
+#define MUD_IKNN_CUDA_DENSITY_COLUMNS 4
+#endif
+constexpr int kDensityColumns = MUD_IKNN_CUDA_DENSITY_COLUMNS;
+constexpr int kDensityTileW = kDensityThreads * kDensityColumns;
+static_assert(((1 << 24) + kDensityTileW - 1) / kDensityTileW <= 65535,
+              "the tiles across the widest map (2^24 px) must fit in gridDim.y");
 
 // 1 / (sum of the head's discrete Gaussian weights along one axis), a warp per head; 0 for a head
 // that stamps nothing on the map.
@@ -548,56 +558,78 @@ __global__ void density_norm_kernel(const float2* __restrict__ points, const flo
   }
 }
 
-// The part of one head's Gaussian that falls in a band: columns [xa, xb) x rows [ya, yb).
-struct BandStamp {
-  int xa, xb, ya, yb, cx, cy;
+// A head that reaches a density tile: its columns [xa, xb) and centre column, and its normalised
+// weights along the tile's rows (0 on rows its stamp misses).
+struct TileStamp {
+  int xa, xb, cx;
   float scale, inv_norm;  // -1 / (2 sigma^2) (0 for a delta), 1 / normalisation
+  float wy[kDensityBand];
 };
 
 __global__ void __launch_bounds__(kDensityThreads)
-    density_band_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
+    density_tile_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
                         const float* __restrict__ sigmas, const float* __restrict__ inv_norms, int count, int height,
                         int width, float truncate, float* __restrict__ out) {
-  __shared__ BandStamp stamps[kDensityThreads];  // a chunk's heads that reach the band, in packed order
+  __shared__ TileStamp stamps[kDensityThreads];  // a chunk's heads that reach the tile, in packed order
   __shared__ int reaching[kDensityThreads / 32];
-  const int64_t b = blockIdx.y;
+  const int64_t b = blockIdx.z;
   const int y0 = blockIdx.x * kDensityBand, y1 = min(y0 + kDensityBand, height);
+  const int x0 = blockIdx.y * kDensityTileW, x1 = min(x0 + kDensityTileW, width);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float* map = out + b * int64_t(height) * width;
-  for (int64_t q = int64_t(y0) * width + tid; q < int64_t(y1) * width; q += kDensityThreads) map[q] = 0.0f;
+  float acc[kDensityColumns][kDensityBand] = {};  // column x0 + tid + c * kDensityThreads, row y0 + r
   int64_t s, e;
   image_range(offsets, b, count, &s, &e);
   for (int64_t c0 = s; c0 < e; c0 += kDensityThreads) {  // block-uniform
     const int64_t i = c0 + tid;
-    BandStamp st{};
-    bool reaches = false;
+    Stamp h;
+    float sigma = 0.0f;
     if (i < e) {
       const float2 p = points[i];
-      const Stamp h = stamp_of(p.x, p.y, sigmas[i], truncate, height, width);
-      st = BandStamp{int(h.xa), int(h.xb), int(h.ya > y0 ? h.ya : y0), int(h.yb < y1 ? h.yb : y1), int(h.cx),
-                     int(h.cy), float(h.scale), inv_norms[i]};
-      reaches = !h.empty() && st.ya < st.yb;
+      sigma = sigmas[i];
+      h = stamp_box(p.x, p.y, sigma, truncate, height, width);
     }
+    const bool reaches = !h.empty() && h.xa < x1 && h.xb > x0 && h.ya < y1 && h.yb > y0;
     const unsigned votes = __ballot_sync(0xffffffffu, reaches);
     if (lane == 0) reaching[warp] = __popc(votes);
-    __syncthreads();  // also: the band is zeroed (first chunk), the last chunk's stamps are done with
+    __syncthreads();  // also: every thread is done with the last chunk's stamps
     int at = __popc(votes & ((1u << lane) - 1)), total = 0;
     for (int w = 0; w < kDensityThreads / 32; ++w) {
       at += w < warp ? reaching[w] : 0;
       total += reaching[w];
     }
-    if (reaches) stamps[at] = st;
+    if (reaches) {
+      TileStamp& st = stamps[at];
+      st = TileStamp{int(h.xa), int(h.xb), int(h.cx), float(gaussian_scale(h.r, sigma)), inv_norms[i], {}};
+      MUD_UNROLL
+      for (int r = 0; r < kDensityBand; ++r) {
+        const int y = y0 + r;
+        const float ty = float(y - int(h.cy));
+        st.wy[r] = y >= h.ya && y < h.yb ? expf(st.scale * ty * ty) * st.inv_norm : 0.0f;
+      }
+    }
     __syncthreads();
     for (int j = 0; j < total; ++j) {
-      const BandStamp h = stamps[j];
-      const int cols = h.xb - h.xa, area = cols * (h.yb - h.ya);  // <= min(8 W, H W) < 2^31
-      for (int a = tid; a < area; a += kDensityThreads) {
-        const int xx = h.xa + a % cols, yy = h.ya + a / cols;
-        const float tx = float(xx - h.cx), ty = float(yy - h.cy);
-        map[int64_t(yy) * width + xx] += expf(h.scale * tx * tx) * h.inv_norm * (expf(h.scale * ty * ty) * h.inv_norm);
+      const int xa = stamps[j].xa, xb = stamps[j].xb;
+      MUD_UNROLL
+      for (int c = 0; c < kDensityColumns; ++c) {
+        const int x = x0 + tid + c * kDensityThreads;
+        if (x >= xa && x < xb) {
+          const TileStamp& st = stamps[j];
+          const float tx = float(x - st.cx);
+          const float wx = expf(st.scale * tx * tx) * st.inv_norm;
+          MUD_UNROLL
+          for (int r = 0; r < kDensityBand; ++r) acc[c][r] += wx * st.wy[r];
+        }
       }
-      __syncthreads();  // head j + 1 may add to the same pixels from other threads
     }
+  }
+  float* map = out + b * int64_t(height) * width;
+  MUD_UNROLL
+  for (int c = 0; c < kDensityColumns; ++c) {
+    const int x = x0 + tid + c * kDensityThreads;
+    MUD_UNROLL
+    for (int r = 0; r < kDensityBand; ++r)
+      if (x < x1 && y0 + r < y1) map[int64_t(y0 + r) * width + x] = acc[c][r];
   }
 }
 
@@ -709,8 +741,10 @@ void density_maps_cuda(const float* points, const int64_t* offsets, const float*
     launch(density_norm_kernel, blocks, kNormThreads, stream, "density_norm_kernel launch", pts, sigmas, int(count),
            int(height), int(width), truncate, inv_norms);
   }
-  launch(density_band_kernel, dim3(unsigned((height + kDensityBand - 1) / kDensityBand), unsigned(batch)),
-         kDensityThreads, stream, "density_band_kernel launch", pts, offsets, sigmas, inv_norms, int(count),
+  launch(density_tile_kernel,
+         dim3(unsigned((height + kDensityBand - 1) / kDensityBand), unsigned((width + kDensityTileW - 1) / kDensityTileW),
+              unsigned(batch)),
+         kDensityThreads, stream, "density_tile_kernel launch", pts, offsets, sigmas, inv_norms, int(count),
          int(height), int(width), truncate, out);
 }
 

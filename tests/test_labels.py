@@ -333,6 +333,29 @@ def test_density_maps_are_deterministic(device):
         assert torch.equal(mud_iknn.density_maps(pts, (200, 150), offsets=offsets), first)
 
 
+@pytest.mark.parametrize("size", [(9, 2600), (2600, 9)])
+def test_density_of_wide_and_tall_maps_matches_reference(device, size):
+    # The CUDA kernel adds the Gaussians in tiles of 8 rows x 1024 columns, a chunk of 256 heads at a
+    # time: heads on and across the tiles' borders, more than a chunk per image, Gaussians wider
+    # than a tile (sigma 600: radius 2400) and an image with a lone head.
+    h, w = size
+    rng = np.random.default_rng(h)
+    borders = np.array([[1023.5, 4.0], [1024.0, 0.5], [1022.9, 8.9], [2047.5, 3.0], [2048.2, 7.0], [0, 0],
+                        [2599.5, 8.5], [1024.0, 1024.0], [5.0, 2047.5], [7.0, 2048.0]], dtype=np.float32)
+    crowd = np.c_[rng.uniform(-20, 2620, 600), rng.uniform(-20, 29, 600)].astype(np.float32)
+    first = np.concatenate([borders, crowd])
+    if h > w:
+        first = first[:, ::-1].copy()
+    lone = np.array([[w / 2, h / 2]], dtype=np.float32)
+    packed = torch.from_numpy(np.concatenate([first, lone])).to(device)
+    offsets = [0, len(first), len(first) + 1]
+    for sigma in ("adaptive", 1.5, 600.0):
+        d = mud_iknn.density_maps(packed, size, sigma, offsets=torch.tensor(offsets, device=device))
+        for b, pts in enumerate((first, lone)):
+            ref = reference.density_maps(pts, size, sigma)[0]
+            np.testing.assert_allclose(as_np(d[b]), ref, atol=1e-5 * ref.max(), rtol=0, err_msg=f"{sigma} {b}")
+
+
 @pytest.mark.parametrize("pts, size, sigma, kwargs", [
     # adaptive sigmas exactly on a radius boundary: int(truncate * sigma + 0.5) is a whole number,
     # so a sigma 1 ulp low (the GPU's fast square root) would drop the radius by one
