@@ -8,8 +8,8 @@ can speed up.
 knn: per block of knn_tile_kernel in its k <= 4 shape (32 x 32 pixels, 4 warps of 8 pixel rows a
 thread, the default build), the passes, the candidates staged, the steps the warps make through the sorted
 candidates (a warp steps until its last lane stops) and the steps where some lane tests its rows.
-density: per block of density_band_kernel (8 rows of one image), the heads that reach the band (each
-a barrier-separated step) and the pixel updates per thread.
+density: per block of density_tile_kernel (8 rows x 1024 columns of one image), the heads that reach
+the tile and the most Gaussian columns one thread adds (each 8 pixel updates in registers).
 """
 from __future__ import annotations
 
@@ -114,16 +114,22 @@ def knn_tile_work(points, height, width, k, spec):
     return totals
 
 
-def density_band_work(points, sigmas, height, width, truncate=4.0, band=8):
-    """Per band: (heads that reach it, pixel updates per thread of a 256-thread block)."""
+def density_tile_work(points, sigmas, height, width, truncate=4.0, band=8, threads=256, columns=4):
+    """Per tile of density_tile_kernel (band rows x threads * columns columns): (heads that reach it,
+    the most Gaussian columns one thread adds, each band additions)."""
     r = (truncate * sigmas + 0.5).astype(int)
     cx, cy = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
-    xa, xb = np.maximum(cx - r, 0), np.minimum(cx + r + 1, width)
     out = []
     for y0 in range(0, height, band):
-        ya, yb = np.maximum(cy - r, y0), np.minimum(cy + r + 1, min(y0 + band, height))
-        reaches = (xa < xb) & (ya < yb)
-        out.append((reaches.sum(), np.ceil((xb - xa)[reaches] * (yb - ya)[reaches] / 256).sum()))
+        reach_y = (np.maximum(cy - r, 0) < min(y0 + band, height)) & (np.minimum(cy + r + 1, height) > y0)
+        for x0 in range(0, width, threads * columns):
+            x1 = min(x0 + threads * columns, width)
+            xa, xb = np.maximum(cx - r, x0), np.minimum(cx + r + 1, x1)
+            reaches = reach_y & (xa < xb)
+            adds = np.zeros(threads, int)  # column x0 + t + c * threads belongs to thread t
+            for a, b in zip(xa[reaches] - x0, xb[reaches] - x0):
+                np.add.at(adds, np.arange(a, b) % threads, 1)
+            out.append((reaches.sum(), adds.max()))
     return np.array(out)
 
 
@@ -145,11 +151,11 @@ def main(argv=None) -> int:
         print(f"{case.name} k={args.k}, cell {spec[0]} px: per block {passes:.2f} passes, {staged:.0f} candidates "
               f"staged, {steps / THREAD_ROWS:.1f} steps and {row_steps / THREAD_ROWS:.1f} row steps per warp")
     else:
-        work = np.concatenate([density_band_work(p, reference.head_sigmas(p.astype(np.float64), case.size),
+        work = np.concatenate([density_tile_work(p, reference.head_sigmas(p.astype(np.float64), case.size),
                                                  case.height, case.width) for p in images[:args.images]])
-        print(f"{case.name}: {math.ceil(case.height / 8)} bands per image; heads reaching a band max {work[:, 0].max()} "
-              f"mean {work[:, 0].mean():.1f}; pixel updates per thread max {work[:, 1].max():.0f} "
-              f"mean {work[:, 1].mean():.1f}")
+        print(f"{case.name}: {len(work) // args.images} tiles per image, each scanning {len(images[0])} heads; heads "
+              f"reaching a tile max {work[:, 0].max()} mean {work[:, 0].mean():.1f}; Gaussian columns a thread adds "
+              f"max {work[:, 1].max()} mean {work[:, 1].mean():.1f}")
     return 0
 
 

@@ -15,6 +15,8 @@ for k in (1, 3, 8, 20, mud_iknn.MAX_K):
     mud_iknn.knn_distance_maps(pts, (61, 83), k, offsets=offsets, max_distance=6.0)
 mud_iknn.density_maps(pts, (61, 83), offsets=offsets)
 mud_iknn.density_maps(pts, (61, 83), 2.5, offsets=offsets)
+wide = pts * torch.tensor([30.0, 0.1], device=dev)  # several density tiles (1024 columns) across, a partial last one
+mud_iknn.density_maps(wide, (9, 2500), offsets=offsets)
 mud_iknn.iknn_maps(torch.zeros(0, 2, device=dev), (5, 7), 3)
 mud_iknn.iknn_maps(pts[:4], (1, 1), 3)
 far = torch.tensor([[1e6, -1e6], [5.0, 5.0]], device=dev)
@@ -24,6 +26,7 @@ mud_iknn.density_maps(far, (16, 16))
 bad = torch.tensor([0, 250, 100, 500, 300], device=dev)
 mud_iknn.iknn_maps(pts, (33, 40), 3, offsets=bad, validate=False)
 mud_iknn.density_maps(pts, (33, 40), offsets=bad, validate=False)
+mud_iknn.density_maps(wide, (9, 2500), 40.0, offsets=bad, validate=False)
 nan = pts.clone()
 nan[::7] = float("nan")
 nan[1::7] = 1e30  # beyond the +-1e18 that validation allows

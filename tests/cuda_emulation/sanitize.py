@@ -27,6 +27,8 @@ _LIBRARY_VARIABLE = "MUD_IKNN_SANITIZED_LIBRARY"
 
 def random_batch(rng):
     batch, height, width = int(rng.integers(1, 5)), int(rng.integers(1, 70)), int(rng.integers(1, 70))
+    if rng.random() < 0.2:  # wider than a density tile (1024 columns): several tiles across, a partial last one
+        height, width = int(rng.integers(1, 10)), int(rng.integers(1025, 2200))
     count = int(rng.choice([0, 1, 5, 50, 300, 2500, 5000]))
     points = rng.uniform(-30, 100, (count, 2)).astype(np.float32)
     if count and rng.random() < 0.4:
