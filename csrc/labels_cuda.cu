@@ -539,14 +539,6 @@ constexpr int kDensityThreads = 256;
 #endif
 constexpr int kDensityColumns = MUD_IKNN_CUDA_DENSITY_COLUMNS;
 constexpr int kDensityTileW = kDensityThreads * kDensityColumns;
-// Heads each thread tests per chunk: the chunk loop is a chain of loads and barriers, so a thread
-// with more heads in flight makes fewer, fuller links.
-#ifndef MUD_IKNN_CUDA_DENSITY_SCAN
-#define MUD_IKNN_CUDA_DENSITY_SCAN 2
-#endif
-constexpr int kDensityScan = MUD_IKNN_CUDA_DENSITY_SCAN;
-constexpr int kDensityChunk = kDensityThreads * kDensityScan;
-constexpr int kDensityMinBlocks = 4;  // 64 registers a thread: the 32 accumulators and the heads ahead
 static_assert(((1 << 24) + kDensityTileW - 1) / kDensityTileW <= 65535,
               "the tiles across the widest map (2^24 px) must fit in gridDim.y");
 
@@ -574,18 +566,12 @@ struct TileStamp {
   float wy[kDensityBand];
 };
 
-// One head as the density tile kernel reads it: position, sigma and 1 / normalisation.
-struct DensityHead {
-  float2 p;
-  float sigma, inv_norm;
-};
-
-__global__ void __launch_bounds__(kDensityThreads, kDensityMinBlocks)
+__global__ void __launch_bounds__(kDensityThreads)
     density_tile_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
                         const float* __restrict__ sigmas, const float* __restrict__ inv_norms, int count, int height,
                         int width, float truncate, float* __restrict__ out) {
-  __shared__ TileStamp stamps[kDensityChunk];  // a chunk's heads that reach the tile, in packed order
-  __shared__ int reaching[kDensityScan][kDensityThreads / 32];
+  __shared__ TileStamp stamps[kDensityThreads];  // a chunk's heads that reach the tile, in packed order
+  __shared__ int reaching[kDensityThreads / 32];
   const int64_t b = blockIdx.z;
   const int y0 = blockIdx.x * kDensityBand, y1 = min(y0 + kDensityBand, height);
   const int x0 = blockIdx.y * kDensityTileW, x1 = min(x0 + kDensityTileW, width);
@@ -593,52 +579,32 @@ __global__ void __launch_bounds__(kDensityThreads, kDensityMinBlocks)
   float acc[kDensityColumns][kDensityBand] = {};  // column x0 + tid + c * kDensityThreads, row y0 + r
   int64_t s, e;
   image_range(offsets, b, count, &s, &e);
-  // Head c0 + u * kDensityThreads + tid of each chunk is this thread's u-th: loaded a chunk ahead, so
-  // that the loads are in flight while the block works through the chunk before.
-  DensityHead next[kDensityScan];
-  const auto load = [&](int64_t c0) {
-    MUD_UNROLL
-    for (int u = 0; u < kDensityScan; ++u) {
-      const int64_t i = c0 + u * kDensityThreads + tid;
-      if (i < e) next[u] = DensityHead{points[i], sigmas[i], inv_norms[i]};
+  for (int64_t c0 = s; c0 < e; c0 += kDensityThreads) {  // block-uniform
+    const int64_t i = c0 + tid;
+    Stamp h;
+    float sigma = 0.0f;
+    if (i < e) {
+      const float2 p = points[i];
+      sigma = sigmas[i];
+      h = stamp_box(p.x, p.y, sigma, truncate, height, width);
     }
-  };
-  load(s);
-  for (int64_t c0 = s; c0 < e; c0 += kDensityChunk) {  // block-uniform
-    DensityHead head[kDensityScan];
-    bool reaches[kDensityScan];
-    unsigned votes[kDensityScan];
-    MUD_UNROLL
-    for (int u = 0; u < kDensityScan; ++u) {
-      head[u] = next[u];
-      const Stamp h = c0 + u * kDensityThreads + tid < e
-                          ? stamp_box(head[u].p.x, head[u].p.y, head[u].sigma, truncate, height, width)
-                          : Stamp{};
-      reaches[u] = !h.empty() && h.xa < x1 && h.xb > x0 && h.ya < y1 && h.yb > y0;
-      votes[u] = __ballot_sync(0xffffffffu, reaches[u]);
-      if (lane == 0) reaching[u][warp] = __popc(votes[u]);
-    }
-    load(c0 + kDensityChunk);
+    const bool reaches = !h.empty() && h.xa < x1 && h.xb > x0 && h.ya < y1 && h.yb > y0;
+    const unsigned votes = __ballot_sync(0xffffffffu, reaches);
+    if (lane == 0) reaching[warp] = __popc(votes);
     __syncthreads();  // also: every thread is done with the last chunk's stamps
-    int total = 0;
-    MUD_UNROLL
-    for (int u = 0; u < kDensityScan; ++u) {
-      int at = total + __popc(votes[u] & ((1u << lane) - 1));
-      for (int w = 0; w < kDensityThreads / 32; ++w) {
-        at += w < warp ? reaching[u][w] : 0;
-        total += reaching[u][w];
-      }
-      if (reaches[u]) {
-        const DensityHead& q = head[u];
-        const Stamp h = stamp_of(q.p.x, q.p.y, q.sigma, truncate, height, width);
-        TileStamp& st = stamps[at];
-        st = TileStamp{int(h.xa), int(h.xb), int(h.cx), float(h.scale), q.inv_norm, {}};
-        MUD_UNROLL
-        for (int r = 0; r < kDensityBand; ++r) {
-          const int y = y0 + r;
-          const float ty = float(y - int(h.cy));
-          st.wy[r] = y >= h.ya && y < h.yb ? expf(st.scale * ty * ty) * st.inv_norm : 0.0f;
-        }
+    int at = __popc(votes & ((1u << lane) - 1)), total = 0;
+    for (int w = 0; w < kDensityThreads / 32; ++w) {
+      at += w < warp ? reaching[w] : 0;
+      total += reaching[w];
+    }
+    if (reaches) {
+      TileStamp& st = stamps[at];
+      st = TileStamp{int(h.xa), int(h.xb), int(h.cx), float(gaussian_scale(h.r, sigma)), inv_norms[i], {}};
+      MUD_UNROLL
+      for (int r = 0; r < kDensityBand; ++r) {
+        const int y = y0 + r;
+        const float ty = float(y - int(h.cy));
+        st.wy[r] = y >= h.ya && y < h.yb ? expf(st.scale * ty * ty) * st.inv_norm : 0.0f;
       }
     }
     __syncthreads();
