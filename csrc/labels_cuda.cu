@@ -542,10 +542,20 @@ constexpr int kDensityTileW = kDensityThreads * kDensityColumns;
 static_assert(((1 << 24) + kDensityTileW - 1) / kDensityTileW <= 65535,
               "the tiles across the widest map (2^24 px) must fit in gridDim.y");
 
-// 1 / (sum of the head's discrete Gaussian weights along one axis), a warp per head; 0 for a head
-// that stamps nothing on the map.
+// One head as the density tile kernel reads it, written by density_norm_kernel: the rows and columns
+// its stamp covers (all 0 when it stamps nothing), its centre pixel and its shape. The tile kernel's
+// scan reads only `rows` for most heads, and no head's stamp is worked out twice.
+struct DensityHead {
+  int2 rows;              // [ya, yb)
+  int2 cols;              // [xa, xb)
+  int cx, cy;             // centre pixel
+  float scale, inv_norm;  // -1 / (2 sigma^2) (0 for a delta), 1 / normalisation
+};
+static_assert(sizeof(DensityHead) == 32, "a head record is two 16-byte words");
+
+// Each head's record, a warp per head (the lanes share the normalisation's terms).
 __global__ void density_norm_kernel(const float2* __restrict__ points, const float* __restrict__ sigmas, int count,
-                                    int height, int width, float truncate, float* __restrict__ inv_norms) {
+                                    int height, int width, float truncate, DensityHead* __restrict__ heads) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5); i < count; i += warps) {
@@ -554,7 +564,10 @@ __global__ void density_norm_kernel(const float2* __restrict__ points, const flo
     const Stamp st = stamp_of(p.x, p.y, sigma, truncate, height, width);  // the same on every lane
     double total = st.empty() ? 0.0 : gaussian_norm_share(st, sigma, lane, 32);
     for (int off = 16; off > 0; off >>= 1) total += __shfl_down_sync(0xffffffffu, total, off);
-    if (lane == 0) inv_norms[i] = st.empty() ? 0.0f : float(1.0 / total);
+    if (lane == 0)
+      heads[i] = st.empty() ? DensityHead{}
+                            : DensityHead{make_int2(int(st.ya), int(st.yb)), make_int2(int(st.xa), int(st.xb)),
+                                          int(st.cx), int(st.cy), float(st.scale), float(1.0 / total)};
   }
 }
 
@@ -562,14 +575,13 @@ __global__ void density_norm_kernel(const float2* __restrict__ points, const flo
 // weights along the tile's rows (0 on rows its stamp misses).
 struct TileStamp {
   int xa, xb, cx;
-  float scale, inv_norm;  // -1 / (2 sigma^2) (0 for a delta), 1 / normalisation
+  float scale, inv_norm;
   float wy[kDensityBand];
 };
 
 __global__ void __launch_bounds__(kDensityThreads)
-    density_tile_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets,
-                        const float* __restrict__ sigmas, const float* __restrict__ inv_norms, int count, int height,
-                        int width, float truncate, float* __restrict__ out) {
+    density_tile_kernel(const DensityHead* __restrict__ heads, const int64_t* __restrict__ offsets, int count,
+                        int height, int width, float* __restrict__ out) {
   __shared__ TileStamp stamps[kDensityThreads];  // a chunk's heads that reach the tile, in packed order
   __shared__ int reaching[kDensityThreads / 32];
   const int64_t b = blockIdx.z;
@@ -581,30 +593,30 @@ __global__ void __launch_bounds__(kDensityThreads)
   image_range(offsets, b, count, &s, &e);
   for (int64_t c0 = s; c0 < e; c0 += kDensityThreads) {  // block-uniform
     const int64_t i = c0 + tid;
-    Stamp h;
-    float sigma = 0.0f;
-    if (i < e) {
-      const float2 p = points[i];
-      sigma = sigmas[i];
-      h = stamp_box(p.x, p.y, sigma, truncate, height, width);
-    }
-    const bool reaches = !h.empty() && h.xa < x1 && h.xb > x0 && h.ya < y1 && h.yb > y0;
+    int2 rows = make_int2(0, 0), cols = make_int2(0, 0);
+    if (i < e) rows = heads[i].rows;
+    if (rows.x < y1 && rows.y > y0) cols = heads[i].cols;  // (an empty stamp's rows are [0, 0))
+    const bool reaches = rows.x < y1 && rows.y > y0 && cols.x < x1 && cols.y > x0;
+    // One barrier for a chunk none of whose heads reaches the tile (most of them on large maps);
+    // also: every thread is done with the last chunk's stamps.
+    if (__syncthreads_and(!reaches)) continue;
     const unsigned votes = __ballot_sync(0xffffffffu, reaches);
     if (lane == 0) reaching[warp] = __popc(votes);
-    __syncthreads();  // also: every thread is done with the last chunk's stamps
+    __syncthreads();
     int at = __popc(votes & ((1u << lane) - 1)), total = 0;
     for (int w = 0; w < kDensityThreads / 32; ++w) {
       at += w < warp ? reaching[w] : 0;
       total += reaching[w];
     }
     if (reaches) {
+      const DensityHead& h = heads[i];
       TileStamp& st = stamps[at];
-      st = TileStamp{int(h.xa), int(h.xb), int(h.cx), float(gaussian_scale(h.r, sigma)), inv_norms[i], {}};
+      st = TileStamp{cols.x, cols.y, h.cx, h.scale, h.inv_norm, {}};
       MUD_UNROLL
       for (int r = 0; r < kDensityBand; ++r) {
         const int y = y0 + r;
-        const float ty = float(y - int(h.cy));
-        st.wy[r] = y >= h.ya && y < h.yb ? expf(st.scale * ty * ty) * st.inv_norm : 0.0f;
+        const float ty = float(y - h.cy);
+        st.wy[r] = y >= rows.x && y < rows.y ? expf(st.scale * ty * ty) * st.inv_norm : 0.0f;
       }
     }
     __syncthreads();
@@ -722,7 +734,9 @@ void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch
                           stream);
 }
 
-int64_t density_workspace_bytes(int64_t count) { return int64_t(sizeof(float)) * std::max<int64_t>(count, 1); }
+int64_t density_workspace_bytes(int64_t count) {
+  return int64_t(sizeof(DensityHead)) * std::max<int64_t>(count, 1);
+}
 
 void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
                        int64_t count, int64_t height, int64_t width, float truncate, float* out, void* workspace,
@@ -731,21 +745,22 @@ void density_maps_cuda(const float* points, const int64_t* offsets, const float*
   if (workspace_bytes < density_workspace_bytes(count))
     throw std::runtime_error("mud_iknn: density workspace too small (" + std::to_string(workspace_bytes) + " < " +
                              std::to_string(density_workspace_bytes(count)) + " bytes)");
+  if (reinterpret_cast<uintptr_t>(workspace) % alignof(DensityHead) != 0)
+    throw std::runtime_error("mud_iknn: density workspace not aligned to " + std::to_string(alignof(DensityHead)) +
+                             " bytes");
   DeviceScope scope(device);
   auto stream = static_cast<cudaStream_t>(stream_handle);
-  const auto* pts = reinterpret_cast<const float2*>(points);
-  auto* inv_norms = static_cast<float*>(workspace);
+  auto* heads = static_cast<DensityHead*>(workspace);
   if (count > 0) {
     constexpr int kNormThreads = 128;  // a warp per head
     const unsigned blocks = unsigned(std::min<int64_t>((count + kNormThreads / 32 - 1) / (kNormThreads / 32), 1 << 20));
-    launch(density_norm_kernel, blocks, kNormThreads, stream, "density_norm_kernel launch", pts, sigmas, int(count),
-           int(height), int(width), truncate, inv_norms);
+    launch(density_norm_kernel, blocks, kNormThreads, stream, "density_norm_kernel launch",
+           reinterpret_cast<const float2*>(points), sigmas, int(count), int(height), int(width), truncate, heads);
   }
   launch(density_tile_kernel,
          dim3(unsigned((height + kDensityBand - 1) / kDensityBand), unsigned((width + kDensityTileW - 1) / kDensityTileW),
               unsigned(batch)),
-         kDensityThreads, stream, "density_tile_kernel launch", pts, offsets, sigmas, inv_norms, int(count),
-         int(height), int(width), truncate, out);
+         kDensityThreads, stream, "density_tile_kernel launch", heads, offsets, int(count), int(height), int(width), out);
 }
 
 }  // namespace mud_iknn

@@ -50,6 +50,10 @@ struct float2 {
 struct float4 {
   float x, y, z, w;
 };
+struct alignas(8) int2 {  // aligned as CUDA's
+  int x, y;
+};
+inline int2 make_int2(int x, int y) { return int2{x, y}; }
 // CUDA's device min / max, for any mix of arithmetic types.
 template <class A, class B>
 std::common_type_t<A, B> min(A a, B b) {
