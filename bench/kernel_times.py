@@ -12,14 +12,12 @@ import argparse
 import collections
 import re
 import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mud_iknn import density_maps, knn_distance_maps  # noqa: E402
-from mud_iknn.benchmark import CASES  # noqa: E402
+from mud_iknn import density_maps, knn_distance_maps
+from mud_iknn.benchmark import CASES
 
 
 def kernel_name(full: str) -> str:
