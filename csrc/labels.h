@@ -199,9 +199,7 @@ struct Stamp {
   MUD_HD bool empty() const { return xa >= xb || ya >= yb; }
 };
 
-// The stamp's place on the map (all but scale, which stays 0): what a test of whether a head
-// reaches part of the map needs, without the division.
-MUD_HD Stamp stamp_box(float x, float y, float sigma, float truncate, int height, int width) {
+MUD_HD Stamp stamp_of(float x, float y, float sigma, float truncate, int height, int width) {
   Stamp s;
   s.r = stamp_radius(x, y, sigma, truncate, height, width);
   if (s.r < 0) return s;
@@ -212,15 +210,7 @@ MUD_HD Stamp stamp_box(float x, float y, float sigma, float truncate, int height
   s.xb = s.cx + s.r + 1 < width ? s.cx + s.r + 1 : width;
   s.ya = s.cy - s.r > 0 ? s.cy - s.r : 0;
   s.yb = s.cy + s.r + 1 < height ? s.cy + s.r + 1 : height;
-  return s;
-}
-
-// scale of a stamp of radius r and width sigma.
-MUD_HD double gaussian_scale(int r, float sigma) { return r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma)); }
-
-MUD_HD Stamp stamp_of(float x, float y, float sigma, float truncate, int height, int width) {
-  Stamp s = stamp_box(x, y, sigma, truncate, height, width);
-  if (s.r >= 0) s.scale = gaussian_scale(s.r, sigma);
+  s.scale = s.r == 0 ? 0.0 : -0.5 / (double(sigma) * double(sigma));
   return s;
 }
 
