@@ -116,7 +116,7 @@ def knn_tile_work(points, height, width, k, spec):
 
 def density_tile_work(points, sigmas, height, width, truncate=4.0, band=8, threads=256, columns=4):
     """Per tile of density_tile_kernel (band rows x threads * columns columns): (heads that reach it,
-    the most Gaussian columns one thread adds, each band additions)."""
+    the most Gaussian columns one thread adds, each `band` pixel updates)."""
     r = (truncate * sigmas + 0.5).astype(int)
     cx, cy = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
     out = []

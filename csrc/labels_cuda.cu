@@ -9,9 +9,9 @@
 //      stops once every pixel's k-th distance is within the exact bound to the unvisited cells (or
 //      the whole grid is visited, or the bound passes max_distance);
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
-//   4. density maps: each head's normalisation, then a block per tile of rows x columns whose threads
-//      add, in registers, the Gaussians that reach their pixels in packed order (deterministic, no
-//      atomics).
+//   4. density maps: each head's stamp and normalisation, then a block per tile of rows x columns
+//      whose threads add, in registers, the Gaussians that reach their pixels in packed order
+//      (deterministic, no atomics).
 #ifdef MUD_IKNN_CUDA_EMULATION
 #include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
 #else
@@ -527,11 +527,11 @@ __global__ void head_sigma_kernel(const float2* __restrict__ points, const int64
   }
 }
 
-// Density maps, deterministic: the reciprocal of each head's normalisation first, then a block per
-// tile of kDensityBand rows x kDensityTileW columns of one image. Each thread owns kDensityColumns
-// columns of the tile (kDensityThreads apart) and adds to its pixels, in registers, the Gaussians of
-// the heads that reach the tile one after another in packed order: every pixel sums its heads in
-// the same order on every run, and no thread waits for another between heads.
+// Density maps, deterministic: each head's record (DensityHead) first, then a block per tile of
+// kDensityBand rows x kDensityTileW columns of one image. Each thread owns kDensityColumns columns of
+// the tile (kDensityThreads apart) and adds to its pixels, in registers, the Gaussians of the heads
+// that reach the tile one after another in packed order: every pixel sums its heads in the same
+// order on every run, and no thread waits for another between heads.
 constexpr int kDensityBand = 8;
 constexpr int kDensityThreads = 256;
 #ifndef MUD_IKNN_CUDA_DENSITY_COLUMNS
@@ -595,8 +595,9 @@ __global__ void __launch_bounds__(kDensityThreads)
     const int64_t i = c0 + tid;
     int2 rows = make_int2(0, 0), cols = make_int2(0, 0);
     if (i < e) rows = heads[i].rows;
-    if (rows.x < y1 && rows.y > y0) cols = heads[i].cols;  // (an empty stamp's rows are [0, 0))
-    const bool reaches = rows.x < y1 && rows.y > y0 && cols.x < x1 && cols.y > x0;
+    const bool meets_rows = rows.x < y1 && rows.y > y0;  // (an empty stamp's rows are [0, 0))
+    if (meets_rows) cols = heads[i].cols;
+    const bool reaches = meets_rows && cols.x < x1 && cols.y > x0;
     // One barrier for a chunk none of whose heads reaches the tile (most of them on large maps);
     // also: every thread is done with the last chunk's stamps.
     if (__syncthreads_and(!reaches)) continue;
