@@ -51,7 +51,7 @@ class LabelSpec:
         _settings.check_types(self, "label spec")
         if self.kind not in ("iknn", "density"):
             raise ValueError(f"label kind must be 'iknn' or 'density', got {self.kind!r}")
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+        if self.k is not None and self.k < 1:  # (its type: check_types above)
             raise ValueError(f"label k must be a positive integer or None, got {self.k!r}")
         if self.transform not in ("inverse", "inverse_sqrt"):
             raise ValueError(f"label transform must be 'inverse' or 'inverse_sqrt', got {self.transform!r}")
