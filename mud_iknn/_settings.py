@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 
 
@@ -42,3 +43,34 @@ def check_types(obj, what: str) -> None:
             continue
         expected = " or ".join(_KINDS[t] for t in kinds) + (" or null" if optional else "")
         raise ValueError(f"{what} {f.name} must be {expected}, got {value!r}")
+
+
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
+def apply_setting(settings: dict, assignment: str) -> None:
+    """Applies ``KEY=VALUE`` to the nested settings dict ``settings`` in place: a dotted KEY reaches
+    nested settings (``label.k=3``); VALUE is parsed as JSON (Python's True / False / None too),
+    else kept as a string. ValueError if malformed."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {assignment!r}")
+    try:
+        value = _PYTHON_LITERALS[text] if text in _PYTHON_LITERALS else json.loads(text)
+    except ValueError:
+        value = text
+    *parents, leaf = key.split(".")
+    node = settings
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{key}: {part} is not a group of settings")
+    node[leaf] = value
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied, nested settings (dicts) merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,6 +1,6 @@
 """The ``mud-iknn`` command line (also ``python -m mud_iknn``).
 
-Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``labels``, ``bench``; ``mud-iknn CMD --help``
+Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``check``, ``labels``, ``bench``; ``mud-iknn CMD --help``
 describes each. Exit status: 0 success, 1 an error while running (one line on stderr: a missing
 folder or file, a bad checkpoint or annotation), 2 a usage error (bad or missing arguments, unknown
 data-set name). ``--debug`` before the subcommand shows the full traceback instead.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser", "apply_setting", "error_line", "mean_count_baseline", "UsageError"]
+__all__ = ["main", "build_parser", "error_line", "UsageError"]
 
 PROG = "mud-iknn"
 
@@ -59,7 +59,7 @@ def _device(name: str) -> str:
     return name
 
 
-def _add_dataset_args(parser, *, split_help: str):
+def _add_dataset_args(parser, *, split_help: str, many_splits: bool = False):
     from .data import DATASETS
 
     group = parser.add_argument_group("data set")
@@ -67,7 +67,7 @@ def _add_dataset_args(parser, *, split_help: str):
                        help="one of: " + ", ".join(DATASETS))
     group.add_argument("--root", type=Path, metavar="DIR",
                        help="the data set's folder as distributed (not for synthetic)")
-    group.add_argument("--split", help=split_help)
+    group.add_argument("--split", help=split_help, nargs="+" if many_splits else None, metavar="SPLIT")
     group.add_argument("--fold", type=int, metavar="F",
                        help="ucf_cc_50 only: the cross-validation fold, 0..4 (default 0)")
     group.add_argument("--num-images", type=int, metavar="N", help="synthetic only: number of scenes (default 200)")
@@ -198,82 +198,114 @@ def _read_config_file(path: Path) -> dict:
     return data
 
 
-_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+def _apply_set(settings: dict, assignment: str) -> None:
+    from ._settings import apply_setting
 
-
-def apply_setting(config: dict, assignment: str) -> None:
-    """Applies ``KEY=VALUE`` to the settings dict ``config`` (dotted keys reach nested settings;
-    VALUE parsed as JSON, Python's True / False / None too, else kept as a string). UsageError (a
-    ValueError) if malformed."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--set expects KEY=VALUE, got {assignment!r}")
     try:
-        value = _PYTHON_LITERALS[text] if text in _PYTHON_LITERALS else json.loads(text)
-    except ValueError:
-        value = text
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UsageError(f"--set {key}: {part} is not a group of settings")
-    node[leaf] = value
+        apply_setting(settings, assignment)
+    except ValueError as err:
+        raise UsageError(f"--set {err}") from None
 
 
-def _train_settings(args) -> dict:
-    settings = _read_config_file(args.config) if args.config else {}
+def _train_settings(engine, args) -> dict:
+    """The settings the options give: --preset < --config < the options < --set."""
+    from ._settings import merged
+
+    settings = {}
+    if args.preset is not None:
+        if args.preset not in engine.PRESETS:
+            raise UsageError(f"--preset must be one of {', '.join(engine.PRESETS)}, got {args.preset!r}")
+        settings = engine.PRESETS[args.preset]().to_dict()
+    if args.config:
+        settings = merged(settings, _read_config_file(args.config))
     for name in _TRAIN_OVERRIDES:
         value = getattr(args, name)
         if value is not None:
             settings[name] = str(value) if isinstance(value, Path) else value
     if args.label is not None:
-        apply_setting(settings, f"label.kind={json.dumps(args.label)}")
+        _apply_set(settings, f"label.kind={json.dumps(args.label)}")
     for assignment in args.set or ():
-        apply_setting(settings, assignment)
+        _apply_set(settings, assignment)
     return settings
-
-
-def _merged(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` applied, nested settings (dicts) merged key by key."""
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _run_settings(engine, settings: dict, resume: bool) -> dict:
-    """The settings of the run in the out_dir they name: with --resume and a checkpoint there, the
-    checkpoint's settings with the given ones applied over them (the engine refuses changes that
-    would make it another run); a checkpoint there without --resume is not overwritten."""
-    out_dir = Path(settings.get("out_dir", engine.TrainConfig().out_dir))
-    checkpoint = out_dir / engine.CHECKPOINT_NAME
-    if not checkpoint.is_file():
-        if resume and _is_main_process():
-            print(f"{PROG} train: no checkpoint in {out_dir}: starting a new run", file=sys.stderr)
-        return settings
-    if not resume:
-        raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
-                         f"choose another --out-dir (or delete that one)")
-    state = engine.read_checkpoint(checkpoint)  # ValueError naming it when damaged or its config does not load
-    if _is_main_process():
-        print(f"{PROG} train: resuming {checkpoint} at step {state['step']}", file=sys.stderr)
-    return _merged(state["config"], settings)
 
 
 def _cmd_train(args) -> int:
     from .data import DATASETS
 
     engine = _project("train")
-    settings = _run_settings(engine, _train_settings(args), args.resume)
+    settings, step = engine.run_settings(_train_settings(engine, args), args.resume)
+    if _is_main_process() and args.resume:
+        out_dir = Path(settings.get("out_dir", engine.TrainConfig.out_dir))
+        print(f"{PROG} train: " + (f"no checkpoint in {out_dir}: starting a new run" if step is None else
+                                   f"resuming {out_dir / engine.CHECKPOINT_NAME} at step {step}"), file=sys.stderr)
     config = engine.TrainConfig.from_dict(settings)
     train_set = _open_dataset(args, args.split)
     val_split = args.val_split if args.val_split is not None else DATASETS[args.dataset].eval_split
     val_set = None if val_split in (None, "none") else _open_dataset(args, val_split)
+    if not args.no_check and _is_main_process():
+        _check_or_fail(args, [train_set, val_set])
     result = engine.train(config, train_set, val_set, resume=args.resume)
     if _is_main_process():
         summary = {k: v for k, v in result.items() if k != "model"}
         print(json.dumps(summary, indent=1, sort_keys=True, default=str))
+    return 0
+
+
+# ------------------------------------------------------------------ check
+
+def _bad_files(datasets) -> tuple[int, list]:
+    """(images checked, bad files) of the file-backed data sets among ``datasets`` (None and the
+    generated ones have no files)."""
+    from .data import AnnotatedImages, check_dataset
+
+    checked, bad = 0, []
+    for dataset in datasets:
+        if isinstance(dataset, AnnotatedImages):
+            checked += len(dataset)
+            bad += check_dataset(dataset)
+    return checked, bad
+
+
+def _check_or_fail(args, datasets) -> None:
+    """train's and eval's check before their first step: every bad file on stderr, then an error."""
+    _, bad = _bad_files(datasets)
+    if bad:
+        for item in bad:
+            print(item, file=sys.stderr)
+        raise ValueError(f"{len(bad)} bad file{'s' if len(bad) > 1 else ''} in --dataset {args.dataset} (listed "
+                         f"above): fix or remove them, or pass --no-check to start anyway")
+
+
+def _check_splits(args) -> list:
+    """--split's splits, by default every labelled one of the data set (its training, evaluation and
+    test splits; the root itself for a folder)."""
+    from .data import DATASETS
+
+    if args.split:
+        return args.split
+    info = DATASETS[args.dataset]
+    if info.splits is None:
+        return [None]
+    return list(dict.fromkeys(s for s in ("train", info.eval_split, info.test_split) if s is not None))
+
+
+def _cmd_check(args) -> int:
+    from .data import DATASETS
+
+    if not DATASETS[args.dataset].needs_root:
+        raise UsageError(f"--dataset {args.dataset} is generated: it has no files to check")
+    splits = _check_splits(args)
+    start = time.perf_counter()
+    checked, bad = _bad_files([_open_dataset(args, split) for split in splits])
+    for item in bad:
+        print(item)
+    names = ", ".join(s for s in splits if s) or str(args.root)
+    seconds = time.perf_counter() - start
+    if bad:
+        print(f"{len(bad)} bad file{'s' if len(bad) > 1 else ''} among {checked} images and their annotations "
+              f"({names}; {seconds:.1f} s)", file=sys.stderr)
+        return 1
+    print(f"{checked} images and their annotations read correctly ({names}; {seconds:.1f} s)")
     return 0
 
 
@@ -319,6 +351,8 @@ def _cmd_eval(args) -> int:
     _check_json_target(args.json)
     split = args.split or DATASETS[args.dataset].test_split
     dataset = _open_dataset(args, split)
+    if not args.no_check:
+        _check_or_fail(args, [dataset])
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
     metrics = _project("evaluate").evaluate(model, dataset, window=window, stride=stride,
                                             progress=args.json != "-")
@@ -383,14 +417,6 @@ def _overlay_targets(overlay: Path, images: Sequence[Path]) -> dict:
 
 # ------------------------------------------------------------------ demo
 
-def _demo_config(engine, args, out_dir: Path):
-    """The small configuration: the tiny DenseNet on 64-pixel patches, no workers, no AMP."""
-    return engine.TrainConfig(
-        steps=args.steps, batch_size=8, patch_size=64, lr=1e-3, backbone="densenet_tiny", amp=False,
-        num_workers=0, seed=args.seed, device=_device(args.device), out_dir=str(out_dir / "run"),
-        checkpoint_every=0, eval_every=0, log_every=10, progress=False)
-
-
 def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, clock=time.perf_counter):
     """Trains up to ``config.steps`` steps, stopping early after the chunk of steps that crosses
     ``seconds`` (by ``clock``); the chunks resume each other exactly. Prints a line per chunk;
@@ -411,14 +437,6 @@ def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, cl
     return result
 
 
-def mean_count_baseline(evaluation, train_counts, test_counts) -> dict:
-    """The metrics (``evaluation.count_metrics``) of predicting the mean training count for every
-    test image, plus that ``prediction``: the bar any trained model has to clear."""
-    prediction = sum(train_counts) / len(train_counts)
-    return {**evaluation.count_metrics([prediction] * len(test_counts), list(test_counts)),
-            "prediction": prediction}
-
-
 def _cmd_demo(args) -> int:
     import torch
 
@@ -432,13 +450,14 @@ def _cmd_demo(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     train_set = SyntheticCrowds(args.train_images, size=args.image_size, seed=args.seed, split="train")
     val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
-    config = _demo_config(engine, args, out_dir)
+    config = engine.TrainConfig.small(steps=args.steps, seed=args.seed, device=_device(args.device),
+                                      out_dir=str(out_dir / "run"), checkpoint_every=0, eval_every=0, progress=False)
     print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
           f"{args.image_size}x{args.image_size} px; training the small configuration on {config.device}")
     result = _train_within(engine, config, train_set, args.max_seconds)
     model = result["model"].eval()
     metrics = evaluation.evaluate(model, val_set, window=config.patch_size, stride=config.window_stride)
-    baseline = mean_count_baseline(evaluation, train_set.counts(), val_set.counts())
+    baseline = evaluation.mean_count_baseline(train_set.counts(), val_set.counts())
     print(_metrics_table([(f"mean count ({baseline['prediction']:.1f})", baseline), ("MUD-ikNN", metrics)]))
 
     sample = val_set[0]
@@ -481,6 +500,12 @@ def _add_window_args(parser) -> None:
                         help="sliding window stride (default: the checkpoint's validation stride, 4/7 of the window)")
 
 
+def _add_no_check(parser) -> None:
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip reading every image header and annotation before the first step ('mud-iknn "
+                             "check')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -520,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(train, split_help="training split (default: train; for folder: --root itself)")
     train.add_argument("--val-split", help="split evaluated during training (default: the data set's test/val "
                                            "split; 'none' to skip)")
+    train.add_argument("--preset", metavar="NAME",
+                       help="start from a named configuration instead of the paper's: 'small' (TrainConfig.small(): "
+                            "a tiny DenseNet on 64 px patches, minutes on a CPU)")
     train.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
     # the defaults named here are TrainConfig's (a test keeps them equal)
     train.add_argument("--steps", type=int, help="training steps (default 300000)")
@@ -545,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any other setting (VALUE as JSON, dotted KEY for nested settings); repeatable")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
+    _add_no_check(train)
     train.set_defaults(run=_cmd_train, command_parser=train)
 
     evaluate = commands.add_parser(
@@ -558,7 +587,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also write the metrics and per-image counts as JSON ('-': print only the JSON)")
     _add_window_args(evaluate)
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    _add_no_check(evaluate)
     evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
+
+    check = commands.add_parser(
+        "check", help="list every bad image or annotation file of a data set",
+        description="Reads every annotation and image header of the splits (in parallel worker processes) "
+                    "and prints one line per bad file with the reason; exit status 1 if there is one. "
+                    "'train' and 'eval' run the same check on their splits before their first step.")
+    _add_dataset_args(check, split_help="splits to check (default: every labelled split; for folder: --root "
+                                        "itself)", many_splits=True)
+    check.set_defaults(run=_cmd_check, command_parser=check)
 
     count = commands.add_parser(
         "count", help="count the people in images",

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["window_starts", "predict_image", "count_metrics", "evaluate"]
+__all__ = ["window_starts", "predict_image", "count_metrics", "mean_count_baseline", "evaluate"]
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -76,6 +76,16 @@ def count_metrics(predicted: Sequence[float], true: Sequence[float]) -> dict:
     positive = true > 0
     nae = float((err[positive] / true[positive]).mean()) if bool(positive.any()) else math.nan
     return {"mae": float(err.mean()), "rmse": float(err.pow(2).mean().sqrt()), "nae": nae}
+
+
+def mean_count_baseline(train_counts: Sequence[float], test_counts: Sequence[float]) -> dict:
+    """:func:`count_metrics` of predicting the mean training count for every test image, plus that
+    ``prediction``: the bar any trained model has to clear."""
+    train_counts = [float(c) for c in train_counts]
+    if not train_counts:
+        raise ValueError("train_counts is empty: the baseline needs at least one training count")
+    prediction = sum(train_counts) / len(train_counts)
+    return {**count_metrics([prediction] * len(test_counts), list(test_counts)), "prediction": prediction}
 
 
 def evaluate(model: nn.Module, dataset, window: int = 224, stride: int = 128, batch_size: int = 16,

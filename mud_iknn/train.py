@@ -42,8 +42,8 @@ from .loss import LabelSpec, MUDLoss
 from .model import MUDIKNN
 from .transforms import TrainTransform, collate_crowd
 
-__all__ = ["TrainConfig", "train", "build_model", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "RESUMABLE"]
+__all__ = ["TrainConfig", "PRESETS", "train", "run_settings", "build_model", "save_checkpoint", "load_checkpoint",
+           "read_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "RESUMABLE"]
 
 CHECKPOINT_FORMAT = "mud_iknn.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -175,6 +175,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _settings.from_dict(cls, data, "train config")
+
+
+#: Named configurations (``mud-iknn train --preset NAME``): name -> a function of overrides.
+PRESETS = {"small": TrainConfig.small}
 
 
 def build_model(config: TrainConfig, load_weights: bool = True) -> MUDIKNN:
@@ -416,6 +420,25 @@ def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
         raise ValueError(f"{path} was written by a run with other settings ({'; '.join(changed)}): resume "
                          f"with the checkpoint's settings (only {', '.join(RESUMABLE)} may change) or start a "
                          f"new run in another out_dir")
+
+
+def run_settings(settings: dict, resume: bool) -> tuple[dict, Optional[int]]:
+    """(settings of the run, step of the checkpoint it continues or None) for the out_dir that
+    ``settings`` (a TrainConfig dict, possibly partial) name.
+
+    With ``resume`` and a checkpoint there: the checkpoint's settings with ``settings`` applied over
+    them (:func:`train` then refuses changes outside :data:`RESUMABLE`). Without ``resume`` a
+    checkpoint there is never overwritten: ValueError naming it. No checkpoint: ``settings``.
+    """
+    out_dir = Path(settings.get("out_dir", TrainConfig.out_dir))
+    checkpoint = out_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        return settings, None
+    if not resume:
+        raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
+                         f"choose another --out-dir (or delete that one)")
+    state = read_checkpoint(checkpoint)  # ValueError naming it when damaged or its config does not load
+    return _settings.merged(state["config"], settings), state["step"]
 
 
 def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,

@@ -10,6 +10,7 @@ uint8 RGB, head points (N, 2) float32 (x, y) in pixels, name, count and meta. Op
 Names (:data:`DATASETS`): shanghaitech_a, shanghaitech_b, ucf_qnrf, ucf_cc_50 (``fold=0..4``),
 jhu_crowd, nwpu_crowd, folder (your own images + JSON/CSV points, see
 :mod:`mud_iknn.data.point_folder`), synthetic (no root; see :class:`SyntheticCrowds`).
+:func:`check_dataset` lists every bad file of a reader at once (:mod:`mud_iknn.data.check`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
-from .common import AnnotatedImages, check_points, load_image, load_mat
+from .check import BadFile, check_dataset
+from .common import AnnotatedImages, check_points, image_size, load_image, load_mat
 from .jhu_crowd import jhu_crowd
 from .nwpu_crowd import nwpu_crowd
 from .point_folder import point_folder
@@ -27,7 +29,8 @@ from .ucf_cc_50 import ucf_cc_50
 from .ucf_qnrf import ucf_qnrf
 
 __all__ = ["DATASETS", "DatasetInfo", "open_dataset", "AnnotatedImages", "SyntheticCrowds", "render_crowd",
-           "write_shanghaitech", "load_image", "load_mat", "check_points", "shanghaitech", "ucf_qnrf",
+           "write_shanghaitech", "load_image", "image_size", "load_mat", "check_points", "check_dataset", "BadFile",
+           "shanghaitech", "ucf_qnrf",
            "ucf_cc_50", "jhu_crowd", "nwpu_crowd", "point_folder"]
 
 

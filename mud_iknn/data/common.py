@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..sample import CrowdSample
 
-__all__ = ["IMAGE_SUFFIXES", "POINT_MARGIN", "load_image", "load_mat", "read_annpoints_mat",
+__all__ = ["IMAGE_SUFFIXES", "POINT_MARGIN", "load_image", "image_size", "load_mat", "read_annpoints_mat",
            "check_points",
            "require_dir", "list_images", "AnnotatedImages"]
 
@@ -53,14 +53,32 @@ def load_image(path) -> torch.Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            if img.mode == "F":  # no convention says what range its values mean: refuse, never guess
-                raise ValueError("a floating-point image (PIL mode F); save it as 8 or 16 bits")
+            _check_mode(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256.0).clip(0, 255).astype(np.uint8))
             rgb = np.asarray(img.convert("RGB"))
     except Exception as err:  # PIL's errors (decoding, DecompressionBombError, ...) share no base class
         raise ValueError(f"cannot read image {path}: {err}") from None
     return torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # a copy: PIL's array is read-only
+
+
+def _check_mode(img) -> None:
+    if img.mode == "F":  # no convention says what range its values mean: refuse, never guess
+        raise ValueError("a floating-point image (PIL mode F); save it as 8 or 16 bits")
+
+
+def image_size(path) -> tuple[int, int]:
+    """(H, W) of the image file at ``path`` from its header alone (no decoding); the errors of
+    :func:`load_image` for a missing file, an unreadable header or an image it refuses."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            _check_mode(img)
+            return img.height, img.width
+    except Exception as err:  # PIL's errors share no base class
+        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 def load_mat(path) -> dict:
