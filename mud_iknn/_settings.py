@@ -54,7 +54,7 @@ def apply_setting(settings: dict, assignment: str) -> None:
     else kept as a string. ValueError if malformed."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
-        raise ValueError(f"expected KEY=VALUE, got {assignment!r}")
+        raise ValueError(f"expects KEY=VALUE, got {assignment!r}")
     try:
         value = _PYTHON_LITERALS[text] if text in _PYTHON_LITERALS else json.loads(text)
     except ValueError:

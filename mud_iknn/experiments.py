@@ -8,8 +8,8 @@ the count loss alone, no label maps).
 
 Every variant of a comparison gets the same data, steps, batch, patch size, learning rate and
 seeds; only the variant's own setting differs. Default scale: synthetic crowds and the small
-network, minutes on a CPU. ``--dataset NAME --root DIR`` runs on a real data set (train split for
-training, its reporting split for the results). Writes a Markdown table (mean and standard
+configuration (``TrainConfig.small()`` with ``--steps``), minutes on a CPU. ``--dataset NAME --root
+DIR`` runs on a real data set (train split for training, its reporting split for the results). Writes a Markdown table (mean and standard
 deviation over seeds, each seed's MAE, the machine) to ``--out`` and prints it.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import apply_setting, mean_count_baseline
+from ._settings import apply_setting
 
 __all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "format_table", "machine_info", "main"]
 
@@ -43,10 +43,6 @@ COMPARISONS = {
     "labels": ("ikNN labels", "density labels"),
     "map_modules": ("map modules + count head", "count head only"),
 }
-
-_SMALL = {"batch_size": 8, "patch_size": 64, "lr": 1e-3, "backbone": "densenet_tiny", "amp": False,
-          "num_workers": 0, "checkpoint_every": 0, "eval_every": 0, "log_every": 50, "progress": False}
-
 
 def machine_info() -> dict:
     """Where the numbers come from: OS, CPU, core count, torch version and the device used."""
@@ -159,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    base = {} if args.full_network else dict(_SMALL)
+    engine = importlib.import_module("mud_iknn.train")
+    base = {} if args.full_network else engine.TrainConfig.small(checkpoint_every=0, progress=False).to_dict()
     base.update(steps=args.steps, device=args.device)
     try:
         for assignment in args.set:
@@ -173,12 +170,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = run_comparisons(train_set, test_set, base, args.seeds, args.comparisons, work_dir,
                                log=lambda line: print(line, file=sys.stderr, flush=True))
     evaluation = importlib.import_module("mud_iknn.evaluate")
-    baseline = mean_count_baseline(evaluation, train_set.counts(), test_set.counts())
+    baseline = evaluation.mean_count_baseline(train_set.counts(), test_set.counts())
     rows.append({"comparison": "reference", "variant": f"mean training count ({baseline['prediction']:.1f})",
                  "seed": "-", **{k: baseline[k] for k in ("mae", "rmse", "nae")}})
     setup = {"data": f"{args.dataset} ({len(train_set)} train / {len(test_set)} test images)",
              "seeds": " ".join(map(str, args.seeds)),
-             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "backbone")}}
+             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "lr_step", "backbone",
+                                                      "frozen_batchnorm")}}
     table = format_table(rows, setup, machine_info())
     print(table)
     if args.out:

@@ -79,18 +79,37 @@ def save_overlay(image, values, count: float, path, *, title: str = "") -> Path:
     return _save(figure, path)
 
 
-def save_demo_figure(image, true_map, predicted_map, true_count: float, predicted_count: float, path) -> Path:
-    """Writes ``path``: image | true ikNN map | predicted map, with the true and predicted counts."""
+def _points(values) -> np.ndarray:
+    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    array = array.reshape(-1, 2) if array.size else np.zeros((0, 2))
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {array.shape}")
+    return array
+
+
+def save_demo_figure(image, true_map, predicted_map, true_points, located, predicted_count: float, path) -> Path:
+    """Writes ``path``: the image with the true heads (white rings) and the located ones (red
+    crosses) | the true ikNN map | the predicted ikNN map, both on the same colour scale.
+
+    true_points, located: (N, 2) (x, y) pixels. predicted_count: the model's count of the image.
+    """
     from matplotlib.figure import Figure
 
+    truth, found = _points(true_points), _points(located)
+    true_map, predicted_map = _map(true_map), _map(predicted_map)
+    top = max(float(true_map.max(initial=0.0)), float(predicted_map.max(initial=0.0))) or 1.0
     figure = Figure(figsize=(12, 4.4), dpi=100)
-    panels = [("image", _hwc(image), None),
-              (f"true ikNN map (count {true_count:.0f})", _map(true_map), "viridis"),
-              (f"predicted map (count {predicted_count:.1f})", _map(predicted_map), "viridis")]
-    for i, (title, picture, cmap) in enumerate(panels):
-        axes = figure.add_subplot(1, 3, i + 1)
-        axes.imshow(picture, cmap=cmap)
+    axes = figure.add_subplot(1, 3, 1)
+    axes.imshow(_hwc(image))
+    axes.scatter(truth[:, 0], truth[:, 1], s=30, facecolors="none", edgecolors="white", linewidths=0.8)
+    axes.scatter(found[:, 0], found[:, 1], s=14, c="red", marker="x", linewidths=0.8)
+    axes.set_title(f"{len(found)} heads located (red), {len(truth)} true (white)\ncount {predicted_count:.1f}",
+                   fontsize=10)
+    for i, (title, values) in enumerate([("true ikNN map", true_map), ("predicted ikNN map", predicted_map)]):
+        axes = figure.add_subplot(1, 3, i + 2)
+        axes.imshow(values, cmap="viridis", vmin=0.0, vmax=top)
         axes.set_title(title, fontsize=10)
+    for axes in figure.axes:
         axes.set_axis_off()
     figure.tight_layout()
     return _save(figure, path)

@@ -3,13 +3,11 @@ train / eval / count / demo / bench (against small stand-ins for the model modul
 ones are not needed to check the command's own logic)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,10 @@ import torch
 from PIL import Image
 
 from mud_iknn import _settings, cli
-from mud_iknn.data import SyntheticCrowds
+from mud_iknn.data import SyntheticCrowds, open_dataset
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared CI cores
 
 
 def run(capsys, *argv):
@@ -192,135 +193,55 @@ def test_labels_synthetic_limit(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["synthetic_val_00000.npy", "synthetic_val_00001.npy"]
 
 
-# ------------------------------------------------------------------ stand-ins for the model modules
+# ------------------------------------------------------------------ the small configuration, trained briefly
 
-class TinyModel(torch.nn.Module):
-    """Predicts ``scale`` people per bright pixel: enough to check what the commands do with a model.
+def _small(out_dir, **overrides):
+    from mud_iknn.train import TrainConfig
 
-    forward(uint8 images (B, 3, H, W)) -> (maps (B, 3, H, W), counts (B,)), as MUDIKNN's."""
-
-    def __init__(self, scale: float):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(float(scale)))
-
-    def forward(self, images):
-        bright = (images.float().mean(1, keepdim=True) > 127).float() * self.scale
-        return bright.expand(-1, 3, -1, -1), bright.sum(dim=(1, 2, 3))
+    return TrainConfig.small(**{"steps": 2, "out_dir": str(out_dir), "checkpoint_every": 0, "eval_every": 0,
+                                "progress": False, **overrides})
 
 
-def _predict_image(model, image, window=224, stride=128, batch_size=16):
-    density = model(image[None])[0][0, 0].detach()
-    return float(density.sum()), density
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint of TrainConfig.small() trained for 2 steps (its patch size 64, stride 36)."""
+    from mud_iknn.train import train
+
+    out = tmp_path_factory.mktemp("small_run")
+    train(_small(out), SyntheticCrowds(4, size=64, seed=5))
+    return out / "checkpoint.pt"
 
 
-def _count_metrics(predicted, true):
-    err = np.abs(np.asarray(predicted, dtype=float) - np.asarray(true, dtype=float))
-    return {"mae": float(err.mean()), "rmse": float(np.sqrt((err ** 2).mean())), "nae": 0.0}
+def _expected_count(checkpoint, path, window=None, stride=None):
+    """The whole-image count of predict_image with the checkpoint's model, in this process."""
+    from mud_iknn.data import load_image
+    from mud_iknn.evaluate import predict_image
+    from mud_iknn.train import load_checkpoint
+
+    model, config, _ = load_checkpoint(checkpoint)
+    return float(predict_image(model, load_image(path), window or config.patch_size,
+                               stride or config.window_stride)[0])
 
 
-@dataclasses.dataclass
-class _Label:
-    kind: str = "iknn"
-    k: int = None
-    transform: str = "inverse"
-    max_distance: float = None
-
-    @property
-    def neighbours(self):
-        return self.k or (1 if self.kind == "iknn" else 3)
-
-
-@dataclasses.dataclass
-class _Config:
-    """The TrainConfig fields and behaviour the CLI relies on."""
-
-    steps: int = 10
-    batch_size: int = 2
-    patch_size: int = 32
-    lr: float = 1e-4
-    label: _Label = dataclasses.field(default_factory=_Label)
-    amp: bool = True
-    seed: int = 0
-    num_workers: int = 4
-    device: str = "auto"
-    out_dir: str = "runs"
-    checkpoint_every: int = 5
-    eval_every: int = 5
-    log_every: int = 50
-    backbone: str = "densenet201"
-    weights: str = None
-    map_modules: bool = True
-    progress: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.label, dict):
-            self.label = _Label(**self.label)
-
-    @property
-    def window_stride(self):
-        return self.patch_size * 4 // 7
-
-    @classmethod
-    def from_dict(cls, data):
-        return _settings.from_dict(cls, data, "train config")
-
-
-@pytest.fixture
-def engine(monkeypatch):
-    """Stand-in mud_iknn.train / mud_iknn.evaluate modules recording how the CLI calls them."""
-    calls = {"train": [], "evaluate": []}
-
-    def load_checkpoint(path, map_location="cpu"):
-        try:
-            state = json.loads(Path(path).read_text())
-        except ValueError:
-            raise ValueError(f"{path} is not a mud-iknn checkpoint") from None
-        return TinyModel(state["scale"]), _Config(patch_size=state["patch_size"]), {}
-
-    def train(config, train_set, val_set=None, resume=False):
-        calls["train"].append((config, train_set, val_set, resume))
-        return {"step": config.steps, "train": {"loss": 0.5}, "val": None, "model": TinyModel(0.1),
-                "checkpoint": str(Path(config.out_dir) / "checkpoint.pt")}
-
-    def evaluate(model, dataset, window=224, stride=128, batch_size=16, progress=False, limit=None):
-        calls["evaluate"].append((dataset, window, stride))
-        return calls.get("metrics", {"mae": 1.5, "rmse": 2.0, "nae": 0.1, "per_image": [{"name": "x"}]})
-
-    def read_checkpoint(path, map_location="cpu"):  # a run's checkpoint: {"step", "config"} as JSON
-        return json.loads(Path(path).read_text())
-
-    train_module = types.ModuleType("mud_iknn.train")
-    train_module.TrainConfig, train_module.train, train_module.load_checkpoint = _Config, train, load_checkpoint
-    train_module.read_checkpoint, train_module.CHECKPOINT_NAME = read_checkpoint, "checkpoint.pt"
-    evaluate_module = types.ModuleType("mud_iknn.evaluate")
-    evaluate_module.evaluate, evaluate_module.predict_image = evaluate, _predict_image
-    evaluate_module.count_metrics = _count_metrics
-    monkeypatch.setitem(sys.modules, "mud_iknn.train", train_module)
-    monkeypatch.setitem(sys.modules, "mud_iknn.evaluate", evaluate_module)
-    return calls
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    path = tmp_path / "model.pt"
-    path.write_text(json.dumps({"scale": 0.5, "patch_size": 56}))
+def _save_scene(path, index=0, size=80):
+    Image.fromarray(SyntheticCrowds(index + 1, size=size, seed=3)[index].image.permute(1, 2, 0).numpy()).save(path)
     return path
 
 
 # ------------------------------------------------------------------ count
 
-def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, engine, checkpoint):
-    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
-    image = np.zeros((20, 30, 3), dtype=np.uint8)
-    image[:4, :10] = 255  # 40 bright pixels -> 20 people at scale 0.5
-    Image.fromarray(image).save(a)
-    Image.new("L", (30, 20), 200).save(b)  # grayscale, all bright: 600 px -> 300
-    status, out, err = run(capsys, "count", a, b, "--checkpoint", checkpoint, "--overlay", tmp_path / "ov")
+def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, checkpoint):
+    a, b = _save_scene(tmp_path / "a.png", 0), _save_scene(tmp_path / "b.jpg", 1, size=100)
+    status, out, err = run(capsys, "count", a, b, "--checkpoint", checkpoint, "--overlay", tmp_path / "ov",
+                           "--device", "cpu")
     assert status == 0, err
-    assert out.splitlines() == [f"{a}\t20.0", f"{b}\t300.0"]
+    assert out.splitlines() == [f"{a}\t{_expected_count(checkpoint, a):.1f}", f"{b}\t{_expected_count(checkpoint, b):.1f}"]
     assert (tmp_path / "ov" / "a.png").is_file() and (tmp_path / "ov" / "b.png").is_file()
-    status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "one.png")
-    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0, "overlay": str(tmp_path / "one.png")}]
+    status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "one.png",
+                         "--window", "96", "--stride", "40")
+    entry, = json.loads(out)
+    assert status == 0 and (entry["image"], entry["overlay"]) == (str(a), str(tmp_path / "one.png"))
+    assert entry["count"] == pytest.approx(_expected_count(checkpoint, a, 96, 40), rel=1e-6)
     assert (tmp_path / "one.png").is_file()
     # images of one name from two folders get an overlay each
     (tmp_path / "d2").mkdir()
@@ -331,7 +252,7 @@ def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, engine, check
                                                                        str(tmp_path / "two" / "a_2.png")]
 
 
-def test_count_errors(capsys, tmp_path, engine, checkpoint):
+def test_count_errors(capsys, tmp_path, checkpoint):
     status, _, err = run(capsys, "count", tmp_path / "missing.jpg", "--checkpoint", checkpoint)
     assert status == 1 and err.strip() == f"mud-iknn count: error: image not found: {tmp_path / 'missing.jpg'}"
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
@@ -339,7 +260,7 @@ def test_count_errors(capsys, tmp_path, engine, checkpoint):
     assert status == 1 and "checkpoint not found" in err and str(tmp_path / "none.pt") in err
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", tmp_path / "bad.pt")
-    assert status == 1 and len(err.strip().splitlines()) == 1 and "bad.pt is not a mud-iknn checkpoint" in err
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "bad.pt is not a mud_iknn checkpoint" in err
     status, _, err = run(capsys, "count", tmp_path / "x.png", "--checkpoint", checkpoint,
                          "--overlay", tmp_path / "o.jpg")
     assert status == 2 and "must be a .png file" in err
@@ -356,72 +277,78 @@ def test_count_errors(capsys, tmp_path, engine, checkpoint):
 
 # ------------------------------------------------------------------ eval
 
-def test_eval_prints_table_and_writes_json(capsys, tmp_path, engine, checkpoint):
-    root = write_shanghaitech(tmp_path / "sh", {1: [[1.0, 1.0]], 2: [[2.0, 2.0]]})
+def test_eval_prints_table_and_writes_json(capsys, tmp_path, checkpoint):
+    from mud_iknn.evaluate import evaluate
+    from mud_iknn.train import load_checkpoint
+
+    root = write_shanghaitech(tmp_path / "sh", {1: [[1.0, 1.0]], 2: [[2.0, 2.0], [5.0, 5.0]]})
     report = tmp_path / "report.json"
     status, out, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "shanghaitech_a",
-                           "--root", root, "--split", "train", "--json", report)
+                           "--root", root, "--split", "train", "--json", report, "--device", "cpu")
     assert status == 0, err
+    model, _, _ = load_checkpoint(checkpoint)
+    expected = evaluate(model, open_dataset("shanghaitech_a", root, split="train"), window=64, stride=36)
     lines = out.splitlines()
     assert lines[0].split() == ["MAE", "RMSE", "NAE"]
-    assert lines[1].split() == ["shanghaitech_a", "train", "1.50", "2.00", "0.1000"]
-    (dataset, window, stride), = engine["evaluate"]
-    assert len(dataset) == 2 and (window, stride) == (56, 32)  # the checkpoint's patch size and stride
+    assert lines[1].split() == ["shanghaitech_a", "train", f"{expected['mae']:.2f}", f"{expected['rmse']:.2f}",
+                                f"{expected['nae']:.4f}"]
     data = json.loads(report.read_text())
-    assert data["mae"] == 1.5 and data["images"] == 2 and data["per_image"] == [{"name": "x"}]
-    status, out, _ = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "3",
+    assert (data["window"], data["stride"], data["images"]) == (64, 36, 2)  # the checkpoint's patch size, stride
+    assert data["mae"] == pytest.approx(expected["mae"]) and [r["name"] for r in data["per_image"]] == ["IMG_1", "IMG_2"]
+    status, out, _ = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
                          "--image-size", "48", "--json", "-")
     assert status == 0 and json.loads(out)["split"] == "test"  # the reporting split by default
-    run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1", "--window", "70")
-    assert engine["evaluate"][-1][1:] == (70, 40)
+    status, out, _ = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
+                         "--image-size", "48", "--window", "70", "--json", "-")
+    assert status == 0 and (json.loads(out)["window"], json.loads(out)["stride"]) == (70, 40)
     # NAE without a positive true count is NaN, which JSON cannot hold: null; a folder is no --json target
-    engine["metrics"] = {"mae": 0.5, "rmse": 0.5, "nae": float("nan"), "per_image": []}
-    status, out, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
-                           "--json", "-")
+    empty = write_shanghaitech(tmp_path / "empty", {1: []})
+    status, out, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "shanghaitech_a", "--root", empty,
+                           "--split", "train", "--json", "-")
     assert status == 0 and '"nae": null' in out and json.loads(out)["nae"] is None, err
-    calls = len(engine["evaluate"])
-    status, _, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
-                         "--json", tmp_path)
-    assert status == 2 and "is a folder" in err and len(engine["evaluate"]) == calls  # refused before the work
+    status, out, err = run(capsys, "eval", "--checkpoint", checkpoint, "--dataset", "synthetic", "--num-images", "1",
+                           "--json", tmp_path)
+    assert status == 2 and "is a folder" in err and out == ""  # refused before the work
 
 
 # ------------------------------------------------------------------ train
 
-def test_train_merges_file_options_and_set(capsys, tmp_path, engine):
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"steps": 100, "lr": 0.01, "batch_size": 4}))
-    status, out, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "4", "--image-size", "48",
-                           "--config", config, "--steps", "7", "--out-dir", tmp_path / "run", "--device", "cpu",
-                           "--label", "density", "--set", "label.k=3", "--backbone", "densenet_tiny", "--resume")
+def _trained_config(run_dir):
+    from mud_iknn.train import read_checkpoint
+
+    return read_checkpoint(Path(run_dir) / "checkpoint.pt")["config"]
+
+
+def test_train_preset_small_is_train_config_small(capsys, tmp_path):
+    from mud_iknn.train import TrainConfig
+
+    status, out, err = run(capsys, "train", "--preset", "small", "--dataset", "synthetic", "--num-images", "2",
+                           "--image-size", "64", "--val-split", "none", "--out-dir", tmp_path / "run",
+                           "--steps", "2", "--set", "progress=false")
     assert status == 0, err
-    (cfg, train_set, val_set, resume), = engine["train"]
-    assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.out_dir) == (7, 0.01, 4, str(tmp_path / "run"))
-    assert (cfg.label.kind, cfg.label.k, cfg.backbone, cfg.device) == ("density", 3, "densenet_tiny", "cpu")
-    assert resume is True
-    assert (train_set.split, len(train_set), val_set.split) == ("train", 4, "val")
+    assert _trained_config(tmp_path / "run") == TrainConfig.small(steps=2, out_dir=str(tmp_path / "run"),
+                                                                  progress=False).to_dict()
+    assert json.loads(out)["step"] == 2
+    status, _, err = run(capsys, "train", "--preset", "large", "--dataset", "synthetic")
+    assert status == 2 and "--preset must be one of small, got 'large'" in err
+
+
+def test_train_merges_file_options_and_set(capsys, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"steps": 100, "lr": 0.01, "batch_size": 4, "label": {"kind": "iknn", "k": 2}}))
+    status, out, err = run(capsys, "train", "--preset", "small", "--dataset", "synthetic", "--num-images", "4",
+                           "--image-size", "48", "--config", config, "--steps", "2", "--out-dir", tmp_path / "run",
+                           "--label", "density", "--set", "label.k=3", "--set", "progress=false", "--resume")
+    assert status == 0, err
+    cfg = _trained_config(tmp_path / "run")
+    # preset < file < options < --set; nested settings merged key by key
+    assert (cfg["steps"], cfg["lr"], cfg["batch_size"], cfg["out_dir"]) == (2, 0.01, 4, str(tmp_path / "run"))
+    assert (cfg["label"]["kind"], cfg["label"]["k"], cfg["backbone"], cfg["patch_size"]) == \
+        ("density", 3, "densenet_tiny", 64)
+    assert "no checkpoint in" in err  # --resume with nothing to resume starts a new run
     summary = json.loads(out)
-    assert summary["step"] == 7 and summary["checkpoint"] == str(tmp_path / "run" / "checkpoint.pt")
-    assert "model" not in summary
-
-
-def test_train_resumes_with_the_checkpoints_settings_and_never_overwrites_a_run(capsys, tmp_path, engine):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    saved = dataclasses.asdict(_Config(steps=10, batch_size=4, lr=0.01, label=_Label("density", k=5),
-                                       out_dir=str(run_dir)))
-    (run_dir / "checkpoint.pt").write_text(json.dumps({"step": 10, "config": saved}))
-    data = ["--dataset", "synthetic", "--num-images", "2", "--out-dir", run_dir]
-    status, _, err = run(capsys, "train", *data, "--steps", "30")
-    assert status == 1 and f"{run_dir} already holds a run" in err and "--resume" in err and engine["train"] == []
-    # resumed without repeating the run's options: they come from the checkpoint, the given ones on top
-    status, _, err = run(capsys, "train", *data, "--steps", "30", "--set", "label.transform=inverse_sqrt", "--resume")
-    assert status == 0 and "resuming" in err and "at step 10" in err
-    cfg, _, _, resume = engine["train"][-1]
-    assert resume and (cfg.steps, cfg.batch_size, cfg.lr) == (30, 4, 0.01)
-    assert (cfg.label.kind, cfg.label.k, cfg.label.transform) == ("density", 5, "inverse_sqrt")
-    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--out-dir", tmp_path / "new",
-                         "--resume")
-    assert status == 0 and "no checkpoint in" in err and "starting a new run" in err
+    assert summary["step"] == 2 and summary["checkpoint"] == str(tmp_path / "run" / "checkpoint.pt")
+    assert summary["val"]["split"] == "val" and "model" not in summary  # the synthetic val split by default
 
 
 def test_train_help_names_the_configs_defaults():
@@ -442,21 +369,26 @@ def test_set_values_are_json_or_python_literals_else_strings():
     settings = {}
     for assignment in ["amp=False", "progress=true", "weights=None", "label.k=3", "lr=1e-3", "device=cuda:1",
                        "scale_range=[0.5, 2]", "backbone=densenet121"]:
-        cli.apply_setting(settings, assignment)
+        _settings.apply_setting(settings, assignment)
     assert settings == {"amp": False, "progress": True, "weights": None, "label": {"k": 3}, "lr": 1e-3,
                         "device": "cuda:1", "scale_range": [0.5, 2], "backbone": "densenet121"}
+    with pytest.raises(ValueError, match="amp.x: amp is not a group"):
+        _settings.apply_setting(settings, "amp.x=1")
+    assert _settings.merged({"a": 1, "label": {"k": 1, "kind": "iknn"}}, {"label": {"k": 3}}) == \
+        {"a": 1, "label": {"k": 3, "kind": "iknn"}}
 
 
-def test_train_reads_toml_config(capsys, tmp_path, engine):
+def test_train_reads_toml_config(capsys, tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text('steps = 12\nlr = 0.005\n[label]\nkind = "density"\n')
-    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--config", config)
+    config.write_text('steps = 2\nlr = 0.005\nprogress = false\n[label]\nkind = "density"\n')
+    status, _, err = run(capsys, "train", "--preset", "small", "--dataset", "synthetic", "--num-images", "2",
+                         "--image-size", "48", "--config", config, "--val-split", "none", "--out-dir", tmp_path / "r")
     assert status == 0, err
-    cfg = engine["train"][-1][0]
-    assert (cfg.steps, cfg.lr, cfg.label.kind) == (12, 0.005, "density")
+    cfg = _trained_config(tmp_path / "r")
+    assert (cfg["steps"], cfg["lr"], cfg["label"]["kind"]) == (2, 0.005, "density")
 
 
-def test_train_errors(capsys, tmp_path, engine):
+def test_train_errors(capsys, tmp_path):
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--config", tmp_path / "none.json")
     assert status == 1 and "config file not found" in err
     (tmp_path / "c.json").write_text("{broken")
@@ -464,54 +396,45 @@ def test_train_errors(capsys, tmp_path, engine):
     assert status == 1 and "cannot read config file" in err and "c.json" in err
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--set", "colour=3")
     assert status == 1 and "unknown fields ['colour']" in err
-    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--val-split", "none",
-                         "--set", "steps=1")
-    assert status == 0 and engine["train"][-1][2] is None
+    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--set", "steps.x=3")
+    assert status == 2 and "--set steps.x: steps is not a group of settings" in err
 
 
 # ------------------------------------------------------------------ demo
 
-def test_demo_compares_with_the_mean_baseline_and_draws(capsys, tmp_path, engine):
-    engine["metrics"] = {"mae": 0.25, "rmse": 0.5, "nae": 0.01, "per_image": []}
-    args = ["demo", "--out", tmp_path, "--train-images", "4", "--val-images", "3", "--image-size", "64",
-            "--steps", "3", "--device", "cpu"]
-    status, out, err = run(capsys, *args)
-    assert status == 0, err
-    train_counts = SyntheticCrowds(4, size=64, seed=0, split="train").counts()
-    val_counts = SyntheticCrowds(3, size=64, seed=0, split="val").counts()
-    baseline_mae = np.abs(val_counts - train_counts.mean()).mean()
-    baseline_row = next(line for line in out.splitlines() if line.startswith("mean count"))
-    assert f"{baseline_mae:.2f}" in baseline_row.split()
-    assert "MUD-ikNN" in out and (tmp_path / "demo.png").is_file()
-    summary = json.loads((tmp_path / "demo.json").read_text())
-    assert summary["mean_baseline"]["mae"] == pytest.approx(baseline_mae)
-    configs = [call[0] for call in engine["train"]]
-    assert [c.steps for c in configs] == [3] and configs[0].device == "cpu"
-    assert (configs[0].backbone, configs[0].patch_size, configs[0].num_workers) == ("densenet_tiny", 64, 0)
-    assert (tmp_path / "demo.json").is_file() and "checkpoint.pt" in out
-    # a model no better than the baseline fails the demo
-    engine["metrics"] = {"mae": baseline_mae + 1, "rmse": 99.0, "nae": 1.0, "per_image": []}
-    status, _, err = run(capsys, *args)
+def test_demo_fails_when_the_model_does_not_beat_the_mean_baseline(capsys, tmp_path, monkeypatch):
+    import mud_iknn.evaluate
+
+    def no_better(model, dataset, **kwargs):  # the real metrics, with the error of the mean baseline + 1
+        metrics = evaluate(model, dataset, **kwargs)
+        return {**metrics, "mae": float("inf")}
+
+    evaluate = mud_iknn.evaluate.evaluate
+    monkeypatch.setattr(mud_iknn.evaluate, "evaluate", no_better)
+    status, _, err = run(capsys, "demo", "--out", tmp_path, "--train-images", "2", "--val-images", "1",
+                         "--image-size", "64", "--steps", "2", "--device", "cpu")
     assert status == 1 and "did not beat the mean-count baseline" in err
 
 
-def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, engine):
+def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, tmp_path):
+    import mud_iknn.train as engine
+
     now = [0.0]
-    train = sys.modules["mud_iknn.train"].train
 
-    def slow_train(config, *args, **kwargs):  # each 20-step chunk takes 30 s
+    def clock():  # every reading 30 s later: each 20-step chunk "takes" 30 s
         now[0] += 30.0
-        return train(config, *args, **kwargs)
+        return now[0]
 
-    stand_in = types.SimpleNamespace(train=slow_train)
-    result = cli._train_within(stand_in, _Config(steps=100), [], seconds=50, clock=lambda: now[0])
-    assert [(c[0].steps, c[3]) for c in engine["train"]] == [(20, False), (40, True)]  # 60 s > 50 s: stop
-    assert result["step"] == 40
+    data = SyntheticCrowds(2, size=64)
+    result = cli._train_within(engine, _small(tmp_path / "a", steps=100, log_every=10), data, seconds=50,
+                               clock=clock)
+    assert result["step"] == 40 and engine.read_checkpoint(tmp_path / "a" / "checkpoint.pt")["step"] == 40
     out, err = capsys.readouterr()
-    assert "stopping after 40 steps" in err and "step    20/100  loss 0.5  30 s" in out
-    engine["train"].clear()
-    assert cli._train_within(stand_in, _Config(steps=45), [], seconds=1e9, clock=lambda: now[0])["step"] == 45
-    assert [c[0].steps for c in engine["train"]] == [20, 40, 45]
+    assert "stopping after 40 steps" in err and "step    20/100  loss " in out
+    result = cli._train_within(engine, _small(tmp_path / "b", steps=45, log_every=10), data, seconds=1e9,
+                               clock=clock)
+    assert result["step"] == 45 and [line.split()[1] for line in capsys.readouterr().out.splitlines()] == \
+        ["20/45", "40/45", "45/45"]
 
 
 # ------------------------------------------------------------------ bench
@@ -538,28 +461,33 @@ def test_bench_prints_a_real_table(capsys):
 
 # ------------------------------------------------------------------ the comparisons script
 
-def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engine, monkeypatch):
+def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, monkeypatch):
+    import mud_iknn.evaluate
+    import mud_iknn.train
     from mud_iknn import experiments
+    from mud_iknn.train import TrainConfig
 
-    def train(config, train_set, val_set=None, resume=False):  # a model whose error encodes the run
-        engine["train"].append((config, train_set, val_set, resume))
-        error = config.seed + (10 if config.label.kind == "density" else 0) + (100 if not config.map_modules else 0)
-        return {"model": TinyModel(error), "step": config.steps}
+    configs = []
+
+    def train(config, train_set, val_set=None, resume=False):  # a run whose error encodes its settings
+        configs.append(config)
+        return {"model": config.seed + (10 if config.label.kind == "density" else 0) +
+                (100 if not config.map_modules else 0), "step": config.steps}
 
     def evaluate(model, dataset, window=224, stride=128, **kwargs):
-        error = float(model.scale.detach())
-        return {"mae": error, "rmse": error + 0.5, "nae": 0.0, "per_image": []}
+        return {"mae": float(model), "rmse": model + 0.5, "nae": 0.0, "per_image": []}
 
-    monkeypatch.setattr(sys.modules["mud_iknn.train"], "train", train)
-    monkeypatch.setattr(sys.modules["mud_iknn.evaluate"], "evaluate", evaluate)
+    monkeypatch.setattr(mud_iknn.train, "train", train)
+    monkeypatch.setattr(mud_iknn.evaluate, "evaluate", evaluate)
     out = tmp_path / "docs" / "experiments.md"
     status = experiments.main(["--seeds", "1", "2", "--steps", "5", "--train-images", "2", "--test-images", "2",
                                "--image-size", "48", "--out", str(out), "--set", "lr=0.01"])
     assert status == 0
-    configs = [c[0] for c in engine["train"]]
     # ikNN (shared by both comparisons), density, count-head-only: 3 distinct runs x 2 seeds
     assert len(configs) == 6
-    assert {(c.steps, c.lr, c.batch_size, c.patch_size) for c in configs} == {(5, 0.01, 8, 64)}  # equal budgets
+    small = TrainConfig.small()  # the shared base: the small configuration, steps and --set on top
+    assert {(c.steps, c.lr, c.batch_size, c.patch_size, c.frozen_batchnorm, c.lr_step) for c in configs} == \
+        {(5, 0.01, small.batch_size, small.patch_size, small.frozen_batchnorm, small.lr_step)}  # equal budgets
     assert len({c.out_dir for c in configs}) == 6
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     mae = {(r["comparison"], r["variant"], r["seed"]): r["mae"] for r in rows}
@@ -575,7 +503,7 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engin
     assert f"| reference | mean training count ({train_counts.mean():.1f}) | {baseline:.2f} |" in table
 
 
-def test_experiments_real_data_set_needs_a_root(capsys, engine):
+def test_experiments_real_data_set_needs_a_root(capsys):
     from mud_iknn import experiments
 
     assert experiments.main(["--dataset", "ucf_qnrf"]) == 1
@@ -610,6 +538,10 @@ def test_train_eval_count_with_the_real_engine(capsys, tmp_path):
             "--val-split", "none", "--resume"]
     status, out, err = run(capsys, "train", *data, "--steps", "3")
     assert status == 0 and json.loads(out)["step"] == 3, err
+    assert f"resuming {run_dir / 'checkpoint.pt'} at step 2" in err
+    status, _, err = run(capsys, "train", *data[:-1], "--steps", "5")  # without --resume: never overwritten
+    assert status == 1 and f"{run_dir} already holds a run" in err and "--resume" in err
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 3
     status, _, err = run(capsys, "train", *data, "--steps", "4", "--lr", "0.5")
     assert status == 1 and "checkpoint.pt was written by a run with other settings (lr 0.0001 -> 0.5)" in err
     # a checkpoint whose config no longer loads (e.g. from a newer version) is named
