@@ -77,6 +77,8 @@ def test_every_bad_file_is_listed_once_with_its_reason(broken_shanghaitech, work
     assert set(found) == set(EXPECTED)  # the good files (IMG_1, IMG_8 with padding) are not listed
     for name, words in EXPECTED.items():
         assert words in found[name] and name in found[name], found[name]
+    images_only = _by_name(check_dataset(dataset, annotations=False, workers=workers))
+    assert set(images_only) == {name for name in EXPECTED if name.startswith("IMG_")}
     # a sample fails to load exactly when one of its files is listed
     listed = {item.path for item in bad}
     for i, (image, annotation) in enumerate(dataset.items):

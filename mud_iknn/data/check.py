@@ -45,7 +45,7 @@ def _ends_complete(path: Path) -> bool:
     return end.endswith(tails)
 
 
-def _check_pair(pair: tuple[Path, Path], read_points: Callable) -> list[BadFile]:
+def _check_pair(pair: tuple[Path, Path], read_points: Optional[Callable]) -> list[BadFile]:
     image, annotation = pair
     bad, size = [], None
     try:
@@ -54,6 +54,8 @@ def _check_pair(pair: tuple[Path, Path], read_points: Callable) -> list[BadFile]
             load_image(image)  # decodes: a truncated or corrupt file raises, naming it
     except (OSError, ValueError) as err:
         bad.append(BadFile(str(image), str(err)))
+    if read_points is None:
+        return bad
     try:
         raw, _ = read_points(annotation)
         if size is not None:
@@ -63,16 +65,16 @@ def _check_pair(pair: tuple[Path, Path], read_points: Callable) -> list[BadFile]
     return bad
 
 
-def _check_chunk(pairs: Sequence[tuple[Path, Path]], read_points: Callable) -> list[BadFile]:
+def _check_chunk(pairs: Sequence[tuple[Path, Path]], read_points: Optional[Callable]) -> list[BadFile]:
     return [b for pair in pairs for b in _check_pair(pair, read_points)]
 
 
-def check_files(pairs: Sequence[tuple[Path, Path]], read_points: Callable, *,
+def check_files(pairs: Sequence[tuple[Path, Path]], read_points: Optional[Callable], *,
                 workers: Optional[int] = None) -> list[BadFile]:
     """The bad files among (image path, annotation path) ``pairs``, in their order.
 
     read_points: the reader's annotation parser (annotation path -> (raw (N, 2) points, meta)),
-    a picklable function. workers: processes (None: up to 8, one per core, in-process for few
+    a picklable function; None checks the images only. workers: processes (None: up to 8, one per core, in-process for few
     pairs; 0 or 1: in-process).
     """
     pairs = [(Path(i), Path(a)) for i, a in pairs]
@@ -89,9 +91,11 @@ def check_files(pairs: Sequence[tuple[Path, Path]], read_points: Callable, *,
         return [b for chunk in results for b in chunk]
 
 
-def check_dataset(dataset: AnnotatedImages, *, workers: Optional[int] = None) -> list[BadFile]:
+def check_dataset(dataset: AnnotatedImages, *, annotations: bool = True,
+                  workers: Optional[int] = None) -> list[BadFile]:
     """The bad files of a file-backed data set (every reader of :data:`mud_iknn.data.DATASETS`
-    but the synthetic one); see :func:`check_files`."""
+    but the synthetic one); ``annotations=False`` checks its images only (a split without public
+    labels, such as NWPU-Crowd's test split). See :func:`check_files`."""
     if not isinstance(dataset, AnnotatedImages):
         raise TypeError(f"dataset must be a file-backed AnnotatedImages reader, got {type(dataset).__name__}")
-    return check_files(dataset.items, dataset.read_points, workers=workers)
+    return check_files(dataset.items, dataset.read_points if annotations else None, workers=workers)
