@@ -18,8 +18,9 @@ import scipy.io
 import torch
 from PIL import Image
 
-from mud_iknn import _settings, cli
+from mud_iknn import _settings, cli, localize
 from mud_iknn.data import SyntheticCrowds
+from mud_iknn.evaluate import Prediction
 
 
 def run(capsys, *argv):
@@ -210,7 +211,7 @@ class TinyModel(torch.nn.Module):
 
 def _predict_image(model, image, window=224, stride=128, batch_size=16):
     density = model(image[None])[0][0, 0].detach()
-    return float(density.sum()), density
+    return Prediction(float(density.sum()), density, density, localize(density[None])[0])
 
 
 def _count_metrics(predicted, true):
@@ -282,7 +283,7 @@ def engine(monkeypatch):
         return {"step": config.steps, "train": {"loss": 0.5}, "val": None, "model": TinyModel(0.1),
                 "checkpoint": str(Path(config.out_dir) / "checkpoint.pt")}
 
-    def evaluate(model, dataset, window=224, stride=128, batch_size=16, progress=False, limit=None):
+    def evaluate(model, dataset, window=224, stride=128, batch_size=16, progress=False, limit=None, **kwargs):
         calls["evaluate"].append((dataset, window, stride))
         return calls.get("metrics", {"mae": 1.5, "rmse": 2.0, "nae": 0.1, "per_image": [{"name": "x"}]})
 
@@ -320,7 +321,10 @@ def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, engine, check
     assert out.splitlines() == [f"{a}\t20.0", f"{b}\t300.0"]
     assert (tmp_path / "ov" / "a.png").is_file() and (tmp_path / "ov" / "b.png").is_file()
     status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "one.png")
-    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0, "overlay": str(tmp_path / "one.png")}]
+    # the bright 4 x 10 block is one plateau of the map: one head, at its last pixel (x 9, y 3) moved
+    # half a pixel back into the block along each axis
+    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0, "points": [[8.5, 2.5]],
+                                                "overlay": str(tmp_path / "one.png")}]
     assert (tmp_path / "one.png").is_file()
     # images of one name from two folders get an overlay each
     (tmp_path / "d2").mkdir()
@@ -363,7 +367,7 @@ def test_eval_prints_table_and_writes_json(capsys, tmp_path, engine, checkpoint)
                            "--root", root, "--split", "train", "--json", report)
     assert status == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["MAE", "RMSE", "NAE"]
+    assert lines[0].split() == ["MAE", "MSE*", "NAE"]  # the field's "MSE" is the RMSE (a footnote says so)
     assert lines[1].split() == ["shanghaitech_a", "train", "1.50", "2.00", "0.1000"]
     (dataset, window, stride), = engine["evaluate"]
     assert len(dataset) == 2 and (window, stride) == (56, 32)  # the checkpoint's patch size and stride
