@@ -7,22 +7,24 @@ suppression finds the heads. Points follow the project's convention (:mod:`mud_i
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["localize", "DEFAULT_THRESHOLD", "DEFAULT_MIN_DISTANCE"]
 
-DEFAULT_THRESHOLD = 0.25
-"""Map value a peak must exceed. Chosen on maps of ``TrainConfig.small()`` models trained on
-``SyntheticCrowds`` (bench/measure_localize_threshold.py; bench/RESULTS.md): F1 at 8 px is flat
-from about 0.15 to 0.35 there and falls off beyond; an exact ikNN map is 1 at a head and at most
-1 / 4 three pixels from the nearest one."""
+DEFAULT_THRESHOLD = 0.2
+"""Map value a peak must exceed. Chosen with ``DEFAULT_MIN_DISTANCE`` on the stitched maps of three
+``TrainConfig.small()`` models (seeds 0-2) trained on ``SyntheticCrowds`` and predicting 24 unseen
+scenes (bench/measure_localize_threshold.py; the F1 table is in bench/RESULTS.md): F1 at 8 px peaks
+near 0.2 (0.79) and stays above 0.73 from 0.14 to 0.24; their peaks are low (the maps are smooth),
+so higher thresholds lose heads fast (0.30: 0.55). On an exact ikNN map a head is 1 and a pixel
+4 px from every head 0.2."""
 
-DEFAULT_MIN_DISTANCE = 3
-"""Peaks are kept more than this many pixels apart (Chebyshev): the NMS window is 7 x 7 pixels,
-which separates heads 6 px apart with room for their subpixel offsets."""
+DEFAULT_MIN_DISTANCE = 1
+"""Peaks are kept more than this many pixels apart (Chebyshev): a 3 x 3 window, the best of 1 to 5
+on those maps (dense synthetic crowds: wider windows merge neighbouring heads)."""
 
 
 def _check_maps(maps) -> torch.Tensor:
@@ -40,9 +42,70 @@ def _check_maps(maps) -> torch.Tensor:
         if maps.shape[1] == 0:
             raise ValueError(f"maps have no channels: shape {tuple(maps.shape)}")
         maps = maps.mean(1)
-    if maps.numel() and not bool(torch.isfinite(maps).all()):
+    maps = maps.float()
+    if maps.numel() and not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
         raise ValueError("maps hold NaN or infinite values")
-    return maps.float()
+    return maps
+
+
+_GATHER_ELEMENTS = 1 << 22  # candidates x window pixels gathered at once
+
+
+def _window_values(flat: torch.Tensor, shape, b, i, j, di, dj, fill) -> torch.Tensor:
+    """(K, D) values of ``flat`` (the (B, H, W) maps flattened) at (i + di, j + dj) of image b,
+    ``fill`` outside the map."""
+    _, height, width = shape
+    ni, nj = i[:, None] + di, j[:, None] + dj
+    inside = (ni >= 0) & (ni < height) & (nj >= 0) & (nj < width)
+    index = (b[:, None] * height + ni.clamp(0, height - 1)) * width + nj.clamp(0, width - 1)
+    return flat[index].masked_fill_(~inside, fill)
+
+
+def _chunked(fn, count: int, width: int, device) -> torch.Tensor:
+    """torch.cat of fn(slice) over slices of range(count), each of about _GATHER_ELEMENTS / width."""
+    chunk = max(1, _GATHER_ELEMENTS // max(width, 1))
+    parts = [fn(slice(s, s + chunk)) for s in range(0, count, chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
+    """(b, i, j) of the pixels above ``threshold`` that are the maximum of their (2 radius + 1)^2
+    window, one per plateau (of equal maxima within a window, the highest raster index), and,
+    unless ``flat_ok``, above the window's minimum. Dense work is one comparison and one nonzero;
+    the rest runs on the candidates: first against their 4 neighbours, then on the survivors'
+    windows, then the survivors' plateaus."""
+    shape, flat = maps.shape, maps.reshape(-1)
+    height, width = shape[1:]
+    linear = (flat > threshold).nonzero().squeeze(1)
+    if radius:  # a window's maximum is >= its 4 neighbours: that test first, on flat indices
+        for step, first_of_row in ((1, True), (width, False)):
+            for sign in (-1, 1):
+                inner = linear % width if first_of_row else linear // width % height
+                edge = 0 if sign < 0 else (width if first_of_row else height) - 1
+                neighbour = flat[(linear + sign * step).clamp_(0, flat.numel() - 1)]
+                linear = linear[(neighbour <= flat[linear]) | (inner == edge)]
+    b, i, j = linear // (height * width), linear % (height * width) // width, linear % width
+    if not radius:
+        return b, i, j
+    offsets = torch.arange(-radius, radius + 1, device=maps.device)
+    di, dj = (g.reshape(-1) for g in torch.meshgrid(offsets, offsets, indexing="ij"))
+    centre = flat[linear][:, None]
+
+    def is_max(s):
+        values = _window_values(flat, shape, b[s], i[s], j[s], di, dj, float("-inf"))
+        ok = (values <= centre[s]).all(1)
+        if not flat_ok:
+            ok &= (values.masked_fill_(values == float("-inf"), float("inf")) < centre[s]).any(1)
+        return ok
+
+    keep = _chunked(is_max, len(b), di.numel(), maps.device)
+    b, i, j = b[keep], i[keep], j[keep]
+    peak = torch.zeros(flat.shape, dtype=torch.bool, device=maps.device)
+    peak[(b * shape[1] + i) * shape[2] + j] = True
+    later = (di > 0) | ((di == 0) & (dj > 0))  # raster-later pixels of the window
+    first = _chunked(lambda s: ~_window_values(peak, shape, b[s], i[s], j[s], di[later], dj[later], False).any(1),
+                     len(b), int(later.sum()), maps.device)
+    return b[first], i[first], j[first]
 
 
 def _refine(maps: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -101,18 +164,7 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if batch == 0 or height == 0 or width == 0:
         return [maps.new_zeros((0, 2)) for _ in range(batch)]
-    size = 2 * min_distance + 1
-    pooled = F.max_pool2d(maps[:, None], size, stride=1, padding=min_distance)[:, 0]
-    peak = maps == pooled
-    if counts is None:
-        peak &= maps > threshold
-    else:  # no threshold: keep out the flat background (a window holding one value)
-        peak &= maps > -F.max_pool2d(-maps[:, None], size, stride=1, padding=min_distance)[:, 0]
-    if min_distance:  # of equal maxima within a window keep the one of highest raster index
-        index = torch.arange(height * width, device=maps.device, dtype=torch.float64).reshape(height, width)
-        marked = torch.where(peak, index, torch.full_like(index, -1.0))  # float64: indices exact up to 2^53
-        peak &= F.max_pool2d(marked[:, None], size, stride=1, padding=min_distance)[:, 0] == index
-    b, i, j = peak.nonzero(as_tuple=True)
+    b, i, j = _peaks(maps, threshold if counts is None else float("-inf"), min_distance, flat_ok=counts is None)
     values = maps[b, i, j]
     order = torch.argsort(values, descending=True, stable=True)
     order = order[torch.argsort(b[order], stable=True)]  # by image, decreasing value within each

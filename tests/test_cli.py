@@ -212,15 +212,14 @@ def checkpoint(tmp_path_factory):
     return out / "checkpoint.pt"
 
 
-def _expected_count(checkpoint, path, window=None, stride=None):
-    """The whole-image count of predict_image with the checkpoint's model, in this process."""
+def _expected(checkpoint, path, window=None, stride=None):
+    """predict_image's Prediction of the image with the checkpoint's model, in this process."""
     from mud_iknn.data import load_image
     from mud_iknn.evaluate import predict_image
     from mud_iknn.train import load_checkpoint
 
     model, config, _ = load_checkpoint(checkpoint)
-    return float(predict_image(model, load_image(path), window or config.patch_size,
-                               stride or config.window_stride)[0])
+    return predict_image(model, load_image(path), window or config.patch_size, stride or config.window_stride)
 
 
 def _save_scene(path, index=0, size=80):
@@ -235,13 +234,15 @@ def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, checkpoint):
     status, out, err = run(capsys, "count", a, b, "--checkpoint", checkpoint, "--overlay", tmp_path / "ov",
                            "--device", "cpu")
     assert status == 0, err
-    assert out.splitlines() == [f"{a}\t{_expected_count(checkpoint, a):.1f}", f"{b}\t{_expected_count(checkpoint, b):.1f}"]
+    assert out.splitlines() == [f"{a}\t{_expected(checkpoint, a).count:.1f}", f"{b}\t{_expected(checkpoint, b).count:.1f}"]
     assert (tmp_path / "ov" / "a.png").is_file() and (tmp_path / "ov" / "b.png").is_file()
     status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "one.png",
                          "--window", "96", "--stride", "40")
     entry, = json.loads(out)
     assert status == 0 and (entry["image"], entry["overlay"]) == (str(a), str(tmp_path / "one.png"))
-    assert entry["count"] == pytest.approx(_expected_count(checkpoint, a, 96, 40), rel=1e-6)
+    expected = _expected(checkpoint, a, 96, 40)
+    assert entry["count"] == pytest.approx(expected.count, rel=1e-6)
+    assert entry["points"] == pytest.approx(expected.points.tolist())  # the located heads
     assert (tmp_path / "one.png").is_file()
     # images of one name from two folders get an overlay each
     (tmp_path / "d2").mkdir()
@@ -289,7 +290,7 @@ def test_eval_prints_table_and_writes_json(capsys, tmp_path, checkpoint):
     model, _, _ = load_checkpoint(checkpoint)
     expected = evaluate(model, open_dataset("shanghaitech_a", root, split="train"), window=64, stride=36)
     lines = out.splitlines()
-    assert lines[0].split() == ["MAE", "RMSE", "NAE"]
+    assert lines[0].split() == ["MAE", "MSE*", "NAE"]  # the field's "MSE" is the RMSE (a footnote says so)
     assert lines[1].split() == ["shanghaitech_a", "train", f"{expected['mae']:.2f}", f"{expected['rmse']:.2f}",
                                 f"{expected['nae']:.4f}"]
     data = json.loads(report.read_text())

@@ -44,7 +44,8 @@ def test_window_starts():
 ])
 def test_constant_count_model_gives_the_analytic_total(height, width, expected):
     c = 10.0
-    count, density = predict_image(ConstantCount(c), _image(height, width))
+    count, density, iknn_map, points = predict_image(ConstantCount(c), _image(height, width))
+    assert iknn_map.shape == (height, width) and float(iknn_map.abs().max()) == 0 and points.shape == (0, 2)
     assert density.shape == (height, width)
     assert count == pytest.approx(c * expected, rel=1e-6)
     assert float(density.double().sum()) == pytest.approx(count, rel=1e-5)
