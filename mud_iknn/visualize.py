@@ -114,8 +114,8 @@ def save_demo_figure(image, true_map, predicted_map, true_points, located, predi
     axes.imshow(_hwc(image))
     axes.scatter(truth[:, 0], truth[:, 1], s=30, facecolors="none", edgecolors="white", linewidths=0.8)
     axes.scatter(found[:, 0], found[:, 1], s=14, c="red", marker="x", linewidths=0.8)
-    axes.set_title(f"{len(found)} heads located (red), {len(truth)} true (white)\ncount {predicted_count:.1f}",
-                   fontsize=10)
+    axes.set_title(f"heads: {len(found)} located (red), {len(truth)} true (white); count {predicted_count:.1f}",
+                   fontsize=9)
     for i, (title, values) in enumerate([("true ikNN map", true_map), ("predicted ikNN map", predicted_map)]):
         axes = figure.add_subplot(1, 3, i + 2)
         axes.imshow(values, cmap="viridis", vmin=0.0, vmax=top)

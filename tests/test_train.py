@@ -71,8 +71,12 @@ def test_config_map_modules_switch_round_trip():
 
 
 def test_small_config_for_cpu_demos():
+    from mud_iknn.train import PRESETS
+
     c = TrainConfig.small(steps=10)
-    assert (c.backbone, c.patch_size, c.device, c.steps, c.frozen_batchnorm) == ("densenet_tiny", 64, "cpu", 10, False)
+    assert (c.backbone, c.patch_size, c.device, c.steps, c.num_workers) == ("densenet_tiny", 64, "cpu", 10, 0)
+    assert c.lr_step < TrainConfig.small().steps  # the learning rate decays within the preset's run
+    assert PRESETS["small"]().to_dict() == TrainConfig.small().to_dict()
 
 
 def test_short_training_lowers_the_loss(tmp_path):
