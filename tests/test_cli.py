@@ -53,7 +53,7 @@ def write_shanghaitech(root: Path, heads: dict, size=(12, 16)):
 
 @pytest.mark.parametrize("command, expected", [
     ("demo", "--steps"), ("train", "--resume"), ("eval", "--checkpoint"), ("count", "--overlay"),
-    ("labels", "--kind"), ("bench", "--full")])
+    ("labels", "--kind"), ("bench", "--full"), ("check", "--split")])
 def test_every_command_has_help(capsys, command, expected):
     status, out, _ = run(capsys, command, "--help")
     assert status == 0 and expected in out and f"mud-iknn {command}" in out
