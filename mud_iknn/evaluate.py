@@ -145,13 +145,19 @@ def game_errors(density: torch.Tensor, points, levels: Sequence[int] = GAME_LEVE
         if isinstance(level, bool) or not isinstance(level, int) or level < 0:
             raise ValueError(f"GAME levels must be non-negative integers, got {level!r}")
         n = 2 ** level
-        row_cell = torch.arange(height) * n // height
-        col_cell = torch.arange(width) * n // width
+        row_cell = _cells(height, n)
+        col_cell = _cells(width, n)
         predicted = torch.zeros(n * n, dtype=torch.float64).index_add_(
             0, (row_cell[:, None] * n + col_cell[None]).reshape(-1), density.reshape(-1))
         true = torch.bincount(row_cell[rows] * n + col_cell[cols], minlength=n * n).double()
         errors.append(float((predicted - true).abs().sum()))
     return errors
+
+
+def _cells(length: int, n: int) -> torch.Tensor:
+    """(length,) int64 cell of every pixel along an axis split into n cells at floor(c length / n)."""
+    bounds = torch.tensor([c * length // n for c in range(1, n)], dtype=torch.int64)
+    return torch.bucketize(torch.arange(length), bounds, right=True)
 
 
 def _image_only(dataset, index: int):
