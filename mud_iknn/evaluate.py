@@ -1,10 +1,13 @@
-"""Whole-image counting by sliding windows, and the benchmarks' metrics: counting (MAE, RMSE, NAE)
-and localization (precision, recall, F1 of one-to-one matches within a distance).
+"""Whole-image counting and locating by sliding windows, and the benchmarks' metrics: counting
+(MAE, RMSE, NAE, GAME), localization (precision, recall, F1 of one-to-one matches within a
+distance, NWPU-Crowd's protocol), and NWPU-Crowd's test-server files.
 
 As in the authors' code: windows of ``window`` x ``window`` pixels every ``stride`` pixels, the
 image zero-padded at the bottom and right so that the windows cover it; each window's predicted
 count is spread uniformly over its pixels inside the image; where windows overlap, the per-pixel
-values are averaged; the image's count is the sum of that stitched map.
+values are averaged; the image's count is the sum of that stitched map. The windows' ikNN maps are
+stitched the same way (each pixel the mean of the maps over it) and their local maxima are the
+located heads (:func:`mud_iknn.localize`).
 """
 from __future__ import annotations
 
