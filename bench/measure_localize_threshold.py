@@ -16,7 +16,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 
 from mud_iknn import localize
 from mud_iknn.data import SyntheticCrowds
