@@ -16,7 +16,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-
 from mud_iknn import localize
 from mud_iknn.data import SyntheticCrowds
 from mud_iknn.evaluate import localization_metrics, predict_image
