@@ -77,12 +77,11 @@ def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
     height, width = shape[1:]
     linear = (flat > threshold).nonzero().squeeze(1)
     if radius:  # a window's maximum is >= its 4 neighbours: that test first, on flat indices
-        for step, first_of_row in ((1, True), (width, False)):
-            for sign in (-1, 1):
-                inner = linear % width if first_of_row else linear // width % height
-                edge = 0 if sign < 0 else (width if first_of_row else height) - 1
-                neighbour = flat[(linear + sign * step).clamp_(0, flat.numel() - 1)]
-                linear = linear[(neighbour <= flat[linear]) | (inner == edge)]
+        centre, col, row = flat[linear], linear % width, linear // width % height
+        ok = torch.ones_like(linear, dtype=torch.bool)
+        for step, along, edge in ((-1, col, 0), (1, col, width - 1), (-width, row, 0), (width, row, height - 1)):
+            ok &= (flat[(linear + step).clamp_(0, flat.numel() - 1)] <= centre) | (along == edge)
+        linear = linear[ok]
     b, i, j = linear // (height * width), linear % (height * width) // width, linear % width
     if not radius:
         return b, i, j
