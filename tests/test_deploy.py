@@ -93,9 +93,13 @@ def test_export_has_the_contract_and_matches_the_checkpoint(exported):
     assert metadata["mud_iknn.window"] == "64" and metadata["mud_iknn.stride"] == "40"
 
 
-def test_export_refuses_what_is_not_a_network(tmp_path):
+def test_export_refuses_what_is_not_a_network(capsys, tmp_path):
     with pytest.raises(TypeError, match="MapNetwork"):
         deploy.export_onnx(torch.nn.Conv2d(3, 1, 1), tmp_path / "x.onnx")
+    status, _, err = run(capsys, "export", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "x.onnx")
+    assert status == 1 and f"checkpoint {tmp_path / 'none.pt'} does not exist" in err
+    status, out, _ = run(capsys, "export", "--help")
+    assert status == 0 and "--checkpoint" in out and "'maps' and 'counts'" in out
 
 
 # ------------------------------------------------------------------ counting images
