@@ -280,11 +280,30 @@ def _cmd_train(args) -> int:
 # ------------------------------------------------------------------ eval
 
 def _metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
-    lines = [f"{'':<24}{'MAE':>10}{'RMSE':>10}{'NAE':>10}"]
+    """MAE, RMSE (printed as the field's "MSE": RMSE) and NAE, and GAME(0..3) where the rows have them."""
+    game = all("game" in m for _, m in rows)
+    lines = [f"{'':<24}{'MAE':>10}{'MSE*':>10}{'NAE':>10}" + ("".join(f"{f'GAME({l})':>10}" for l in range(4))
+                                                          if game else "")]
     for label, m in rows:
         nae = m.get("nae")
         nae_text = f"{nae:>10.4f}" if isinstance(nae, (int, float)) and math.isfinite(nae) else f"{'-':>10}"
-        lines.append(f"{label:<24}{m['mae']:>10.2f}{m['rmse']:>10.2f}{nae_text}")
+        games = "".join(f"{m['game'][str(l)]:>10.2f}" for l in range(4)) if game else ""
+        lines.append(f"{label:<24}{m['mae']:>10.2f}{m['rmse']:>10.2f}{nae_text}{games}")
+    lines.append("* MSE as crowd-counting papers report it: the root mean squared error")
+    return "\n".join(lines)
+
+
+def _localization_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """Precision, recall, F1 and tp / fp / fn per threshold of each row's "localization"."""
+    def ratio(v):
+        return f"{v:>10.3f}" if isinstance(v, (int, float)) and math.isfinite(v) else f"{'-':>10}"
+
+    lines = [f"{'':<24}{'threshold':>10}{'precision':>10}{'recall':>10}{'F1':>10}{'tp':>9}{'fp':>9}{'fn':>9}"]
+    for label, m in rows:
+        for name, r in m["localization"].items():
+            lines.append(f"{label:<24}{name:>10}{ratio(r['precision'])}{ratio(r['recall'])}{ratio(r['f1'])}"
+                         f"{r['tp']:>9}{r['fp']:>9}{r['fn']:>9}")
+            label = ""
     return "\n".join(lines)
 
 
@@ -319,14 +338,38 @@ def _cmd_eval(args) -> int:
     _check_json_target(args.json)
     split = args.split or DATASETS[args.dataset].test_split
     dataset = _open_dataset(args, split)
+    evaluation = _project("evaluate")
+    if args.export or args.export_points:
+        try:
+            evaluation.check_nwpu_ids(dataset)
+        except ValueError as err:
+            raise UsageError(f"--export / --export-points: {err}") from None
+    labels = getattr(dataset, "labelled", True)
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
-    metrics = _project("evaluate").evaluate(model, dataset, window=window, stride=stride,
-                                            progress=args.json != "-")
+    metrics = evaluation.evaluate(model, dataset, window=window, stride=stride, progress=args.json != "-",
+                                  localization=args.localization or bool(args.export_points), labels=labels)
+    if args.export:
+        evaluation.write_nwpu_counts(args.export, metrics["per_image"])
+    if args.export_points:
+        evaluation.write_nwpu_points(args.export_points, metrics["per_image"])
+    if not args.localization:
+        for record in metrics["per_image"]:
+            record.pop("points", None)
     report = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": split,
               "images": len(dataset), "window": window, "stride": stride, **metrics}
     if args.json != "-":
-        print(_metrics_table([(f"{args.dataset} {split or ''}".strip(), metrics)]))
-        print(f"({len(dataset)} images)")
+        name = f"{args.dataset} {split or ''}".strip()
+        if not labels:
+            print(f"{name}: no public labels, predictions only ({len(dataset)} images)")
+        else:
+            rows = [(name, metrics)] + [(f"  {c} ({m['images']})", m) for c, m in metrics.get("categories", {}).items()]
+            print(_metrics_table(rows))
+            if args.localization:
+                print(_localization_table(rows))
+            print(f"({len(dataset)} images)")
+        for target in (args.export, args.export_points):
+            if target:
+                print(f"wrote {target}")
     if args.json:
         _write_json(report, args.json)
     return 0
@@ -479,8 +522,8 @@ def _cmd_demo(args) -> int:
     spec = config.label  # the demo trains on the default labels: ikNN, k = 1
     true_map = iknn_maps(sample.points, (height, width), spec.neighbours, max_distance=spec.max_distance,
                          transform=spec.transform)[0]
-    predicted, _ = evaluation.predict_image(model, sample.image, window=config.patch_size,
-                                            stride=config.window_stride)
+    predicted = evaluation.predict_image(model, sample.image, window=config.patch_size,
+                                         stride=config.window_stride).count
     with torch.no_grad():
         maps, _ = model(sample.image[None].to(next(model.parameters()).device))
     figure = save_demo_figure(sample.image, true_map, maps[0].mean(0), sample.count, predicted,
@@ -581,14 +624,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_cmd_train, command_parser=train)
 
     evaluate = commands.add_parser(
-        "eval", help="MAE / RMSE / NAE of a checkpoint on a data set",
-        description="Counts every image of the split with sliding windows and prints MAE, RMSE and NAE.")
+        "eval", help="MAE / RMSE / NAE / GAME (and localization) of a checkpoint on a data set",
+        description="Counts every image of the split with sliding windows and prints MAE, RMSE (the 'MSE' of "
+                    "crowd-counting papers), NAE and GAME(0..3), per category where the data set defines them "
+                    "(JHU-Crowd++: low / medium / high / weather); --localization adds the localization metrics.")
     evaluate.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
                           help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
     _add_dataset_args(evaluate, split_help="split to evaluate (default: the data set's test split; val for "
                                            "nwpu_crowd, whose test labels are not public)")
     evaluate.add_argument("--json", metavar="FILE",
                           help="also write the metrics and per-image counts as JSON ('-': print only the JSON)")
+    evaluate.add_argument("--localization", action="store_true",
+                          help="also locate the heads (local maxima of the predicted ikNN maps) and report "
+                               "precision / recall / F1 at 4, 8 and 16 px (and at NWPU-Crowd's per-head "
+                               "sigma_s / sigma_l where the data set has head boxes); JSON: 'localization', "
+                               "and 'points' per image")
+    evaluate.add_argument("--export", type=Path, metavar="FILE",
+                          help="write NWPU-Crowd's counting submission: one line '<id> <count>' per image "
+                               "(also for the test split, whose labels are not public)")
+    evaluate.add_argument("--export-points", type=Path, metavar="FILE",
+                          help="write NWPU-Crowd's localization submission: one line '<id> <n> x1 y1 ... xn yn' "
+                               "(integer pixels) per image")
     _add_window_args(evaluate)
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
@@ -606,14 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
     source.add_argument("--model", type=Path, metavar="FILE", help="an ONNX file written by 'mud-iknn export'")
     count.add_argument("--overlay", type=Path, metavar="PATH",
-                       help="write the predicted map over the image: a .png file for one image, a folder "
-                            "(one <image name>.png each) for several, a video file (.mp4, .mkv, .mov, .avi) "
-                            "for a video")
+                       help="write the image with the located heads next to the predicted ikNN map: a .png "
+                            "file for one image, a folder (one <image name>.png each) for several; for a video, "
+                            "a video file (.mp4, .mkv, .mov, .avi) of the counted frames with the map and heads")
     count.add_argument("--csv", type=Path, metavar="FILE",
                        help="also write the counts as CSV: image,count for images; frame,time_s,count for a video")
     count.add_argument("--every", type=int, metavar="N", help="a video: count every N-th frame only (default 1)")
     _add_window_args(count)
-    count.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    count.add_argument("--json", action="store_true",
+                       help="print JSON instead of lines: per image 'count' and 'points' (the located heads, "
+                            "[x, y] image pixels)")
     count.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     count.set_defaults(run=_cmd_count, command_parser=count)
 

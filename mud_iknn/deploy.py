@@ -28,7 +28,7 @@ from torch import nn
 from .data.common import IMAGE_SUFFIXES
 
 __all__ = ["export_onnx", "export_checkpoint", "OnnxModel", "load_onnx", "collect_inputs",
-           "count_images", "write_csv", "require", "VIDEO_SUFFIXES", "INPUT_NAME", "OUTPUT_NAMES"]
+           "count_images", "rounded_points", "write_csv", "require", "VIDEO_SUFFIXES", "INPUT_NAME", "OUTPUT_NAMES"]
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("maps", "counts")
@@ -223,21 +223,32 @@ def collect_inputs(paths: Iterable[Union[str, os.PathLike]]) -> tuple[list[Path]
 
 def count_images(model: nn.Module, images: Sequence[Path], *, window: int, stride: int,
                  overlays: Optional[dict] = None) -> Iterator[dict]:
-    """Counts each image file with :func:`mud_iknn.evaluate.predict_image` and yields
-    {"image": path, "count": heads, "overlay": file} (the overlay only where ``overlays``, a dict
-    image -> PNG file, names one; it is written there)."""
+    """Counts and locates the heads of each image file with :func:`mud_iknn.evaluate.predict_image`
+    and yields {"image": path, "count": heads, "points": [[x, y], ...], "overlay": file}: "points"
+    (image pixels, 2 decimals) for a network with map modules, "overlay" where ``overlays`` (a
+    dict image -> PNG file) names one; it is written there (:func:`mud_iknn.visualize.save_overlay`).
+    """
     from .data import load_image
     from .evaluate import predict_image
     from .visualize import save_overlay
 
     for path in images:
         image = load_image(path)
-        count, density = predict_image(model, image, window=window, stride=stride)
-        result = {"image": str(path), "count": float(count)}
+        prediction = predict_image(model, image, window=window, stride=stride)
+        result = {"image": str(path), "count": float(prediction.count)}
+        if prediction.points is not None:
+            result["points"] = rounded_points(prediction.points)
         if overlays and path in overlays:
-            save_overlay(image, density, result["count"], overlays[path], title=Path(path).name)
+            shown = prediction.iknn_map if prediction.iknn_map is not None else prediction.density
+            save_overlay(image, shown, result["count"], overlays[path], points=prediction.points,
+                         title=Path(path).name)
             result["overlay"] = str(overlays[path])
         yield result
+
+
+def rounded_points(points: torch.Tensor) -> list:
+    """(N, 2) located heads as a JSON-able list of [x, y] rounded to 2 decimals (pixels)."""
+    return [[round(x, 2), round(y, 2)] for x, y in points.tolist()]
 
 
 def write_csv(path: Union[str, os.PathLike], rows: Iterable[dict], fields: Sequence[str]) -> Path:

@@ -1,4 +1,5 @@
-"""Whole-image counting by sliding windows, and the count metrics MAE, RMSE and NAE.
+"""Whole-image counting by sliding windows, and the benchmarks' metrics: counting (MAE, RMSE, NAE)
+and localization (precision, recall, F1 of one-to-one matches within a distance).
 
 As in the authors' code: windows of ``window`` x ``window`` pixels every ``stride`` pixels, the
 image zero-padded at the bottom and right so that the windows cover it; each window's predicted
@@ -8,12 +9,19 @@ values are averaged; the image's count is the sum of that stitched map.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["window_starts", "predict_image", "count_metrics", "evaluate"]
+from .localize import DEFAULT_MIN_DISTANCE, DEFAULT_THRESHOLD, localize
+
+__all__ = ["window_starts", "Prediction", "predict_image", "count_metrics", "game_errors", "GAME_LEVELS",
+           "match_counts", "localization_counts", "localization_metrics", "head_thresholds", "evaluate",
+           "nwpu_image_id", "check_nwpu_ids", "write_nwpu_counts", "write_nwpu_points"]
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -25,15 +33,33 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [i * stride for i in range(-(-extra // stride) + 1)]
 
 
+class Prediction(NamedTuple):
+    """What :func:`predict_image` finds in one image.
+
+    count: the predicted head count (the paper's: the windows' counts, overlaps averaged).
+    density: (H, W) float32 count map on the CPU (heads per pixel; its sum is ``count``).
+    iknn_map: (H, W) float32 stitched ikNN map on the CPU (each pixel the mean over the windows
+    covering it of their maps, channels averaged), None for a network without map modules.
+    points: (N, 2) float32 located heads (x, y) in image pixels (:func:`mud_iknn.localize` on
+    ``iknn_map``), None without a map.
+    """
+
+    count: float
+    density: torch.Tensor
+    iknn_map: Optional[torch.Tensor]
+    points: Optional[torch.Tensor]
+
+
 @torch.no_grad()
 def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stride: int = 128,
-                  batch_size: int = 16) -> tuple[float, torch.Tensor]:
-    """(count, map): the predicted head count of one whole image and its stitched (H, W) float32 map
-    (heads per pixel, on the CPU) whose sum is the count.
+                  batch_size: int = 16, *, threshold: float = DEFAULT_THRESHOLD,
+                  min_distance: int = DEFAULT_MIN_DISTANCE) -> Prediction:
+    """Counts and locates the heads of one whole image with sliding windows (:class:`Prediction`).
 
-    model: returns (maps, counts (B,)) for (B, 3, window, window) uint8 images (a
-    :class:`mud_iknn.model.MapNetwork`); it is run in eval mode on its own device and put back in
-    the mode it was in. image: (3, H, W) uint8.
+    model: returns (maps (B, C, h, w), counts (B,)) for (B, 3, window, window) uint8 images (a
+    :class:`mud_iknn.model.MapNetwork`; maps coarser than the window are upsampled to it,
+    nearest); it is run in eval mode on its own device and put back in the mode it was in.
+    image: (3, H, W) uint8. threshold, min_distance: passed to :func:`mud_iknn.localize`.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image))}")
@@ -45,28 +71,45 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
     padded[:, :height, :width] = image
     boxes = [(y, x) for y in ys for x in xs]
     device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without any (OnnxModel)
+    total = torch.zeros(height, width, dtype=torch.float64)
+    cover = torch.zeros(height, width, dtype=torch.float64)
+    map_total = None
     was_training = model.training
     model.eval()
     try:
-        counts = []
         for i in range(0, len(boxes), batch_size):
-            batch = torch.stack([padded[:, y:y + window, x:x + window] for y, x in boxes[i:i + batch_size]])
-            counts.append(model(batch.to(device))[1].float().cpu())
-        counts = torch.cat(counts).double()
+            batch_boxes = boxes[i:i + batch_size]
+            batch = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_boxes])
+            maps, counts = model(batch.to(device))
+            counts = counts.double().cpu()
+            if maps.shape[1]:
+                maps = maps.float().mean(1, keepdim=True)
+                if maps.shape[-2:] != (window, window):
+                    maps = F.interpolate(maps, size=(window, window), mode="nearest")
+                maps = maps[:, 0].cpu()
+                if map_total is None:
+                    map_total = torch.zeros(height, width, dtype=torch.float32)
+            for n, ((y, x), c) in enumerate(zip(batch_boxes, counts)):
+                h, w = min(window, height - y), min(window, width - x)
+                total[y:y + h, x:x + w] += c / (h * w)
+                cover[y:y + h, x:x + w] += 1
+                if map_total is not None:
+                    map_total[y:y + h, x:x + w] += maps[n, :h, :w]
     finally:
         model.train(was_training)
-    total = torch.zeros(height, width, dtype=torch.float64)
-    cover = torch.zeros(height, width, dtype=torch.float64)
-    for (y, x), c in zip(boxes, counts):
-        h, w = min(window, height - y), min(window, width - x)
-        total[y:y + h, x:x + w] += c / (h * w)
-        cover[y:y + h, x:x + w] += 1
     density = total / cover
-    return float(density.sum()), density.float()
+    iknn_map = points = None
+    if map_total is not None:
+        iknn_map = map_total / cover.float()
+        points = localize(iknn_map[None], threshold=threshold, min_distance=min_distance)[0]
+    return Prediction(float(density.sum()), density.float(), iknn_map, points)
 
 
 def count_metrics(predicted: Sequence[float], true: Sequence[float]) -> dict:
-    """MAE, RMSE and NAE (mean of |error| / true count over images with a true count > 0)."""
+    """MAE, RMSE and NAE (mean of |error| / true count over images with a true count > 0).
+
+    "rmse" is what crowd-counting papers and benchmarks report as "MSE": sqrt(mean(error^2)).
+    """
     predicted = torch.as_tensor(list(predicted), dtype=torch.float64)
     true = torch.as_tensor(list(true), dtype=torch.float64)
     if predicted.shape != true.shape or predicted.numel() == 0:
@@ -78,11 +121,68 @@ def count_metrics(predicted: Sequence[float], true: Sequence[float]) -> dict:
     return {"mae": float(err.mean()), "rmse": float(err.pow(2).mean().sqrt()), "nae": nae}
 
 
-def evaluate(model: nn.Module, dataset, window: int = 224, stride: int = 128, batch_size: int = 16,
-             progress: bool = False, limit: Optional[int] = None) -> dict:
-    """Counts every image of ``dataset`` (a sequence of CrowdSample) with :func:`predict_image`.
+GAME_LEVELS = (0, 1, 2, 3)
 
-    Returns {"mae", "rmse", "nae", "per_image": [{"name", "count", "predicted"}, ...]}.
+
+def game_errors(density: torch.Tensor, points, levels: Sequence[int] = GAME_LEVELS) -> list[float]:
+    """GAME(L) of one image for each L of ``levels``: the absolute count errors summed over a
+    2^L x 2^L grid of cells (Guerrero-Gomez-Olmedo et al. 2015); GAME(0) = |count error|.
+
+    density: (H, W) predicted count map (heads per pixel). points: (N, 2) true heads (x, y), each
+    counted in the pixel nearest it (clamped into the image: heads just past the border count at
+    the border, as in the image's count). Cell c of 2^L along an axis of n pixels holds the pixels
+    [floor(c n / 2^L), floor((c + 1) n / 2^L)).
+    """
+    density = torch.as_tensor(density, dtype=torch.float64).detach().cpu()
+    if density.dim() != 2:
+        raise ValueError(f"density must have shape (H, W), got {tuple(density.shape)}")
+    points = torch.as_tensor(_as_points(points, "points"))
+    height, width = density.shape
+    cols = torch.floor(points[:, 0] + 0.5).clamp(0, width - 1).long()
+    rows = torch.floor(points[:, 1] + 0.5).clamp(0, height - 1).long()
+    errors = []
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise ValueError(f"GAME levels must be non-negative integers, got {level!r}")
+        n = 2 ** level
+        row_cell = _cells(height, n)
+        col_cell = _cells(width, n)
+        predicted = torch.zeros(n * n, dtype=torch.float64).index_add_(
+            0, (row_cell[:, None] * n + col_cell[None]).reshape(-1), density.reshape(-1))
+        true = torch.bincount(row_cell[rows] * n + col_cell[cols], minlength=n * n).double()
+        errors.append(float((predicted - true).abs().sum()))
+    return errors
+
+
+def _cells(length: int, n: int) -> torch.Tensor:
+    """(length,) int64 cell of every pixel along an axis split into n cells at floor(c length / n)."""
+    bounds = torch.tensor([c * length // n for c in range(1, n)], dtype=torch.int64)
+    return torch.bucketize(torch.arange(length), bounds, right=True)
+
+
+def _image_only(dataset, index: int):
+    """(name, (3, H, W) uint8 image) of item ``index`` without its annotation where the data set can
+    (file-backed readers: test splits whose labels are not public), else from the sample."""
+    if hasattr(dataset, "image_only"):
+        return dataset.image_only(index)
+    sample = dataset[index]
+    return sample.name, sample.image
+
+
+def evaluate(model: nn.Module, dataset, window: int = 224, stride: int = 128, batch_size: int = 16,
+             progress: bool = False, limit: Optional[int] = None, *, localization: bool = False,
+             thresholds: Sequence[Threshold] = (4, 8, 16), labels: bool = True) -> dict:
+    """Counts (and with ``localization`` locates) every image of ``dataset`` (a sequence of
+    CrowdSample) with :func:`predict_image`.
+
+    Returns {"mae", "rmse", "nae", "game": {"0": GAME(0), ..., "3": GAME(3)} (means over the
+    images), "per_image": [{"name", "count", "predicted", "game": [GAME(0..3)]}, ...]}, plus
+    with ``localization`` "localization" (:func:`localization_metrics` at ``thresholds``, and at
+    "sigma_s" / "sigma_l" where every image has head ``boxes`` in its meta) and "points" (the
+    located (x, y), a list of pairs) in every per-image entry; where the images' meta hold
+    "categories" (JHU-Crowd++: low / medium / high / weather), "categories": {name: {"images",
+    "mae", "rmse", "nae"[, "localization"]}}. ``labels=False``: predictions only, for splits
+    without public labels: {"per_image": [{"name", "predicted"[, "points"]}]}, no metrics.
     ``limit`` evaluates only the first ``limit`` images.
     """
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -90,11 +190,203 @@ def evaluate(model: nn.Module, dataset, window: int = 224, stride: int = 128, ba
     if progress:
         from tqdm.auto import tqdm
         indices = tqdm(indices, desc="evaluate", unit="image")
-    per_image = []
+    per_image, truth, boxes, categories = [], [], [], []
     for i in indices:
-        sample = dataset[i]
-        predicted, _ = predict_image(model, sample.image, window, stride, batch_size)
-        per_image.append({"name": sample.name, "count": float(sample.count), "predicted": predicted})
-    metrics = count_metrics([r["predicted"] for r in per_image], [r["count"] for r in per_image])
+        if labels:
+            sample = dataset[i]
+            name, image = sample.name, sample.image
+        else:
+            name, image = _image_only(dataset, i)
+        prediction = predict_image(model, image, window, stride, batch_size)
+        record = {"name": name, "predicted": prediction.count}
+        if labels:
+            record["count"] = float(sample.count)
+            record["game"] = game_errors(prediction.density, sample.points)
+            truth.append(sample.points)
+            boxes.append(sample.meta.get("boxes"))
+            categories.append(sample.meta.get("categories", ()))
+        if localization:
+            if prediction.points is None:
+                raise ValueError("localization needs a model with map modules (this one predicts counts only)")
+            record["points"] = prediction.points.tolist()
+        per_image.append(record)
+    if not labels:
+        return {"per_image": per_image}
+    if localization:
+        with_boxes = all(b is not None for b in boxes)
+        thresholds = (*thresholds, "sigma_s", "sigma_l") if with_boxes else tuple(thresholds)
+        counts = localization_counts([r["points"] for r in per_image], truth, thresholds,
+                                     boxes if with_boxes else None)
+
+    def summary(chosen: list[int]) -> dict:
+        result = count_metrics([per_image[i]["predicted"] for i in chosen], [per_image[i]["count"] for i in chosen])
+        if localization:
+            result["localization"] = {_threshold_name(t): _scores(*row)
+                                      for t, row in zip(thresholds, counts[chosen].sum(0).tolist())}
+        return result
+
+    metrics = summary(list(range(len(per_image))))
+    game = np.mean([r["game"] for r in per_image], axis=0)
+    metrics["game"] = {str(level): float(v) for level, v in zip(GAME_LEVELS, game)}
+    names = sorted({c for cs in categories for c in cs})
+    if names:
+        metrics["categories"] = {c: {"images": sum(c in cs for cs in categories),
+                                     **summary([i for i, cs in enumerate(categories) if c in cs])} for c in names}
     metrics["per_image"] = per_image
     return metrics
+
+
+def nwpu_image_id(name: str) -> int:
+    """NWPU-Crowd's numeric image id of an image name ("3110" -> 3110); ValueError otherwise."""
+    if not (isinstance(name, str) and name.isdigit()):
+        raise ValueError(f"NWPU-Crowd test-server files need numeric image ids (as NWPU-Crowd's 0001 ... 5109); "
+                         f"image {name!r} has none")
+    return int(name)
+
+
+def check_nwpu_ids(dataset) -> None:
+    """ValueError unless every image of ``dataset`` has a numeric id (see :func:`nwpu_image_id`):
+    file-backed readers are checked by file name, other data sets by their first sample's name."""
+    names = [image.stem for image, _ in dataset.items] if hasattr(dataset, "items") else [dataset[0].name]
+    for name in names:
+        nwpu_image_id(name)
+
+
+def write_nwpu_counts(path, per_image: Sequence[dict]) -> Path:
+    """Writes NWPU-Crowd's counting submission: one line "<id> <count>" per image (entries with
+    "name" and "predicted", e.g. :func:`evaluate`'s "per_image"), in id order."""
+    rows = sorted((nwpu_image_id(r["name"]), float(r["predicted"])) for r in per_image)
+    return _write_lines(path, [f"{i} {count:.4f}" for i, count in rows])
+
+
+def write_nwpu_points(path, per_image: Sequence[dict]) -> Path:
+    """Writes NWPU-Crowd's localization submission: one line "<id> <n> x1 y1 ... xn yn" per image
+    (entries with "name" and "points"), the coordinates rounded to integers as the server wants."""
+    rows = sorted((nwpu_image_id(r["name"]), np.rint(np.asarray(r["points"], dtype=np.float64).reshape(-1, 2)))
+                  for r in per_image)
+    return _write_lines(path, [" ".join([str(i), str(len(p)), *(str(int(v)) for v in p.reshape(-1))])
+                               for i, p in rows])
+
+
+def _write_lines(path, lines: list[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _as_points(value, name: str) -> np.ndarray:
+    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+    if array.size == 0:
+        return array.reshape(0, 2)
+    if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite (N, 2) (x, y) points, got an array of shape {array.shape}")
+    return array
+
+
+def match_counts(predicted, truth, radius: Union[float, np.ndarray]) -> tuple[int, int, int]:
+    """(tp, fp, fn) of the largest one-to-one matching of ``predicted`` to ``truth`` heads in which a
+    matched pair lies within ``radius`` (distance <= radius, pixels) -- NWPU-Crowd's protocol.
+
+    predicted: (P, 2), truth: (G, 2) (x, y) points (arrays or tensors). radius: a positive number,
+    or (G,) positive radii, one per true head. Only the pairs within the radius are built (a k-d
+    tree) and matched by Hopcroft-Karp on that sparse graph (every connected component on its
+    own): memory O(P + G + pairs), never a P x G matrix. The count of matches is that of the
+    Hungarian assignment of the dense 0/1 cost matrix (``scipy.optimize.linear_sum_assignment``).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+    from scipy.spatial import cKDTree
+
+    predicted, truth = _as_points(predicted, "predicted"), _as_points(truth, "truth")
+    radius = np.asarray(radius, dtype=np.float64)
+    if radius.ndim not in (0, 1) or (radius.ndim == 1 and radius.shape != (len(truth),)):
+        raise ValueError(f"radius must be a number or one per true head ({len(truth)}), got shape {radius.shape}")
+    if radius.size and not (np.isfinite(radius).all() and (radius > 0).all()):
+        raise ValueError(f"thresholds must be positive and finite, got {radius.min() if radius.ndim else radius}")
+    if len(predicted) == 0 or len(truth) == 0:
+        return 0, len(predicted), len(truth)
+    pairs = cKDTree(predicted).sparse_distance_matrix(cKDTree(truth), float(radius.max()), output_type="ndarray")
+    if radius.ndim:
+        pairs = pairs[pairs["v"] <= radius[pairs["j"]]]
+    graph = csr_matrix((np.ones(len(pairs), dtype=np.int8), (pairs["i"], pairs["j"])),
+                       shape=(len(predicted), len(truth)))
+    tp = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+    return tp, len(predicted) - tp, len(truth) - tp
+
+
+def head_thresholds(boxes) -> dict[str, np.ndarray]:
+    """NWPU-Crowd's per-head thresholds from (G, 2) head box sizes (w, h) in pixels:
+    {"sigma_s": min(w, h) / 2, "sigma_l": sqrt(w^2 + h^2) / 2}, each (G,)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 2)
+    return {"sigma_s": boxes.min(1) / 2, "sigma_l": np.hypot(boxes[:, 0], boxes[:, 1]) / 2}
+
+
+Threshold = Union[float, str]
+
+
+def _threshold_name(threshold: Threshold) -> str:
+    if isinstance(threshold, str):
+        if threshold not in ("sigma_s", "sigma_l"):
+            raise ValueError(f"thresholds must be positive numbers (pixels) or 'sigma_s' / 'sigma_l', "
+                             f"got {threshold!r}")
+        return threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"thresholds must be positive numbers (pixels) or 'sigma_s' / 'sigma_l', got {threshold!r}")
+    return f"{float(threshold):g}px"
+
+
+def localization_counts(predicted: Sequence, truth: Sequence, thresholds: Sequence[Threshold],
+                        boxes: Optional[Sequence] = None) -> np.ndarray:
+    """(B, T, 3) int64 (tp, fp, fn) of every image and threshold (see :func:`match_counts`).
+
+    predicted, truth: B (N_b, 2) (x, y) points each. thresholds: T distances in pixels, or
+    "sigma_s" / "sigma_l" for NWPU-Crowd's per-head thresholds (:func:`head_thresholds`), which
+    need ``boxes``: B (G_b, 2) head box sizes (w, h), one per true head.
+    """
+    predicted, truth, thresholds = list(predicted), list(truth), list(thresholds)
+    if len(predicted) != len(truth):
+        raise ValueError(f"predicted and truth must hold the same number of images, got {len(predicted)} "
+                         f"and {len(truth)}")
+    names = [_threshold_name(t) for t in thresholds]
+    if not names:
+        raise ValueError("thresholds must not be empty")
+    per_head = any(isinstance(t, str) for t in thresholds)
+    if per_head:
+        if boxes is None:
+            raise ValueError("thresholds 'sigma_s' / 'sigma_l' need boxes (the true heads' (w, h))")
+        boxes = list(boxes)
+        if len(boxes) != len(truth):
+            raise ValueError(f"boxes must hold one array per image ({len(truth)}), got {len(boxes)}")
+    out = np.zeros((len(truth), len(thresholds), 3), dtype=np.int64)
+    for b, (p, g) in enumerate(zip(predicted, truth)):
+        sigmas = None
+        if per_head:
+            sigmas = head_thresholds(boxes[b])
+            if len(sigmas["sigma_s"]) != len(_as_points(g, "truth")):
+                raise ValueError(f"image {b}: {len(sigmas['sigma_s'])} boxes for {len(_as_points(g, 'truth'))} "
+                                 f"true heads")
+        for t, threshold in enumerate(thresholds):
+            out[b, t] = match_counts(p, g, sigmas[threshold] if isinstance(threshold, str) else threshold)
+    return out
+
+
+def _scores(tp: int, fp: int, fn: int) -> dict:
+    """precision, recall, F1 (NaN where undefined: no predictions, no truth, neither) and the counts."""
+    ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
+    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
+            "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+
+
+def localization_metrics(predicted: Sequence, truth: Sequence, thresholds: Sequence[Threshold] = (4, 8, 16),
+                         boxes: Optional[Sequence] = None) -> dict:
+    """Localization metrics of a data set, as NWPU-Crowd reports them: tp, fp and fn summed over the
+    images, then precision = tp / (tp + fp), recall = tp / (tp + fn), F1 = 2 tp / (2 tp + fp + fn).
+
+    Arguments as in :func:`localization_counts`. Returns {name: {"precision", "recall", "f1", "tp",
+    "fp", "fn"}} with names "4px", "8px", ... and "sigma_s" / "sigma_l"; a ratio without a
+    denominator (no predictions for precision, no true heads for recall) is NaN.
+    """
+    totals = localization_counts(predicted, truth, thresholds, boxes).sum(0)
+    return {_threshold_name(t): _scores(*row) for t, row in zip(thresholds, totals.tolist())}

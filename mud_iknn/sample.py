@@ -13,7 +13,9 @@ class CrowdSample:
     image: (3, H, W) uint8 RGB. points: (N, 2) float32 head positions (x, y) in pixels, 0-based,
     pixel (row i, col j) centred at (x = j, y = i); heads outside the image are allowed (crops keep
     the heads around them). count: number of heads inside the image (defaults to N). name: an id
-    for reports (usually the file name). meta: anything else the reader knows.
+    for reports (usually the file name). meta: anything else the reader knows; readers of data sets
+with head boxes (NWPU-Crowd, JHU-Crowd++) put their sizes there as ``boxes`` (N, 2) (w, h) in
+pixels, one per point, and JHU-Crowd++'s its evaluation ``categories``.
     """
 
     image: torch.Tensor

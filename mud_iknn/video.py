@@ -3,9 +3,9 @@
 :func:`read_frames` yields every ``every``-th frame as a :class:`Frame` ((3, H, W) uint8 RGB and its
 time in seconds from the stream's start); :func:`count_video` counts each with
 :func:`mud_iknn.evaluate.predict_image` (a torch network or a :class:`mud_iknn.deploy.OnnxModel`)
-and returns the rows {"frame", "time_s", "count"}; with ``overlay=`` it also writes a video of the
-sampled frames with the predicted map and the count drawn on them (:func:`overlay_frame`), at the
-source's frame rate divided by ``every``. PyAV comes from the optional extra ``deploy``.
+and returns the rows {"frame", "time_s", "count", "points"}; with ``overlay=`` it also writes a
+video of the sampled frames with the predicted map, the located heads and the count drawn on them
+(:func:`overlay_frame`), at the source's frame rate divided by ``every``. PyAV comes from the optional extra ``deploy``.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .deploy import require
+from .deploy import require, rounded_points
 
 __all__ = ["Frame", "VideoInfo", "video_info", "read_frames", "overlay_frame", "OverlayWriter", "count_video",
            "OVERLAY_CODECS", "CSV_FIELDS"]
@@ -108,15 +108,17 @@ def read_frames(path: Union[str, os.PathLike], every: int = 1) -> Iterator[Frame
             raise ValueError(f"{path} has no video frames")
 
 
-def overlay_frame(image: torch.Tensor, density: torch.Tensor, count: float) -> np.ndarray:
-    """(H, W, 3) uint8: the (3, H, W) uint8 image with the (H, W) predicted map blended over it in
-    jet colours (opaque where the map is highest, up to 60 %), and the count written top left."""
+def overlay_frame(image: torch.Tensor, values: torch.Tensor, count: float,
+                  points: Optional[torch.Tensor] = None) -> np.ndarray:
+    """(H, W, 3) uint8: the (3, H, W) uint8 image with the (H, W) predicted map ``values`` (ikNN or
+    count map) blended over it in jet colours (opaque where the map is highest, up to 60 %), the
+    located heads ``points`` ((N, 2) (x, y) pixels) as red dots and the count written top left."""
     from PIL import Image, ImageDraw
 
     from .visualize import colorize
 
     rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
-    values = density.detach().cpu().numpy().astype(np.float64)
+    values = values.detach().cpu().numpy().astype(np.float64)
     if values.shape != rgb.shape[:2]:
         raise ValueError(f"map {values.shape} and image {rgb.shape[:2]} differ in size")
     top = float(values.max()) if values.size and values.max() > 0 else 1.0
@@ -124,7 +126,11 @@ def overlay_frame(image: torch.Tensor, density: torch.Tensor, count: float) -> n
     blended = rgb * (1 - alpha) + colorize(values, "jet", vmax=top).astype(np.float32) * alpha
     picture = Image.fromarray((blended + 0.5).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
-    text = f"{count:.1f} people"
+    if points is not None:
+        radius = max(1.0, max(values.shape) / 200)
+        for x, y in points.tolist():
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(255, 0, 0))
+    text = f"{count:.1f} people" + (f", {len(points)} located" if points is not None else "")
     box = draw.textbbox((4, 2), text)
     draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 255))
@@ -184,7 +190,8 @@ def count_video(model: nn.Module, path: Union[str, os.PathLike], *, window: int,
     """Counts every ``every``-th frame of the video at ``path`` with
     :func:`mud_iknn.evaluate.predict_image` (``model``: a torch network or an OnnxModel).
 
-    Returns one row per sampled frame: {"frame": index, "time_s": seconds, "count": heads}.
+    Returns one row per sampled frame: {"frame": index, "time_s": seconds, "count": heads,
+    "points": [[x, y], ...]} (the located heads, pixels; for a network with map modules).
     ``overlay``: a video file (:data:`OVERLAY_CODECS`) to write the sampled frames to, each with
     :func:`overlay_frame`, at the source's frame rate / ``every``. ``progress``: a progress bar
     (tqdm, on stderr, shown on a terminal).
@@ -200,10 +207,14 @@ def count_video(model: nn.Module, path: Union[str, os.PathLike], *, window: int,
     rows = []
     try:
         for frame in tqdm(frames, total=total, desc=Path(path).name, unit="frame", disable=not progress or None):
-            count, density = predict_image(model, frame.image, window=window, stride=stride)
-            rows.append({"frame": frame.index, "time_s": round(frame.time_s, 6), "count": float(count)})
+            prediction = predict_image(model, frame.image, window=window, stride=stride)
+            row = {"frame": frame.index, "time_s": round(frame.time_s, 6), "count": float(prediction.count)}
+            if prediction.points is not None:
+                row["points"] = rounded_points(prediction.points)
+            rows.append(row)
             if writer is not None:
-                writer.write(overlay_frame(frame.image, density, float(count)))
+                shown = prediction.iknn_map if prediction.iknn_map is not None else prediction.density
+                writer.write(overlay_frame(frame.image, shown, row["count"], prediction.points))
     finally:
         frames.close()
         if writer is not None:

@@ -59,23 +59,34 @@ def save_label_preview(image, values, path) -> Path:
     return path
 
 
-def save_overlay(image, values, count: float, path, *, title: str = "") -> Path:
-    """Writes ``path``: the predicted map (jet colours, half transparent where it is high) over the
-    image, titled with the count."""
+def save_overlay(image, values, count: float, path, *, points=None, title: str = "") -> Path:
+    """Writes ``path``: the image with the located heads (``points``, (N, 2) (x, y) pixels, red
+    dots) next to the predicted map ``values`` (an (H, W) ikNN or count map, colour scaled to its
+    max), titled with the count and the number of heads located."""
     from matplotlib.figure import Figure
 
     rgb, array = _hwc(image), _map(values)
     if array.shape != rgb.shape[:2]:
         raise ValueError(f"map {array.shape} and image {rgb.shape[:2]} differ in size")
     height, width = array.shape
-    scale = 8.0 / max(height, width)
-    figure = Figure(figsize=(max(width * scale, 3.0), max(height * scale, 3.0) + 0.5), dpi=100)
-    axes = figure.add_axes((0, 0, 1, height * scale / (height * scale + 0.5)))
-    axes.imshow(rgb)
-    top = array.max() if array.size and array.max() > 0 else 1.0
-    axes.imshow(array, cmap="jet", alpha=np.clip(array / top, 0.0, 1.0) * 0.6, vmin=0, vmax=top)
-    axes.set_axis_off()
-    figure.suptitle(f"{title + ': ' if title else ''}{count:.1f} people", y=0.995, va="top")
+    scale = 6.0 / max(height, width)
+    panel_w, panel_h = max(width * scale, 2.5), max(height * scale, 2.5)
+    figure = Figure(figsize=(2 * panel_w, panel_h + 0.5), dpi=100)
+    left = figure.add_axes((0, 0, 0.5, panel_h / (panel_h + 0.5)))
+    left.imshow(rgb)
+    if points is not None:
+        xy = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=np.float64)
+        xy = xy.reshape(-1, 2)
+        left.scatter(xy[:, 0], xy[:, 1], s=max(2.0, 400.0 / max(height, width)), c="red", marker="o",
+                     linewidths=0)
+        left.set_xlim(-0.5, width - 0.5)
+        left.set_ylim(height - 0.5, -0.5)
+    left.set_axis_off()
+    right = figure.add_axes((0.5, 0, 0.5, panel_h / (panel_h + 0.5)))
+    right.imshow(colorize(array))
+    right.set_axis_off()
+    located = f", {len(xy)} located" if points is not None else ""
+    figure.suptitle(f"{title + ': ' if title else ''}{count:.1f} people{located}", y=0.995, va="top")
     return _save(figure, path)
 
 

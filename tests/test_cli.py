@@ -18,8 +18,9 @@ import scipy.io
 import torch
 from PIL import Image
 
-from mud_iknn import _settings, cli
+from mud_iknn import _settings, cli, localize
 from mud_iknn.data import SyntheticCrowds
+from mud_iknn.evaluate import Prediction
 
 
 def run(capsys, *argv):
@@ -210,7 +211,7 @@ class TinyModel(torch.nn.Module):
 
 def _predict_image(model, image, window=224, stride=128, batch_size=16):
     density = model(image[None])[0][0, 0].detach()
-    return float(density.sum()), density
+    return Prediction(float(density.sum()), density, density, localize(density[None])[0])
 
 
 def _count_metrics(predicted, true):
@@ -282,7 +283,7 @@ def engine(monkeypatch):
         return {"step": config.steps, "train": {"loss": 0.5}, "val": None, "model": TinyModel(0.1),
                 "checkpoint": str(Path(config.out_dir) / "checkpoint.pt")}
 
-    def evaluate(model, dataset, window=224, stride=128, batch_size=16, progress=False, limit=None):
+    def evaluate(model, dataset, window=224, stride=128, batch_size=16, progress=False, limit=None, **kwargs):
         calls["evaluate"].append((dataset, window, stride))
         return calls.get("metrics", {"mae": 1.5, "rmse": 2.0, "nae": 0.1, "per_image": [{"name": "x"}]})
 
@@ -320,7 +321,10 @@ def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, engine, check
     assert out.splitlines() == [f"{a}\t20.0", f"{b}\t300.0"]
     assert (tmp_path / "ov" / "a.png").is_file() and (tmp_path / "ov" / "b.png").is_file()
     status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--overlay", tmp_path / "one.png")
-    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0, "overlay": str(tmp_path / "one.png")}]
+    # the bright 4 x 10 block is one plateau of the map: one head, at its last pixel (x 9, y 3) moved
+    # half a pixel back into the block along each axis
+    assert status == 0 and json.loads(out) == [{"image": str(a), "count": 20.0, "points": [[8.5, 2.5]],
+                                                "overlay": str(tmp_path / "one.png")}]
     assert (tmp_path / "one.png").is_file()
     # images of one name from two folders get an overlay each
     (tmp_path / "d2").mkdir()
@@ -363,7 +367,7 @@ def test_eval_prints_table_and_writes_json(capsys, tmp_path, engine, checkpoint)
                            "--root", root, "--split", "train", "--json", report)
     assert status == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["MAE", "RMSE", "NAE"]
+    assert lines[0].split() == ["MAE", "MSE*", "NAE"]  # the field's "MSE" is the RMSE (a footnote says so)
     assert lines[1].split() == ["shanghaitech_a", "train", "1.50", "2.00", "0.1000"]
     (dataset, window, stride), = engine["evaluate"]
     assert len(dataset) == 2 and (window, stride) == (56, 32)  # the checkpoint's patch size and stride
@@ -670,3 +674,59 @@ def test_train_under_torchrun_prints_once(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('"checkpoint"') == 1  # rank 0 only
     assert json.loads(result.stdout)["step"] == 2 and (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+# ------------------------------------------------------------------ eval: localization and NWPU-Crowd's files
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """A real (random) small MUD-ikNN checkpoint: eval runs the library end to end."""
+    from mud_iknn.train import TrainConfig, build_model, save_checkpoint
+
+    config = TrainConfig.small()
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "small.pt", build_model(config), config)
+
+
+def _nwpu_root(root):
+    (root / "images").mkdir(parents=True)
+    for name in ("3098", "3110", "3200"):
+        Image.new("RGB", (70, 50), 90).save(root / "images" / f"{name}.jpg")
+    (root / "jsons").mkdir()
+    for name, points in (("3098", [[10, 10], [40, 20]]), ("3110", [[5, 30]])):
+        (root / "jsons" / f"{name}.json").write_text(json.dumps(
+            {"human_num": len(points), "points": points, "boxes": [[x - 4, y - 4, x + 4, y + 4] for x, y in points]}))
+    (root / "val.txt").write_text("3110 0 1\n3098 0 1\n")
+    (root / "test.txt").write_text("3200 0 1\n")
+    return root
+
+
+def test_eval_localization_and_nwpu_exports(capsys, tmp_path, small_checkpoint):
+    root = _nwpu_root(tmp_path / "nwpu")
+    report, counts, points = tmp_path / "r.json", tmp_path / "counts.txt", tmp_path / "points.txt"
+    status, out, err = run(capsys, "eval", "--checkpoint", small_checkpoint, "--dataset", "nwpu_crowd", "--root", root,
+                           "--localization", "--json", report, "--export", counts, "--export-points", points)
+    assert status == 0, err
+    data = json.loads(report.read_text())
+    assert set(data["localization"]) == {"4px", "8px", "16px", "sigma_s", "sigma_l"}  # the val split has boxes
+    assert set(data["game"]) == {"0", "1", "2", "3"} and data["game"]["0"] == pytest.approx(data["mae"])
+    assert "sigma_l" in out and "GAME(3)" in out
+    by_id = {r["name"]: r for r in data["per_image"]}
+    lines = [line.split() for line in counts.read_text().splitlines()]
+    assert [line[0] for line in lines] == ["3098", "3110"]
+    assert [float(line[1]) for line in lines] == pytest.approx([by_id[i]["predicted"] for i in ("3098", "3110")], abs=1e-4)
+    for line in points.read_text().splitlines():
+        values = line.split()
+        assert int(values[1]) == len(by_id[values[0]]["points"]) and len(values) == 2 + 2 * int(values[1])
+    # the test split has no public labels: predictions only, files still written
+    status, out, err = run(capsys, "eval", "--checkpoint", small_checkpoint, "--dataset", "nwpu_crowd", "--root", root,
+                           "--split", "test", "--export", counts, "--export-points", points)
+    assert status == 0, err
+    assert "no public labels" in out
+    assert counts.read_text().split()[0] == "3200" and points.read_text().split()[0] == "3200"
+
+
+def test_eval_export_needs_image_ids(capsys, tmp_path, small_checkpoint):
+    status, _, err = run(capsys, "eval", "--checkpoint", small_checkpoint, "--dataset", "synthetic", "--num-images", "1",
+                         "--image-size", "64", "--export", tmp_path / "c.txt")
+    assert status == 2 and "--export" in err and "numeric image ids" in err and not (tmp_path / "c.txt").exists()

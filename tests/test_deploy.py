@@ -112,8 +112,12 @@ def test_onnx_model_counts_like_the_checkpoint(exported):
     for seed, (height, width) in enumerate([(64, 64), (150, 97), (40, 200)]):  # smaller than a window too
         image = random_image(height, width, seed)
         expected, got = predict_image(model, image, 64, 40), predict_image(onnx_model, image, 64, 40)
-        assert abs(got[0] - expected[0]) <= 1e-3 * abs(expected[0])
-        assert relative(got[1], expected[1]) <= 1e-3
+        assert abs(got.count - expected.count) <= 1e-3 * abs(expected.count)
+        assert relative(got.density, expected.density) <= 1e-3
+        assert relative(got.iknn_map, expected.iknn_map) <= 1e-4
+        # the same heads: the maps agree to float rounding, far finer than the peaks' differences
+        assert len(expected.points) > 0 and got.points.shape == expected.points.shape
+        assert torch.allclose(got.points, expected.points, atol=1e-3)
 
 
 def test_count_command_with_onnx_and_a_folder(capsys, tmp_path, exported):
@@ -134,6 +138,14 @@ def test_count_command_with_onnx_and_a_folder(capsys, tmp_path, exported):
     assert status == 0, err
     for row, result in zip(rows, json.loads(out)):
         assert abs(float(row["count"]) - result["count"]) <= 1e-3 * abs(result["count"])
+    status, out, err = run(capsys, "count", files[0], "--model", path, "--json", "--overlay", tmp_path / "o.png")
+    assert status == 0, err
+    (result,) = json.loads(out)
+    model, _, _ = load_checkpoint(checkpoint)
+    expected = predict_image(model, torch.from_numpy(np.asarray(Image.open(files[0]))).permute(2, 0, 1), 64, 40)
+    assert len(result["points"]) == len(expected.points) > 0  # the located heads, through onnxruntime
+    assert np.allclose(result["points"], expected.points.numpy(), atol=0.01)
+    assert result["overlay"] == str(tmp_path / "o.png") and (tmp_path / "o.png").is_file()
 
 
 def test_count_errors_of_onnx_models(capsys, tmp_path, exported):
@@ -207,7 +219,7 @@ def test_count_video_rows_overlay_and_frames(capsys, tmp_path, exported):
     assert [(r["frame"], r["time_s"]) for r in rows] == [("0", "0.0"), ("3", "0.25"), ("6", "0.5")]
     model, _, _ = load_checkpoint(checkpoint)  # the checkpoint on the frames written, not read back
     for row in rows:
-        expected = predict_image(model, torch.from_numpy(frames[int(row["frame"])]).permute(2, 0, 1), 64, 40)[0]
+        expected = predict_image(model, torch.from_numpy(frames[int(row["frame"])]).permute(2, 0, 1), 64, 40).count
         assert abs(float(row["count"]) - expected) <= 1e-3 * abs(expected)
     info = video.video_info(tmp_path / "overlay.mp4")
     assert (info.width, info.height, info.fps) == (90, 72, 4.0)
@@ -223,9 +235,10 @@ def test_overlay_frame_draws_the_map_where_it_is_high():
     image = torch.full((3, 40, 50), 128, dtype=torch.uint8)
     density = torch.zeros(40, 50)
     density[30:, 40:] = 1.0
-    picture = video.overlay_frame(image, density, 12.5)
+    picture = video.overlay_frame(image, density, 12.5, torch.tensor([[10.0, 30.0]]))
     assert picture.shape == (40, 50, 3) and picture.dtype == np.uint8
     assert (picture[35, 45] != 128).any() and (picture[35, 5] == 128).all()  # blended only where the map is
+    assert tuple(picture[30, 10]) == (255, 0, 0) and (picture[30, 20] == 128).all()  # a head's red dot
     text = picture[2:12, 4:40]  # the count, white on a black box, top left
     assert (text.min(-1) > 200).any() and (text.max(-1) < 30).any()
 

@@ -150,16 +150,18 @@ class AnnotatedImages(torch.utils.data.Dataset):
     ``items``: (image path, annotation path) pairs in a fixed order. ``read_points(annotation path)``
     returns ``(points, meta)``: raw (N, 2) (x, y) points (validated here against the image size)
     and a dict merged into the sample's meta. Meta always holds ``dataset``, ``split``,
-    ``image_path`` and ``annotation_path``.
+    ``image_path`` and ``annotation_path``. ``labelled``: False for a split whose annotations are
+    not public (only :meth:`image_only` works there).
     """
 
     def __init__(self, items: Sequence[tuple[Path, Path]], read_points: Callable[[Path], tuple],
-                 *, dataset: str, split: Optional[str], root: Path):
+                 *, dataset: str, split: Optional[str], root: Path, labelled: bool = True):
         self.items = [(Path(i), Path(a)) for i, a in items]
         self.read_points = read_points
         self.dataset = dataset
         self.split = split
         self.root = Path(root)
+        self.labelled = labelled
         if not self.items:
             where = f"split {split!r} of " if split else ""
             raise FileNotFoundError(f"no annotated images found in {where}{dataset} at {self.root}")
@@ -175,6 +177,12 @@ class AnnotatedImages(torch.utils.data.Dataset):
         meta = {"dataset": self.dataset, "split": self.split, "image_path": str(image_path),
                 "annotation_path": str(annotation_path), **meta}
         return CrowdSample(image=image, points=points, name=image_path.stem, meta=meta)
+
+    def image_only(self, index: int) -> tuple[str, torch.Tensor]:
+        """(name, (3, H, W) uint8 image) of item ``index`` without reading its annotation (for
+        splits whose labels are not public, e.g. NWPU-Crowd's test split)."""
+        image_path = self.items[index][0]
+        return image_path.stem, load_image(image_path)
 
     def counts(self) -> np.ndarray:
         """(len,) float64 head counts, read from the annotations only (no image decoding)."""

@@ -10,7 +10,10 @@ Layout under ``root`` (``jhu_crowd_v2.0``)::
 Row fields: head centre (x, y), head box width and height (pixels), occlusion level o (1 visible,
 2 partial, 3 full) and blur b (0/1). An empty file is an image with no heads. The sample meta holds
 ``boxes`` (N, 2) (w, h), ``occlusion`` (N,) and ``blur`` (N,), plus the image-level ``scene``,
-``weather`` and ``distractor`` fields when ``image_labels.txt`` is present.
+``weather`` and ``distractor`` fields when ``image_labels.txt`` is present, and from them the
+image's ``categories``, those the data set's paper reports results for: "low" (count 0-50),
+"medium" (51-500) or "high" (over 500) by the listed count, and "weather" for a weather code of
+1 (fog / haze), 2 (rain) or 3 (snow) (0: none).
 """
 from __future__ import annotations
 
@@ -21,10 +24,18 @@ import numpy as np
 
 from .common import AnnotatedImages, list_images, require_dir
 
-__all__ = ["jhu_crowd", "read_jhu_points", "SPLITS"]
+__all__ = ["jhu_crowd", "read_jhu_points", "categories", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 _LABEL_FIELDS = ("count", "scene", "weather", "distractor")
+DENSITY_CATEGORIES = (("low", 50), ("medium", 500), ("high", float("inf")))  # (name, largest count)
+WEATHER_CODES = ("1", "2", "3")  # fog / haze, rain, snow
+
+
+def categories(count: float, weather: str) -> list[str]:
+    """JHU-Crowd++'s evaluation categories of an image with ``count`` heads and ``weather`` code."""
+    density = next(name for name, top in DENSITY_CATEGORIES if count <= top)
+    return [density, "weather"] if weather in WEATHER_CODES else [density]
 
 
 def read_jhu_points(path: Path, image_labels: dict | None = None):
@@ -51,15 +62,26 @@ def read_jhu_points(path: Path, image_labels: dict | None = None):
 
 
 def _read_image_labels(path: Path) -> dict:
-    """{image name: {scene, weather, distractor, count}} from ``image_labels.txt`` (absent: {})."""
+    """{image name: {scene, weather, distractor, categories}} from ``image_labels.txt`` (absent: {});
+    ValueError naming the file and line for a count that is not a number."""
     if not path.is_file():
         return {}
     labels = {}
     with open(path) as f:
-        for line in f:
+        for line_no, line in enumerate(f, 1):
             fields = [v.strip() for v in line.split(",")]
             if len(fields) >= 2 and fields[0]:
-                labels[fields[0]] = {k: v for k, v in zip(_LABEL_FIELDS, fields[1:]) if k != "count"}
+                record = dict(zip(_LABEL_FIELDS, fields[1:]))
+                try:
+                    count = float(record.pop("count"))
+                except ValueError:
+                    raise ValueError(f"{path}:{line_no}: the count {fields[1]!r} is not a number") from None
+                weather = record.get("weather", "0")
+                if weather not in ("0", *WEATHER_CODES):
+                    raise ValueError(f"{path}:{line_no}: the weather code {weather!r} is not 0 (none), 1 (fog / "
+                                     f"haze), 2 (rain) or 3 (snow)")
+                record["categories"] = categories(count, weather)
+                labels[fields[0]] = record
     return labels
 
 

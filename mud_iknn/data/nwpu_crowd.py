@@ -3,18 +3,24 @@
 Layout under ``root``::
 
     images/0001.jpg
-    jsons/0001.json      # {"img_id": ..., "human_num": N, "points": [[x, y], ...], "boxes": [...]}
+    jsons/0001.json      # {"img_id": ..., "human_num": N, "points": [[x, y], ...],
+                         #  "boxes": [[x1, y1, x2, y2], ...] (head boxes, one per point)}
     mats/0001.mat        # annPoints: (N, 2) (x, y)  (used when the JSON is absent)
     train.txt val.txt test.txt   # one image per line: "0001 <illumination> <scene level>"
 
 Splits come from the list files; without them only ``split="all"`` (every annotated image) works.
-The test annotations are not public: reading the test split raises FileNotFoundError naming the
-first missing annotation.
+The test annotations are not public: a split without any of its annotations is ``labelled =
+False`` and reading a sample raises FileNotFoundError naming its missing annotation
+(``image_only`` reads its image alone). Where the JSON has head boxes, the
+sample meta holds ``boxes`` (N, 2) (w, h) in pixels, for NWPU-Crowd's per-head localization
+thresholds (:func:`mud_iknn.evaluate.head_thresholds`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 from .common import AnnotatedImages, list_images, read_annpoints_mat, require_dir
 
@@ -43,6 +49,17 @@ def read_nwpu_points(path: Path):
     except (KeyError, TypeError):
         raise ValueError(f"{path}: expected an object with a 'points' list of [x, y] pairs") from None
     meta = {}
+    if record.get("boxes") is not None:
+        try:
+            boxes = np.asarray(record["boxes"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: 'boxes' must be a list of [x1, y1, x2, y2] numbers") from None
+        if boxes.size == 0 and len(points) == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape != (len(points), 4):
+            raise ValueError(f"{path}: 'boxes' must hold one [x1, y1, x2, y2] per point ({len(points)}), "
+                             f"got an array of shape {boxes.shape}")
+        meta["boxes"] = boxes[:, 2:] - boxes[:, :2]
     if record.get("human_num") is not None:  # null: not recorded
         meta["human_num"] = record["human_num"]
         if not isinstance(record["human_num"], (int, float)) or int(record["human_num"]) != len(points):
@@ -76,4 +93,5 @@ def nwpu_crowd(root, split: str = "train") -> AnnotatedImages:
         raise FileNotFoundError(f"NWPU-Crowd image {root / 'images' / (missing[0] + '.jpg')} listed in {split}.txt "
                                 f"not found ({len(missing)} missing)")
     items = [(images[n], root / "jsons" / f"{n}.json") for n in names]
-    return AnnotatedImages(items, read_nwpu_points, dataset="nwpu_crowd", split=split, root=root)
+    labelled = any((root / "jsons" / f"{n}.json").is_file() or (root / "mats" / f"{n}.mat").is_file() for n in names)
+    return AnnotatedImages(items, read_nwpu_points, dataset="nwpu_crowd", split=split, root=root, labelled=labelled)

@@ -1,0 +1,177 @@
+"""Head positions from ikNN maps: the local maxima of a map (predicted or exact) are the heads.
+
+An ikNN map is 1 / (D + 1) with D the distance to the nearest head(s): it peaks at every head and
+its other local extrema are minima (points equidistant from several heads), so non-maximum
+suppression finds the heads. Points follow the project's convention (:mod:`mud_iknn.labels`):
+(x, y) in pixels, pixel (row i, col j) centred at (x = j, y = i).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+__all__ = ["localize", "DEFAULT_THRESHOLD", "DEFAULT_MIN_DISTANCE"]
+
+DEFAULT_THRESHOLD = 0.2
+"""Map value a peak must exceed. Chosen with ``DEFAULT_MIN_DISTANCE`` on the stitched maps of three
+``TrainConfig.small()`` models (seeds 0-2) trained on ``SyntheticCrowds`` and predicting 24 unseen
+scenes (bench/measure_localize_threshold.py; the F1 table is in bench/RESULTS.md): F1 at 8 px peaks
+near 0.2 (0.79) and stays above 0.73 from 0.14 to 0.24; their peaks are low (the maps are smooth),
+so higher thresholds lose heads fast (0.30: 0.55). On an exact ikNN map a head is 1 and a pixel
+4 px from every head 0.2."""
+
+DEFAULT_MIN_DISTANCE = 1
+"""Peaks are kept more than this many pixels apart (Chebyshev): a 3 x 3 window, the best of 1 to 5
+on those maps (dense synthetic crowds: wider windows merge neighbouring heads)."""
+
+
+def _check_maps(maps) -> torch.Tensor:
+    """(B, H, W) floating maps from (B, H, W) or (B, C, H, W) ``maps`` (channels averaged)."""
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
+    if maps.dim() not in (3, 4):
+        raise ValueError(f"maps must have shape (B, H, W) or (B, C, H, W), got {tuple(maps.shape)}")
+    if maps.dtype == torch.bool or maps.is_complex():
+        raise TypeError(f"maps must hold real numbers, got dtype {maps.dtype}")
+    maps = maps.detach()
+    if not maps.is_floating_point():
+        maps = maps.float()
+    if maps.dim() == 4:
+        if maps.shape[1] == 0:
+            raise ValueError(f"maps have no channels: shape {tuple(maps.shape)}")
+        maps = maps.mean(1)
+    maps = maps.float()
+    if maps.numel() and not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
+        raise ValueError("maps hold NaN or infinite values")
+    return maps
+
+
+_GATHER_ELEMENTS = 1 << 22  # candidates x window pixels gathered at once
+
+
+def _window_values(flat: torch.Tensor, shape, b, i, j, di, dj, fill) -> torch.Tensor:
+    """(K, D) values of ``flat`` (the (B, H, W) maps flattened) at (i + di, j + dj) of image b,
+    ``fill`` outside the map."""
+    _, height, width = shape
+    ni, nj = i[:, None] + di, j[:, None] + dj
+    inside = (ni >= 0) & (ni < height) & (nj >= 0) & (nj < width)
+    index = (b[:, None] * height + ni.clamp(0, height - 1)) * width + nj.clamp(0, width - 1)
+    return flat[index].masked_fill_(~inside, fill)
+
+
+def _chunked(fn, count: int, width: int, device) -> torch.Tensor:
+    """torch.cat of fn(slice) over slices of range(count), each of about _GATHER_ELEMENTS / width."""
+    chunk = max(1, _GATHER_ELEMENTS // max(width, 1))
+    parts = [fn(slice(s, s + chunk)) for s in range(0, count, chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
+    """(b, i, j) of the pixels above ``threshold`` that are the maximum of their (2 radius + 1)^2
+    window, one per plateau (of equal maxima within a window, the highest raster index), and,
+    unless ``flat_ok``, above the window's minimum. Dense work is one comparison and one nonzero;
+    the rest runs on the candidates: first against their 4 neighbours, then on the survivors'
+    windows, then the survivors' plateaus."""
+    shape, flat = maps.shape, maps.reshape(-1)
+    height, width = shape[1:]
+    linear = (flat > threshold).nonzero().squeeze(1)
+    if radius:  # a window's maximum is >= its 4 neighbours: that test first, on flat indices
+        for step, first_of_row in ((1, True), (width, False)):
+            for sign in (-1, 1):
+                inner = linear % width if first_of_row else linear // width % height
+                edge = 0 if sign < 0 else (width if first_of_row else height) - 1
+                neighbour = flat[(linear + sign * step).clamp_(0, flat.numel() - 1)]
+                linear = linear[(neighbour <= flat[linear]) | (inner == edge)]
+    b, i, j = linear // (height * width), linear % (height * width) // width, linear % width
+    if not radius:
+        return b, i, j
+    offsets = torch.arange(-radius, radius + 1, device=maps.device)
+    di, dj = (g.reshape(-1) for g in torch.meshgrid(offsets, offsets, indexing="ij"))
+    centre = flat[linear][:, None]
+
+    def is_max(s):
+        values = _window_values(flat, shape, b[s], i[s], j[s], di, dj, float("-inf"))
+        ok = (values <= centre[s]).all(1)
+        if not flat_ok:
+            ok &= (values.masked_fill_(values == float("-inf"), float("inf")) < centre[s]).any(1)
+        return ok
+
+    keep = _chunked(is_max, len(b), di.numel(), maps.device)
+    b, i, j = b[keep], i[keep], j[keep]
+    peak = torch.zeros(flat.shape, dtype=torch.bool, device=maps.device)
+    peak[(b * shape[1] + i) * shape[2] + j] = True
+    later = (di > 0) | ((di == 0) & (dj > 0))  # raster-later pixels of the window
+    first = _chunked(lambda s: ~_window_values(peak, shape, b[s], i[s], j[s], di[later], dj[later], False).any(1),
+                     len(b), int(later.sum()), maps.device)
+    return b[first], i[first], j[first]
+
+
+def _refine(maps: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """(N, 2) (x, y) of the peaks (b, i, j), each moved by at most half a pixel per axis to the apex
+    of a V (|x - x0| slope, the ikNN map's cusp) through it and its two neighbours; no move along an
+    axis at the border or on a flat top."""
+    height, width = maps.shape[-2:]
+    centre = maps[b, i, j]
+    offsets = []
+    for axis, (index, size) in enumerate(((j, width), (i, height))):
+        inside = (index > 0) & (index < size - 1)
+        lo, hi = (index - 1).clamp(min=0), (index + 1).clamp(max=size - 1)
+        before = maps[b, i, lo] if axis == 0 else maps[b, lo, j]
+        after = maps[b, i, hi] if axis == 0 else maps[b, hi, j]
+        drop = 2 * (centre - torch.minimum(before, after))
+        shift = torch.where(inside & (drop > 0), (after - before) / torch.where(drop > 0, drop, 1.0),
+                            torch.zeros_like(centre))
+        offsets.append(index.float() + shift.clamp(-0.5, 0.5))
+    return torch.stack(offsets, dim=1)
+
+
+def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
+             min_distance: int = DEFAULT_MIN_DISTANCE,
+             counts: Optional[Union[torch.Tensor, Sequence[float]]] = None) -> list[torch.Tensor]:
+    """Heads located as the local maxima of ikNN maps.
+
+    Args:
+        maps: (B, H, W) or (B, C, H, W) real tensor on any device (channels are averaged).
+        threshold: a peak's map value must exceed it (ignored when ``counts`` is given).
+        min_distance: a peak is the maximum of the (2 min_distance + 1)^2 window around it; of a
+            plateau (equal maxima within a window) one pixel is kept, so peaks are more than
+            ``min_distance`` pixels apart (Chebyshev). 0 keeps every pixel above the threshold.
+        counts: None, or (B,) head counts: then image b gets its round(counts[b]) highest peaks
+            (all its peaks if it has fewer), whatever their value; a peak must then rise above
+            the lowest value of its window (a flat background holds no peaks).
+
+    Returns:
+        B float32 (N_b, 2) tensors of (x, y) pixel positions on ``maps``' device, in decreasing
+        order of map value, each refined to subpixel precision (by at most 0.5 px per axis).
+
+    Raises ValueError for a wrong rank, NaN/infinite maps, a negative ``min_distance``, a
+    non-finite threshold or ``counts`` of the wrong length or with negative/NaN entries.
+    """
+    maps = _check_maps(maps)
+    if isinstance(min_distance, bool) or not isinstance(min_distance, int) or min_distance < 0:
+        raise ValueError(f"min_distance must be a non-negative integer, got {min_distance!r}")
+    batch, height, width = maps.shape
+    if counts is not None:
+        counts = torch.as_tensor(counts, dtype=torch.float64).detach().cpu().reshape(-1)
+        if counts.numel() != batch:
+            raise ValueError(f"counts must hold one count per map ({batch}), got {counts.numel()}")
+        if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+            raise ValueError(f"counts must be finite and non-negative, got {counts.tolist()}")
+    elif not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold != threshold \
+            or abs(threshold) == float("inf"):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    if batch == 0 or height == 0 or width == 0:
+        return [maps.new_zeros((0, 2)) for _ in range(batch)]
+    b, i, j = _peaks(maps, threshold if counts is None else float("-inf"), min_distance, flat_ok=counts is None)
+    values = maps[b, i, j]
+    order = torch.argsort(values, descending=True, stable=True)
+    order = order[torch.argsort(b[order], stable=True)]  # by image, decreasing value within each
+    b, i, j = b[order], i[order], j[order]
+    points = _refine(maps, b, i, j)
+    per_image = torch.bincount(b, minlength=batch).tolist()
+    result = list(torch.split(points, per_image))
+    if counts is not None:
+        result = [p[:int(round(float(c)))] for p, c in zip(result, counts)]
+    return [p.contiguous() for p in result]
