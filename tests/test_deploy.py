@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from mud_iknn import deploy  # noqa: E402  (after the skips: it needs the extra's packages)
+from mud_iknn import deploy, video  # noqa: E402  (after the skips)
 
 
 def run(capsys, *argv):
@@ -176,20 +176,26 @@ def test_count_errors_of_onnx_models(capsys, tmp_path, exported):
 
 
 def test_a_missing_optional_dependency_names_the_extra(capsys, tmp_path, exported, monkeypatch):
-    _, path = exported
+    checkpoint, path = exported
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     status, _, err = run(capsys, "count", tmp_path / "x.png", "--model", path)
     assert status == 1 and "needs the optional package onnxruntime" in err and 'pip install "mud-iknn[deploy]"' in err
+    (tmp_path / "v.mp4").write_bytes(b"\x00" * 64)
+    monkeypatch.setitem(sys.modules, "av", None)
+    status, _, err = run(capsys, "count", tmp_path / "v.mp4", "--checkpoint", checkpoint)
+    assert status == 1 and "reading videos needs the optional package av" in err and "mud-iknn[deploy]" in err
 
 
 # ------------------------------------------------------------------ videos
 
-av = pytest.importorskip("av")  # noqa: E305  (the video tests need PyAV; the ones above do not)
-from mud_iknn import video  # noqa: E402
+@pytest.fixture(scope="module")
+def av():
+    """PyAV (the video tests skip without it; the ONNX tests above do not need it)."""
+    return pytest.importorskip("av")
 
 
-def write_lossless_video(path, frames, fps):
+def write_lossless_video(av, path, frames, fps):
     """``frames`` ((H, W, 3) uint8) as an FFV1 video in RGB: decoding gives them back bit for bit."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("ffv1", rate=Fraction(fps))
@@ -202,10 +208,10 @@ def write_lossless_video(path, frames, fps):
             container.mux(packet)
 
 
-def test_count_video_rows_overlay_and_frames(capsys, tmp_path, exported):
+def test_count_video_rows_overlay_and_frames(capsys, tmp_path, exported, av):
     checkpoint, path = exported
     frames = [random_image(72, 90, seed).permute(1, 2, 0).numpy() for seed in range(7)]
-    write_lossless_video(tmp_path / "in.mkv", frames, 12)
+    write_lossless_video(av, tmp_path / "in.mkv", frames, 12)
     decoded = list(video.read_frames(tmp_path / "in.mkv", every=3))
     assert [f.index for f in decoded] == [0, 3, 6] and [f.time_s for f in decoded] == [0.0, 0.25, 0.5]
     assert all(torch.equal(f.image, torch.from_numpy(frames[f.index]).permute(2, 0, 1)) for f in decoded)
@@ -243,7 +249,7 @@ def test_overlay_frame_draws_the_map_where_it_is_high():
     assert (text.min(-1) > 200).any() and (text.max(-1) < 30).any()
 
 
-def test_video_errors(capsys, tmp_path, exported):
+def test_video_errors(capsys, tmp_path, exported, av):
     _, path = exported
     (tmp_path / "fake.mp4").write_text("not a video")
     status, _, err = run(capsys, "count", tmp_path / "fake.mp4", "--model", path)
@@ -256,7 +262,7 @@ def test_video_errors(capsys, tmp_path, exported):
     assert status == 1 and "empty.mp4 has no video stream" in err
     status, _, err = run(capsys, "count", tmp_path / "gone.mp4", "--model", path)
     assert status == 1 and f"video not found: {tmp_path / 'gone.mp4'}" in err
-    write_lossless_video(tmp_path / "v.mkv", [np.zeros((8, 8, 3), np.uint8)], 5)
+    write_lossless_video(av, tmp_path / "v.mkv", [np.zeros((8, 8, 3), np.uint8)], 5)
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     status, _, err = run(capsys, "count", tmp_path / "v.mkv", tmp_path / "x.png", "--model", path)
     assert status == 2 and "a video is counted on its own" in err
