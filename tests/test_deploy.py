@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from mud_iknn import cli
+from mud_iknn.data import load_image
 from mud_iknn.evaluate import predict_image
 from mud_iknn.train import TrainConfig, build_model, load_checkpoint, save_checkpoint
 
@@ -142,7 +143,7 @@ def test_count_command_with_onnx_and_a_folder(capsys, tmp_path, exported):
     assert status == 0, err
     (result,) = json.loads(out)
     model, _, _ = load_checkpoint(checkpoint)
-    expected = predict_image(model, torch.from_numpy(np.asarray(Image.open(files[0]))).permute(2, 0, 1), 64, 40)
+    expected = predict_image(model, load_image(files[0]), 64, 40)
     assert len(result["points"]) == len(expected.points) > 0  # the located heads, through onnxruntime
     assert np.allclose(result["points"], expected.points.numpy(), atol=0.01)
     assert result["overlay"] == str(tmp_path / "o.png") and (tmp_path / "o.png").is_file()
