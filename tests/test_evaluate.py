@@ -123,6 +123,8 @@ def test_stitched_map_is_the_mean_of_the_windows_maps():
     assert iknn_map[:, :128].unique().tolist() == [1.0]
     assert iknn_map[:, 128:224].unique().tolist() == [1.5]
     assert iknn_map[:, 224:].unique().tolist() == [2.0]
+    skipped = predict_image(WindowNumber(), _image(224, 300), locate=False)
+    assert skipped.iknn_map is None and skipped.points is None and skipped.density.shape == (224, 300)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
