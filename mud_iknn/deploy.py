@@ -34,7 +34,7 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("maps", "counts")
 #: File name endings read as videos by ``count`` (anything else is read as an image).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
-_META = "mud_iknn."  # prefix of the metadata keys export_onnx writes: window, stride, format
+_META = "mud_iknn."  # prefix of the metadata keys export_onnx writes: window, stride
 
 
 def require(module: str, purpose: str):
@@ -87,7 +87,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], *, window: Opti
                       output_names=list(OUTPUT_NAMES), dynamic_shapes={"images": {0: batch}},
                       external_data=False, verbose=False)
     proto = onnx.load(str(path))
-    for key, value in (("format", "1"), ("window", window), ("stride", stride)):
+    for key, value in (("window", window), ("stride", stride)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = _META + key, str(value)
     onnx.save(proto, str(path))

@@ -173,7 +173,7 @@ def test_count_errors_of_onnx_models(capsys, tmp_path, exported):
     assert status == 2 and "--every applies to a video" in err
     (tmp_path / "empty").mkdir()
     status, _, err = run(capsys, "count", tmp_path / "empty", "--model", path)
-    assert status == 1 and f"no images (.jpg" in err and str(tmp_path / "empty") in err
+    assert status == 1 and "no images (.jpg" in err and str(tmp_path / "empty") in err
 
 
 def test_a_missing_optional_dependency_names_the_extra(capsys, tmp_path, exported, monkeypatch):
