@@ -121,6 +121,18 @@ def test_onnx_model_counts_like_the_checkpoint(exported):
         assert torch.allclose(got.points, expected.points, atol=1e-3)
 
 
+def test_a_count_only_network_exports_and_counts(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(TrainConfig.small(map_modules=False), load_weights=False).eval()
+    report = deploy.export_onnx(model, tmp_path / "count_only.onnx", stride=32)
+    assert report["maps_difference"] == 0.0 and report["counts_difference"] <= 1e-4
+    onnx_model = deploy.OnnxModel(tmp_path / "count_only.onnx")
+    image = random_image(100, 90, 7)
+    expected, got = predict_image(model, image, 64, 32), predict_image(onnx_model, image, 64, 32)
+    assert got.iknn_map is None and got.points is None  # no maps (B, 0, 64, 64): nothing to locate
+    assert abs(got.count - expected.count) <= 1e-3 * abs(expected.count)
+
+
 def test_count_command_with_onnx_and_a_folder(capsys, tmp_path, exported):
     checkpoint, path = exported
     (tmp_path / "in" / "sub").mkdir(parents=True)
