@@ -115,9 +115,14 @@ def main(argv=None) -> int:
     print(f"# bench_deploy: {platform.processor() or platform.machine()}, {args.threads} threads, torch "
           f"{torch.__version__}, onnxruntime {deploy.require('onnxruntime', 'the benchmark').__version__}")
     results = {"threads": args.threads, "windows": {}, "video": {}}
+    try:
+        deploy.require("av", "the video rows")
+    except ImportError as err:
+        print(f"(no video rows: {err})")
+        args.video_models, args.device = "", "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        source = make_video(tmp / "crowd.mp4", args.video_frames, width, height)
+        source = make_video(tmp / "crowd.mp4", args.video_frames, width, height) if args.video_models else None
         print("\n| model | window batch | torch eager | onnxruntime | onnx / torch |\n|---|---|---|---|---|")
         models = {}
         for name in args.models.split(","):
@@ -131,8 +136,10 @@ def main(argv=None) -> int:
             results["windows"][name] = r
             print(f"| {name} | {args.batch} x {window}^2 | {r['torch_ms']:.1f} ms | {r['onnx_ms']:.1f} ms | "
                   f"{r['ratio']:.2f} |", flush=True)
-        print(f"\n| model | device | video {width}x{height}, {args.video_frames} frames | frames / s |\n|---|---|---|---|")
-        for name in args.video_models.split(","):
+        if source is not None:
+            print(f"\n| model | device | video {width}x{height}, {args.video_frames} frames | frames / s |\n"
+                  f"|---|---|---|---|")
+        for name in filter(None, args.video_models.split(",")):
             model, path, window = models[name]
             for label, counter in (("torch eager", model), ("onnxruntime", deploy.OnnxModel(path, threads=args.threads))):
                 fps = bench_video(counter, source, window)
