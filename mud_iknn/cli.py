@@ -1,6 +1,6 @@
 """The ``mud-iknn`` command line (also ``python -m mud_iknn``).
 
-Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``labels``, ``bench``; ``mud-iknn CMD --help``
+Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``export``, ``labels``, ``bench``; ``mud-iknn CMD --help``
 describes each. Exit status: 0 success, 1 an error while running (one line on stderr: a missing
 folder or file, a bad checkpoint or annotation), 2 a usage error (bad or missing arguments, unknown
 data-set name). ``--debug`` before the subcommand shows the full traceback instead.
@@ -378,32 +378,62 @@ def _cmd_eval(args) -> int:
 # ------------------------------------------------------------------ count
 
 def _cmd_count(args) -> int:
-    from .data import load_image
-    from .visualize import save_overlay
-
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
-                                                                    if len(missing) > 1 else ""))
-    overlays = _overlay_targets(args.overlay, args.images) if args.overlay else {}
-    model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
-    predict = _project("evaluate").predict_image
+    deploy = _project("deploy")
+    images, videos = deploy.collect_inputs(args.images)
+    if videos and (images or len(videos) > 1):
+        raise UsageError("a video is counted on its own: give one video, or images and folders")
+    if args.every is not None and not videos:
+        raise UsageError("--every applies to a video")
+    if videos and args.overlay and args.overlay.suffix.lower() not in _project("video").OVERLAY_CODECS:
+        raise UsageError(f"--overlay for a video must be a video file ending in "
+                         f"{', '.join(_project('video').OVERLAY_CODECS)}, got {args.overlay}")
+    overlays = _overlay_targets(args.overlay, images) if args.overlay and images else {}
+    if args.model:
+        if args.device.startswith("cuda:"):
+            raise UsageError("--device cuda:N: an ONNX model runs on cpu, cuda or auto")
+        model, window, stride = deploy.load_onnx(args.model, args.device, args.window, args.stride)
+    else:
+        model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    if videos:
+        return _count_video(args, model, videos[0], window, stride)
     results = []
-    for path in args.images:
-        image = load_image(path)
-        prediction = predict(model, image, window=window, stride=stride)
-        count = float(prediction.count)
-        results.append({"image": str(path), "count": count})
-        if prediction.points is not None:
-            results[-1]["points"] = [[round(x, 2), round(y, 2)] for x, y in prediction.points.tolist()]
-        if args.overlay:
-            shown = prediction.iknn_map if prediction.iknn_map is not None else prediction.density
-            save_overlay(image, shown, count, overlays[path], points=prediction.points, title=path.name)
-            results[-1]["overlay"] = str(overlays[path])
+    for result in deploy.count_images(model, images, window=window, stride=stride, overlays=overlays):
+        results.append(result)
         if not args.json:
-            print(f"{path}\t{count:.1f}")
+            print(f"{result['image']}\t{result['count']:.1f}", flush=True)
+    if args.csv:
+        deploy.write_csv(args.csv, results, ("image", "count"))
     if args.json:
         _write_json(results, "-")
+    return 0
+
+
+def _count_video(args, model, path: Path, window: int, stride: int) -> int:
+    video = _project("video")
+    rows = video.count_video(model, path, window=window, stride=stride, every=args.every or 1,
+                             overlay=args.overlay, progress=True)
+    if args.csv:
+        _project("deploy").write_csv(args.csv, rows, video.CSV_FIELDS)
+    if args.json:
+        _write_json({"video": str(path), "every": args.every or 1, "frames": rows}, "-")
+    elif args.csv:
+        counts = [row["count"] for row in rows]
+        print(f"{path}: {len(rows)} frames counted, mean {sum(counts) / len(counts):.1f}, max {max(counts):.1f}"
+              f" people; per-frame counts in {args.csv}" + (f", overlay video {args.overlay}" if args.overlay else ""))
+    else:
+        print(",".join(video.CSV_FIELDS))
+        for row in rows:
+            print(f"{row['frame']},{row['time_s']},{row['count']}")
+    return 0
+
+
+# ------------------------------------------------------------------ export
+
+def _cmd_export(args) -> int:
+    report = _project("deploy").export_checkpoint(args.checkpoint, args.out, window=args.window, stride=args.stride)
+    print(f"wrote {report['path']}: input image (batch, 3, {report['window']}, {report['window']}) float32 in "
+          f"[0, 1], outputs maps and counts, counting stride {report['stride']}; onnxruntime matches torch "
+          f"within {report['maps_difference']:.1e} (maps) and {report['counts_difference']:.1e} (counts) relative")
     return 0
 
 
@@ -620,20 +650,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
 
     count = commands.add_parser(
-        "count", help="count the people in images",
-        description="Prints one line per image: path, tab, predicted count.")
-    count.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    count.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
-                       help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
+        "count", help="count the people in images, folders of images or a video",
+        description="Images and folders (every image under a folder, recursively): one line per image, path, "
+                    "tab, predicted count. A video (.mp4, .avi, .mov, ...): a CSV of per-frame counts (frame, "
+                    "time in seconds, count) on stdout or in --csv FILE. The model is a checkpoint or an ONNX "
+                    "file from 'mud-iknn export' (run by onnxruntime; pip install \"mud-iknn[deploy]\", which "
+                    "also reads videos).")
+    count.add_argument("images", nargs="+", type=Path, metavar="INPUT", help="image files, folders or one video")
+    source = count.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
+    source.add_argument("--model", type=Path, metavar="FILE", help="an ONNX file written by 'mud-iknn export'")
     count.add_argument("--overlay", type=Path, metavar="PATH",
                        help="write the image with the located heads next to the predicted ikNN map: a .png "
-                            "file for one image, a folder (one <image name>.png each) for several")
+                            "file for one image, a folder (one <image name>.png each) for several; for a video, "
+                            "a video file (.mp4, .mkv, .mov, .avi) of the counted frames with the map and heads")
+    count.add_argument("--csv", type=Path, metavar="FILE",
+                       help="also write the counts as CSV: image,count for images; frame,time_s,count for a video")
+    count.add_argument("--every", type=int, metavar="N", help="a video: count every N-th frame only (default 1)")
     _add_window_args(count)
     count.add_argument("--json", action="store_true",
                        help="print JSON instead of lines: per image 'count' and 'points' (the located heads, "
                             "[x, y] image pixels)")
     count.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     count.set_defaults(run=_cmd_count, command_parser=count)
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint's network as ONNX",
+        description="Writes the network for one window size as one ONNX file: input 'image' (batch, 3, S, S) "
+                    "float32 in [0, 1] (normalisation inside, dynamic batch), outputs 'maps' and 'counts'. "
+                    "Checked with onnx's checker and against torch through onnxruntime "
+                    "(pip install \"mud-iknn[deploy]\"). Count with it: mud-iknn count IMAGE --model FILE.")
+    export.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
+                        help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="the ONNX file to write")
+    _add_window_args(export)
+    export.set_defaults(run=_cmd_export, command_parser=export)
 
     labels = commands.add_parser(
         "labels", help="export ikNN or density label maps as .npy with preview PNGs",
@@ -683,7 +735,7 @@ def _label_defaults(args) -> None:
 def _check_numbers(args) -> None:
     for name, least in [("steps", 1), ("batch_size", 1), ("patch_size", 1), ("checkpoint_every", 0),
                         ("eval_every", 0), ("num_workers", 0), ("num_images", 1), ("image_size", 1),
-                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1),
+                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1), ("every", 1),
                         ("seed", 0), ("data_seed", 0)]:
         value = getattr(args, name, None)
         if value is not None and value < least:

@@ -75,7 +75,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
     padded = image.new_zeros((3, ys[-1] + window, xs[-1] + window))
     padded[:, :height, :width] = image
     boxes = [(y, x) for y in ys for x in xs]
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without any (OnnxModel)
     total = torch.zeros(height, width, dtype=torch.float64)
     cover = torch.zeros(height, width, dtype=torch.float64)
     map_total = None
