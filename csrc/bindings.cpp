@@ -9,6 +9,8 @@
 namespace py = pybind11;
 using namespace mud_iknn;
 
+void bind_point_losses(py::module_& m);  // point_losses_bindings.cpp
+
 namespace {
 
 template <class T>
@@ -42,6 +44,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("CUDA_ARCHS") = py::list();
 #endif
   py::call_guard<py::gil_scoped_release> nogil;
+  bind_point_losses(m);
 
   m.def("knn_maps_cpu",
         [](uintptr_t points, uintptr_t offsets, int64_t batch, int64_t count, int64_t height, int64_t width,

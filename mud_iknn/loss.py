@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from . import _settings, labels
+from .point_losses import BayesianLoss, DMCountLoss, OTLoss
 
-__all__ = ["LabelSpec", "count_loss", "map_loss", "MUDLoss"]
+__all__ = ["LabelSpec", "count_loss", "map_loss", "MUDLoss", "BayesianLoss", "OTLoss", "DMCountLoss"]
 
 
 @dataclass(frozen=True)
