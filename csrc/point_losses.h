@@ -36,7 +36,44 @@ struct PointMap {
   int stride;              // input pixels per cell
 };
 
+MUD_HD bool finite_d(double v) {
+#ifdef __CUDA_ARCH__
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
 MUD_HD double cell_centre(int64_t index, int stride) { return double(index) * stride + 0.5 * stride; }
+
+// The cells [*lo, *lo + *count) of an axis of n cells whose mapped centre lies within sqrt(cut) of
+// the mapped coordinate q * scale + shift: a head's window of nonzero Sinkhorn kernel along it.
+MUD_HD void axis_window(double q, int64_t n, int stride, double scale, double shift, double cut, int64_t* lo,
+                        int64_t* count) {
+  const double reach = sqrt(cut) / scale, s = stride;
+  const double first = floor((q - reach - 0.5 * s) / s) - 1.0, last = ceil((q + reach - 0.5 * s) / s) + 2.0;
+  int64_t l = int64_t(first < 0.0 ? 0.0 : (first > double(n) ? double(n) : first));
+  int64_t h = int64_t(last < 0.0 ? 0.0 : (last > double(n) ? double(n) : last));
+  const double qt = q * scale + shift;
+  while (l < h) {
+    const double d = (cell_centre(l, stride) * scale + shift) - qt;
+    if (d * d <= cut) break;
+    ++l;
+  }
+  while (h > l) {
+    const double d = (cell_centre(h - 1, stride) * scale + shift) - qt;
+    if (d * d <= cut) break;
+    --h;
+  }
+  *lo = l;
+  *count = h - l;
+}
+
+// Most cells a window of axis_window holds on an axis of n cells.
+inline int64_t max_window(int64_t n, int stride, double scale, double cut) {
+  const double cells = 2.0 * std::sqrt(cut) / scale / stride + 3.0;
+  return cells >= double(n) ? n : int64_t(cells);
+}
 
 struct BayesianArgs {
   PointMap map;

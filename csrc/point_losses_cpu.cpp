@@ -259,22 +259,6 @@ struct SparseKernel {
   }
 };
 
-// Cells [lo, hi) of one axis (n cells) whose transformed centre lies within sqrt(cut) of q.
-void axis_window(double q, int64_t n, const SinkhornArgs& a, double cut, int64_t* lo, int64_t* count) {
-  const double reach = std::sqrt(cut) / a.scale, s = a.map.stride;
-  const double first = std::floor((q - reach - 0.5 * s) / s) - 1.0, last = std::ceil((q + reach - 0.5 * s) / s) + 1.0;
-  int64_t l = int64_t(std::clamp(first, 0.0, double(n))), h = int64_t(std::clamp(last + 1.0, 0.0, double(n)));
-  const double qt = q * a.scale + a.shift;
-  auto inside = [&](int64_t c) {
-    const double d = (cell_centre(c, a.map.stride) * a.scale + a.shift) - qt;
-    return d * d <= cut;
-  };
-  while (l < h && !inside(l)) ++l;
-  while (h > l && !inside(h - 1)) --h;
-  *lo = l;
-  *count = h - l;
-}
-
 SparseKernel build_kernel(const SinkhornArgs& a, int64_t begin, int64_t end) {
   SparseKernel K;
   K.n = end - begin;
@@ -286,8 +270,9 @@ SparseKernel build_kernel(const SinkhornArgs& a, int64_t begin, int64_t end) {
   K.r0.resize(K.n);
   K.nr.resize(K.n);
   for (int64_t i = 0; i < K.n; ++i) {
-    axis_window(a.map.points[2 * (begin + i)], K.width, a, K.cut, &K.c0[i], &K.nc[i]);
-    axis_window(a.map.points[2 * (begin + i) + 1], K.height, a, K.cut, &K.r0[i], &K.nr[i]);
+    axis_window(a.map.points[2 * (begin + i)], K.width, a.map.stride, a.scale, a.shift, K.cut, &K.c0[i], &K.nc[i]);
+    axis_window(a.map.points[2 * (begin + i) + 1], K.height, a.map.stride, a.scale, a.shift, K.cut, &K.r0[i],
+                &K.nr[i]);
     if (K.nc[i] == 0 || K.nr[i] == 0) K.nc[i] = K.nr[i] = 0;
     K.wmax = std::max(K.wmax, K.nc[i]);
     K.hmax = std::max(K.hmax, K.nr[i]);

@@ -44,10 +44,14 @@ def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
     return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
 
 
+def _uses_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
 def _launch(name: str, args: tuple, device: torch.device, workspace_bytes) -> None:
     """``_C.<name>_cpu(*args, threads)``, or on a CUDA device ``_C.<name>_cuda(*args, workspace,
     bytes, stream, device index)`` with ``workspace_bytes()`` of scratch memory from torch."""
-    if device.type != "cuda":
+    if not _uses_cuda(device):
         getattr(_C, name + "_cpu")(*args, _threads())
         return
     if not _C.WITH_CUDA:

@@ -206,8 +206,8 @@ def ot_loss(normed_density, density, points, stride: int = 8, reg: float = 10.0,
     batch, _, height, width = density.shape
     crop = height * stride
     scale, shift = (2.0 / crop, -1.0) if normalize_coordinates else (1.0, 0.0)
-    loss = density.new_zeros((), dtype=_torch.float64)
-    objective = density.new_zeros((), dtype=_torch.float64)
+    loss = 0.0 * density.sum().to(_torch.float64)  # in the graph even when no image has heads
+    objective = 0.0 * normed_density.sum().to(_torch.float64)
     wasserstein = 0.0
     for i, pts in enumerate(points):
         pts = _torch.as_tensor(pts, dtype=_torch.float64).reshape(-1, 2)
