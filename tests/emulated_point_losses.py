@@ -12,7 +12,8 @@ from pathlib import Path
 from emulated_cuda import call, compiler  # noqa: F401  (compiler: re-exported for the tests' skip)
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "tests/cuda_emulation/emulated_point_losses.cpp", ROOT / "csrc/point_losses_cuda.cu"]
+SOURCES = [ROOT / "tests/cuda_emulation/emulated_point_losses.cpp", ROOT / "tests/cuda_emulation/emulator_selftest.cpp",
+           ROOT / "csrc/point_losses_cuda.cu"]
 
 
 def build(out_dir: Path) -> ctypes.CDLL:
@@ -20,7 +21,7 @@ def build(out_dir: Path) -> ctypes.CDLL:
     library = out_dir / "emulated_point_losses.so"
     command = [compiler(), "-std=c++17", "-O2", "-shared", "-fPIC", "-fvisibility=hidden",
                "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA", f"-I{ROOT / 'csrc'}",
-               f"-I{ROOT / 'tests/cuda_emulation'}", str(SOURCES[0]), "-x", "c++", str(SOURCES[1]),
+               f"-I{ROOT / 'tests/cuda_emulation'}", *map(str, SOURCES[:2]), "-x", "c++", str(SOURCES[2]),
                "-o", str(library)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -31,6 +32,8 @@ def build(out_dir: Path) -> ctypes.CDLL:
     lib.emulated_bayesian_workspace_bytes.restype = i64
     for name in ("emulated_bayesian_expected", "emulated_bayesian_backward"):
         getattr(lib, name).argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f64, ptr, ptr, ptr, ptr, i64, err, i32]
+    lib.emulator_set_schedule.argtypes = [i32]
+    lib.emulator_set_schedule.restype = None
     lib.emulated_sinkhorn_workspace_bytes.argtypes = [i64, i64, i64, i64, i32, f64, f64]
     lib.emulated_sinkhorn_workspace_bytes.restype = i64
     lib.emulated_sinkhorn.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f64, i32, f64, f64, ptr, ptr, ptr, ptr,
