@@ -36,8 +36,9 @@ def crowd(rng, count, height, width):
 # ---- the dense baselines (float32, as the released code computes) -------------------------------
 
 def _dense_distances(points, height, width, stride, scale=1.0, shift=0.0):
-    xs = (torch.arange(0, width * stride, stride, dtype=torch.float32) + stride / 2)[None, :] * scale + shift
-    ys = (torch.arange(0, height * stride, stride, dtype=torch.float32) + stride / 2)[None, :] * scale + shift
+    grid = dict(dtype=torch.float32, device=points.device)
+    xs = (torch.arange(0, width * stride, stride, **grid) + stride / 2)[None, :] * scale + shift
+    ys = (torch.arange(0, height * stride, stride, **grid) + stride / 2)[None, :] * scale + shift
     pts = points * scale + shift
     x, y = pts[:, 0:1], pts[:, 1:2]
     x_dis = -2 * x @ xs + x * x + xs * xs
@@ -54,7 +55,7 @@ def dense_bayesian(density, points, stride=8, sigma=8.0, background_ratio=1.0):
         d = min(height, width) * stride * background_ratio
         dis = torch.cat([dis, (d - torch.sqrt(min_dis)) ** 2], 0)
         prob = torch.softmax(-dis / (2.0 * sigma ** 2), dim=0)
-        target = torch.ones(len(prob))
+        target = torch.ones(len(prob), device=prob.device)
         target[-1] = 0
         loss = loss + (target - (density[b].reshape(1, -1) * prob).sum(dim=1)).abs().sum()
     return loss / batch
@@ -84,7 +85,7 @@ def dense_ot(normed, density, points, stride=8, reg=10.0, iterations=100):
     for i, pts in enumerate(points):
         dis = _dense_distances(pts, height, width, stride)
         source = normed[i][0].reshape(-1).detach()
-        target = torch.ones(len(pts)) / len(pts)
+        target = torch.ones(len(pts), device=pts.device) / len(pts)
         u, v, K = dense_sinkhorn(target, source, dis, reg, iterations)
         beta = reg * torch.log(v + 1e-16)
         objective = objective + (normed[i] * beta.reshape(1, height, width)).sum()

@@ -200,10 +200,11 @@ class _OTLossFunction(torch.autograd.Function):
         # DM-Count's gradient in density: beta / count - <density, beta> / count^2 (0 without heads: beta = 0).
         grad = count / denom * beta - (d * beta).sum(dim=(1, 2), keepdim=True) / denom
         ctx.save_for_backward(beta, grad)
-        ctx.mark_non_differentiable(wasserstein)
-        loss = (d * grad).sum()
-        objective = (normed.to(torch.float64) * beta).sum()
-        return loss.to(torch.float32), wasserstein.sum().to(torch.float32), objective.to(torch.float32)
+        loss = (d * grad).sum().to(torch.float32)
+        objective = (normed.to(torch.float64) * beta).sum().to(torch.float32)
+        distance = wasserstein.sum().to(torch.float32)
+        ctx.mark_non_differentiable(distance)
+        return loss, distance, objective
 
     @staticmethod
     @once_differentiable
