@@ -162,12 +162,39 @@ MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before,
   return RowSpans{0, 0, -1, 0, -1};
 }
 
-// 2^y for float y, branch-free (a SIMD loop on the CPU vectorises it): 2^round(y) from the exponent
-// bits times a degree-7 polynomial of the rest f in [-0.5, 0.5] (relative error below 1e-7); 0 below
-// 2^-126, +inf above 2^128.
+// Bits of a float and back, and selects written as bit masks: compilers keep them branch-free (a
+// ternary may become a branch that stops a SIMD loop from vectorising).
+MUD_HD int bits_of(float v) {
+#ifdef __CUDA_ARCH__
+  return __float_as_int(v);
+#else
+  int b;
+  __builtin_memcpy(&b, &v, sizeof(float));
+  return b;
+#endif
+}
+MUD_HD float float_of(int b) {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(b);
+#else
+  float v;
+  __builtin_memcpy(&v, &b, sizeof(float));
+  return v;
+#endif
+}
+MUD_HD int select_i(bool c, int a, int b) {
+  const int m = -int(c);
+  return (a & m) | (b & ~m);
+}
+MUD_HD float select_f(bool c, float a, float b) { return float_of(select_i(c, bits_of(a), bits_of(b))); }
+
+// 2^y for float y, branch-free: 2^round(y) from the exponent bits times a degree-7 polynomial of
+// the rest f in [-0.5, 0.5] (relative error below 1e-7); 0 below 2^-126, +inf from 2^128. Needs
+// round-to-nearest float arithmetic, without reassociation.
 MUD_HD float exp2_poly(float y) {
-  const float v = min_f(max_f(y, -127.0f), 129.0f);
-  const float n = floorf(v + 0.5f), f = v - n;
+  const float v = select_f(y > 129.0f, 129.0f, select_f(y < -127.0f, -127.0f, y));  // NaN: -127
+  const float n = (v + 12582912.0f) - 12582912.0f;  // v rounded to an integer (1.5 * 2^23)
+  const float f = v - n;
   float p = 1.5252734e-5f;
   p = p * f + 1.5403530e-4f;
   p = p * f + 1.3333558e-3f;
@@ -176,38 +203,19 @@ MUD_HD float exp2_poly(float y) {
   p = p * f + 2.4022651e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
-  const int e = int(n) + 127;  // in [0, 256]
-  float scale;
-  const int bits = (e < 1 ? 0 : (e > 254 ? 255 : e)) << 23;  // 0 -> 0.0, 255 -> +inf
-#ifdef __CUDA_ARCH__
-  scale = __int_as_float(bits);
-#else
-  __builtin_memcpy(&scale, &bits, sizeof(float));
-#endif
-  return p * scale;
+  const int e = int(n) + 127;  // in [0, 256]: 0 -> 0.0, 255 and 256 -> +inf
+  return p * float_of(select_i(e < 1, 0, select_i(e > 255, 255, e)) << 23);
 }
 
 // log2(x) for normal x > 0, branch-free: the exponent bits plus 2 atanh(s) / ln 2 of the mantissa m
-// in [sqrt(1/2), sqrt(2)), s = (m - 1) / (m + 1), to s^11 (relative error below 1e-7).
+// in [sqrt(1/2), sqrt(2)), s = (m - 1) / (m + 1), to s^9 (|s| < 0.172: relative error below 1e-8).
 MUD_HD float log2_poly(float x) {
-  int bits;
-#ifdef __CUDA_ARCH__
-  bits = __float_as_int(x);
-#else
-  __builtin_memcpy(&bits, &x, sizeof(float));
-#endif
+  const int bits = bits_of(x);
   const int above = (bits & 0x7fffff) > 0x3504f3;  // mantissa above sqrt(2): take m / 2
   const int e = ((bits >> 23) & 0xff) - 127 + above;
-  const int mbits = (bits & 0x7fffff) | ((127 - above) << 23);
-  float m;
-#ifdef __CUDA_ARCH__
-  m = __int_as_float(mbits);
-#else
-  __builtin_memcpy(&m, &mbits, sizeof(float));
-#endif
+  const float m = float_of((bits & 0x7fffff) | ((127 - above) << 23));
   const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-  float p = 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
+  float p = 1.0f / 9.0f;
   p = p * s2 + 1.0f / 7.0f;
   p = p * s2 + 1.0f / 5.0f;
   p = p * s2 + 1.0f / 3.0f;
@@ -219,15 +227,16 @@ MUD_HD float log2_poly(float x) {
 // head; 0 for D = +inf (no heads) and where it falls below zero_below. D^0 = 1, also at D = 0.
 MUD_HD float fidt_value(float dist, const MapTransform& t) {
   const float e = t.alpha * dist + t.beta;
-  const float normal = max_f(dist, 1.17549435e-38f);  // D below the normal floats: D^e is 0 for e > 0 anyway
-  const float y = e == 0.0f ? 0.0f : (dist == 0.0f ? -INFINITY : e * log2_poly(normal));
+  // D below the normal floats: D^e is 0 for e > 0 anyway
+  const float lg = log2_poly(select_f(dist < 1.17549435e-38f, 1.17549435e-38f, dist));
+  const float y = select_f(e == 0.0f, 0.0f, select_f(dist == 0.0f, -INFINITY, e * lg));
   const float p = exp2_poly(y);
 #if defined(__CUDA_ARCH__) || defined(MUD_IKNN_CUDA_EMULATION)
   const float v = __fdividef(1.0f, p + t.c);
 #else
   const float v = 1.0f / (p + t.c);
 #endif
-  return dist < INFINITY && v >= t.zero_below ? v : 0.0f;
+  return select_f((dist < INFINITY) & (v >= t.zero_below), v, 0.0f);
 }
 
 // On the GPU (and its emulator) with the special function unit's reciprocal and reciprocal square

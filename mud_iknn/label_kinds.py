@@ -17,6 +17,7 @@ max_distance, sigma, beta, truncate) still loads.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Union
 
@@ -28,9 +29,14 @@ __all__ = ["LabelKind", "IknnLabel", "DensityLabel", "FidtLabel", "CountLabel", 
            "label_kind"]
 
 
-def option(default, help: str, *, choices: Optional[tuple] = None):
-    """A parameter of a label kind: its default and the line of help the command line shows."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, *, choices: Optional[tuple] = None, bound: Optional[str] = None):
+    """A parameter of a label kind: its default, the line of help the command line shows, and for a
+    number its ``bound`` ("positive" or "non-negative", checked with the kind) or for a string its
+    ``choices``."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bound": bound})
+
+
+_BOUNDS = {"positive": lambda v: v > 0, "non-negative": lambda v: v >= 0}
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,12 @@ class LabelKind:
     def __post_init__(self):
         _settings.check_types(self, f"label kind {self.name}:")
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            value, choices, bound = getattr(self, f.name), f.metadata["choices"], f.metadata["bound"]
+            if choices and value not in choices:
                 raise ValueError(f"label kind {self.name}: {f.name} must be one of {', '.join(map(repr, choices))}, "
-                                 f"got {getattr(self, f.name)!r}")
+                                 f"got {value!r}")
+            if bound and isinstance(value, (int, float)) and not (math.isfinite(value) and _BOUNDS[bound](value)):
+                raise ValueError(f"label kind {self.name}: {f.name} must be {bound} and finite, got {value!r}")
         try:
             self._check()
         except (TypeError, ValueError) as err:
@@ -102,7 +110,7 @@ class IknnLabel(LabelKind):
     transform: str = option("inverse", "1/(D+1) (inverse) or 1/sqrt(D+1) (inverse_sqrt)",
                             choices=("inverse", "inverse_sqrt"))
     max_distance: Optional[float] = option(None, "clip each distance at this many pixels before the mean "
-                                                 "(the 2019 code: 112)")
+                                                 "(the 2019 code: 112)", bound="positive")
 
     def _check(self):
         labels._check_k(self.k)
@@ -121,8 +129,8 @@ class DensityLabel(LabelKind):
     sigma: Union[str, float] = option("adaptive", "'adaptive' (beta x mean distance to the k nearest other "
                                                   "heads) or a fixed width in pixels")
     k: int = option(3, "adaptive sigma: nearest other heads")
-    beta: float = option(0.3, "adaptive sigma: factor")
-    truncate: float = option(4.0, "Gaussians cut at this many sigmas")
+    beta: float = option(0.3, "adaptive sigma: factor", bound="positive")
+    truncate: float = option(4.0, "Gaussians cut at this many sigmas", bound="positive")
 
     def _check(self):
         if isinstance(self.sigma, str):
@@ -131,8 +139,7 @@ class DensityLabel(LabelKind):
         elif labels._check_positive(self.sigma, "sigma") > labels._MAX_SIGMA:
             raise ValueError(f"sigma must be at most {labels._MAX_SIGMA:g} pixels, got {self.sigma}")
         labels._check_k(self.k, "k", labels.MAX_K - 1)
-        labels._check_positive(self.beta, "beta")
-        if labels._check_positive(self.truncate, "truncate") > labels._MAX_TRUNCATE:
+        if self.truncate > labels._MAX_TRUNCATE:
             raise ValueError(f"truncate must be at most {labels._MAX_TRUNCATE}, got {self.truncate}")
 
     def _make(self, points, size, offsets, stride, validate):
@@ -144,16 +151,10 @@ class DensityLabel(LabelKind):
 class FidtLabel(LabelKind):
     name: ClassVar[str] = "fidt"
     summary: ClassVar[str] = "focal inverse distance transform 1 / (D^(alpha D + beta) + c) (FIDTM)"
-    alpha: float = option(0.02, "FIDT: exponent slope (>= 0)")
-    beta: float = option(0.75, "FIDT: exponent offset (>= 0)")
-    c: float = option(1.0, "FIDT: added to the power (> 0)")
-    zero_below: float = option(0.0, "FIDT: values below it set to 0 (FIDTM's 0.01)")
-
-    def _check(self):
-        labels._check_non_negative(self.alpha, "alpha")
-        labels._check_non_negative(self.beta, "beta")
-        labels._check_positive(self.c, "c")
-        labels._check_non_negative(self.zero_below, "zero_below")
+    alpha: float = option(0.02, "exponent slope", bound="non-negative")
+    beta: float = option(0.75, "exponent offset", bound="non-negative")
+    c: float = option(1.0, "added to the power", bound="positive")
+    zero_below: float = option(0.0, "values below it set to 0 (FIDTM's 0.01)", bound="non-negative")
 
     def _make(self, points, size, offsets, stride, validate):
         return _scaled_call(labels.fidt_maps, points, size, offsets, stride, validate, alpha=self.alpha,
