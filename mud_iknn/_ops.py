@@ -214,6 +214,13 @@ def count_maps_out(points: torch.Tensor, offsets: torch.Tensor, height: int, wid
     _fill_count_maps(points, offsets, height, width, stride, out)
 
 
+def knn_workspace_bytes(batch: int, count: int, height: int, width: int, k: int) -> int:
+    """Bytes of CUDA workspace a kNN map call of these sizes allocates (what the benchmarks report)."""
+    args = _fill(_C.KnnArgs(), points=_fill(_C.PackedPoints(), batch=batch, count=count), height=height, width=width,
+                 k=k)
+    return _C.knn_maps_workspace_bytes(args)
+
+
 def backend_info() -> dict:
     """CUDA compiled in or not, its architectures, and the CUDA devices torch sees."""
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
