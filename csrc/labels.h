@@ -188,39 +188,41 @@ MUD_HD int select_i(bool c, int a, int b) {
 }
 MUD_HD float select_f(bool c, float a, float b) { return float_of(select_i(c, bits_of(a), bits_of(b))); }
 
-// 2^y for float y, branch-free: 2^round(y) from the exponent bits times a degree-7 polynomial of
-// the rest f in [-0.5, 0.5] (relative error below 1e-7); 0 below 2^-126, +inf from 2^128. Needs
-// round-to-nearest float arithmetic, without reassociation.
+// 2^y for float y, branch-free: 2^round(y) from the exponent bits times a degree-5 polynomial of
+// the rest f in [-0.5, 0.5] (least squares on Chebyshev nodes: relative error below 3e-7); 0 below
+// 2^-126, +inf from 2^128. Needs round-to-nearest float arithmetic, without reassociation.
 MUD_HD float exp2_poly(float y) {
   const float v = select_f(y > 129.0f, 129.0f, select_f(y < -127.0f, -127.0f, y));  // NaN: -127
   const float n = (v + 12582912.0f) - 12582912.0f;  // v rounded to an integer (1.5 * 2^23)
   const float f = v - n;
-  float p = 1.5252734e-5f;
-  p = p * f + 1.5403530e-4f;
-  p = p * f + 1.3333558e-3f;
-  p = p * f + 9.6181291e-3f;
-  p = p * f + 5.5504109e-2f;
-  p = p * f + 2.4022651e-1f;
-  p = p * f + 6.9314718e-1f;
-  p = p * f + 1.0f;
+  float p = 1.3266971e-3f;
+  p = p * f + 9.6754599e-3f;
+  p = p * f + 5.5507425e-2f;
+  p = p * f + 2.4022122e-1f;
+  p = p * f + 6.9314694e-1f;
+  p = p * f + 1.0000001f;
   const int e = int(n) + 127;  // in [0, 256]: 0 -> 0.0, 255 and 256 -> +inf
   return p * float_of(select_i(e < 1, 0, select_i(e > 255, 255, e)) << 23);
 }
 
-// log2(x) for normal x > 0, branch-free: the exponent bits plus 2 atanh(s) / ln 2 of the mantissa m
-// in [sqrt(1/2), sqrt(2)), s = (m - 1) / (m + 1), to s^9 (|s| < 0.172: relative error below 1e-8).
+// log2(x) for normal x > 0, branch-free, without a division: the exponent bits plus x' P(x') for
+// the mantissa m = 1 + x' in [sqrt(1/2), sqrt(2)), P of degree 8 (least squares on Chebyshev nodes:
+// absolute error below 1e-7).
 MUD_HD float log2_poly(float x) {
   const int bits = bits_of(x);
   const int above = (bits & 0x7fffff) > 0x3504f3;  // mantissa above sqrt(2): take m / 2
   const int e = ((bits >> 23) & 0xff) - 127 + above;
-  const float m = float_of((bits & 0x7fffff) | ((127 - above) << 23));
-  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-  float p = 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
-  return float(e) + s * p * 2.8853900817779268f;  // 2 / ln 2
+  const float t = float_of((bits & 0x7fffff) | ((127 - above) << 23)) - 1.0f;
+  float p = 1.2614846e-1f;
+  p = p * t - 2.0742103e-1f;
+  p = p * t + 2.1566986e-1f;
+  p = p * t - 2.3892035e-1f;
+  p = p * t + 2.8791833e-1f;
+  p = p * t - 3.6070484e-1f;
+  p = p * t + 4.8091060e-1f;
+  p = p * t - 7.2134733e-1f;
+  p = p * t + 1.4426950f;
+  return float(e) + t * p;
 }
 
 // FIDT (Liang et al.): 1 / (D^(alpha D + beta) + c) at the distance D >= 0 (px) to the nearest
