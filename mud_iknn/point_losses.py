@@ -25,7 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _C
-from .labels import PointsLike, _check_positive, pack_points
+from .labels import PointsLike, _check_positive, count_maps, pack_points
 
 __all__ = ["BayesianLoss", "OTLoss", "DMCountLoss"]
 
@@ -258,26 +258,13 @@ class OTLoss(nn.Module):
         return _OTLossFunction.apply(normed, dens, packed, offs, self.stride, self.reg, self.iterations, scale, shift)
 
 
-def _stride_count_maps(points: torch.Tensor, offsets: torch.Tensor, batch: int, height: int, width: int,
-                       stride: int) -> torch.Tensor:
-    """(B, height, width) float32 heads per stride cell: a head at (x, y) with 0 <= x < width * stride,
-    0 <= y < height * stride adds 1 to cell (floor(y) // stride, floor(x) // stride)."""
-    # TODO(merge): mud_iknn.count_maps (the label-kinds issue) has this rule; use it when it lands.
-    image = torch.repeat_interleave(torch.arange(batch, device=points.device), offsets[1:] - offsets[:-1])
-    x, y = points[:, 0].floor(), points[:, 1].floor()
-    inside = (x >= 0) & (x < width * stride) & (y >= 0) & (y < height * stride)
-    index = (image * height + torch.div(y, stride, rounding_mode="floor").long()) * width \
-        + torch.div(x, stride, rounding_mode="floor").long()
-    counts = torch.bincount(index[inside], minlength=batch * height * width)
-    return counts.to(torch.float32).reshape(batch, height, width)
-
-
 class DMCountLoss(nn.Module):
     """DM-Count's training loss: ot_weight * OT loss + count loss + tv_weight * TV loss.
 
     count loss = mean over images of |sum(density) - N|; TV loss = mean over images of
-    N * sum |normed_density - count map / (N + 1e-6)| with the stride count map of the heads (see
-    :func:`_stride_count_maps`) and N the image's number of heads; normed_density = density /
+    N * sum |normed_density - count map / (N + 1e-6)| with the heads' stride count map
+    (:func:`mud_iknn.count_maps` of the crop, h * stride x w * stride pixels) and N the image's number
+    of heads; normed_density = density /
     (sum(density) + 1e-6), as DM-Count's network outputs it. Arguments as :class:`OTLoss`, plus the
     weights (DM-Count's defaults 0.1 and 0.01).
 
@@ -296,12 +283,13 @@ class DMCountLoss(nn.Module):
         """{"ot", "count", "tv"} (weighted, differentiable), "wasserstein" and "objective" (unweighted)."""
         dens = _check_density(density, "density")
         packed, offs = _points_for(dens, points, offsets)
-        batch, height, width = dens.shape
+        height, width = dens.shape[1:]
         normed = density / (density.sum(dim=(1, 2, 3), keepdim=True) + 1e-6)
         ot, wasserstein, objective = self.ot(normed, density, packed, offsets=offs)
         counts = (offs[1:] - offs[:-1]).to(density.dtype)
         count = (density.sum(dim=(1, 2, 3)) - counts).abs().mean()
-        target = _stride_count_maps(packed, offs, batch, height, width, self.ot.stride).to(density.dtype)
+        stride = self.ot.stride
+        target = count_maps(packed, (height * stride, width * stride), stride, offsets=offs).to(density.dtype)
         target = target / (counts[:, None, None] + 1e-6)
         tv = ((normed[:, 0] - target).abs().sum(dim=(1, 2)) * counts).mean()
         return {"ot": self.ot_weight * ot, "count": count, "tv": self.tv_weight * tv,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["knn_distance_maps", "iknn_maps", "density_maps", "head_sigmas", "split_points"]
+__all__ = ["knn_distance_maps", "iknn_maps", "fidt_maps", "density_maps", "head_sigmas", "count_maps",
+           "split_points"]
 
 
 def split_points(points, offsets=None) -> list[np.ndarray]:
@@ -59,6 +60,31 @@ def iknn_maps(points, size, k=1, *, offsets=None, max_distance=None, transform="
     if transform == "inverse_sqrt":
         return 1.0 / np.sqrt(d + 1.0)
     raise ValueError(f"transform must be 'inverse' or 'inverse_sqrt', got {transform!r}")
+
+
+def fidt_maps(points, size, *, alpha=0.02, beta=0.75, c=1.0, zero_below=0.0, offsets=None,
+              workers=1) -> np.ndarray:
+    """(B, H, W) float64 FIDT maps: 1 / (D^(alpha D + beta) + c), D the distance to the nearest head;
+    0 without heads and below ``zero_below``."""
+    d = knn_distance_maps(points, size, 1, offsets=offsets, workers=workers)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        value = 1.0 / (np.power(d, alpha * d + beta) + c)
+    value[np.isinf(d)] = 0.0
+    value[value < zero_below] = 0.0
+    return value
+
+
+def count_maps(points, size, stride=1, *, offsets=None) -> np.ndarray:
+    """(B, ceil(H / s), ceil(W / s)) float64: the heads with 0 <= x < W, 0 <= y < H per s x s cell,
+    a head in cell (floor(y) // s, floor(x) // s)."""
+    height, width = size
+    images = split_points(points, offsets)
+    out = np.zeros((len(images), -(-height // stride), -(-width // stride)))
+    for b, pts in enumerate(images):
+        inside = pts[(pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height)]
+        cells = np.floor(inside).astype(np.int64) // stride
+        np.add.at(out[b], (cells[:, 1], cells[:, 0]), 1.0)
+    return out
 
 
 def head_sigmas(points: np.ndarray, size, k=3, beta=0.3) -> np.ndarray:

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from mud_iknn import reference
 from mud_iknn.loss import BayesianLoss, DMCountLoss, OTLoss
-from mud_iknn.point_losses import _stride_count_maps
 
 import emulated_cuda
 import emulated_point_losses
@@ -125,16 +124,6 @@ def test_reference_ot_kernel_is_zero_where_float32_exp_underflows():
     _, _, K = reference.sinkhorn_knopp(torch.ones(1), torch.full((3,), 1 / 3, dtype=torch.float64), C, 10.0, 1)
     assert float(torch.exp(torch.tensor(-104.0, dtype=torch.float32))) == 0.0
     assert K[0, 1] > 0 and K[0, 2] == 0
-
-
-def test_stride_count_maps_rule():
-    pts = torch.tensor([[0.0, 0.0], [7.99, 7.99], [8.0, 0.5], [15.9, 23.9], [-0.1, 3.0], [16.0, 3.0], [3.0, 24.0]])
-    got = _stride_count_maps(pts, torch.tensor([0, 7]), 1, 3, 2, 8)
-    want = torch.zeros(1, 3, 2)
-    want[0, 0, 0] = 2
-    want[0, 0, 1] = 1
-    want[0, 2, 1] = 1
-    assert torch.equal(got, want)
 
 
 # ---- kernels against the references ------------------------------------------------------------
