@@ -186,28 +186,33 @@ def test_ot_matches_dense(device, layouts, seed, height, width, reg, normalize, 
     _close_grad(normed_grad, ref_normed_grad)
 
 
-@pytest.mark.parametrize("schedule", ["in order", "warps ahead, last first"])
-def test_emulated_cuda_on_several_tiles_and_head_chunks(emulated_point_losses_library, monkeypatch, schedule):
-    """Maps of several 16 x 16 tiles and more heads than a block stages at once, the emulated threads
-    in order or warps running ahead with blocks last first: equal to the references."""
+def test_emulated_cuda_on_several_tiles_and_head_chunks(emulated_point_losses_library, monkeypatch):
+    """Maps of several 16 x 16 tiles and more heads than a block stages at once: equal to the
+    references, and bit for bit the same whether the emulated threads run in order or warps run
+    ahead with the blocks last first (no race, no order-dependent sum)."""
     library = emulated_point_losses_library
     emulated_point_losses.install(library, monkeypatch)
-    library.emulator_set_schedule(emulated_cuda.SCHEDULES[schedule])
+    rng = np.random.default_rng(6)
+    height, width = 20, 37
+    points = [torch.cat([_layout(rng, "cluster", 200, height, width), _layout(rng, "outside", 150, height, width)]),
+              _layout(rng, "uniform", 40, height, width)]
+    density = _density(rng, 2, height, width)
+    runs = []
     try:
-        rng = np.random.default_rng(6)
-        height, width = 20, 37
-        points = [torch.cat([_layout(rng, "cluster", 200, height, width), _layout(rng, "outside", 150, height, width)]),
-                  _layout(rng, "uniform", 40, height, width)]
-        density = _density(rng, 2, height, width)
-        loss, grad, ref, ref_grad = _bayesian_case("cpu", density, points)
-        assert float(loss) == pytest.approx(float(ref), rel=1e-5)
-        _close_grad(grad, ref_grad)
-        got, want = _ot_case("cpu", density, points, iterations=20)
-        assert float(got[1]) == pytest.approx(want[1], rel=1e-5)
-        assert float(got[2]) == pytest.approx(float(want[2]), abs=1e-4)
-        _close_grad(got[3], want[3])
+        for schedule in ("in order", "warps ahead, last first"):
+            library.emulator_set_schedule(emulated_cuda.SCHEDULES[schedule])
+            runs.append((_bayesian_case("cpu", density, points), _ot_case("cpu", density, points, iterations=20)))
     finally:
         library.emulator_set_schedule(emulated_cuda.SCHEDULES["in order"])
+    (loss, grad, ref, ref_grad), (got, want) = runs[0]
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    _close_grad(grad, ref_grad)
+    assert float(got[1]) == pytest.approx(want[1], rel=1e-5)
+    assert float(got[2]) == pytest.approx(float(want[2]), abs=1e-4)
+    _close_grad(got[3], want[3])
+    (loss2, grad2, _, _), (got2, _) = runs[1]
+    assert loss2.item() == loss.item() and torch.equal(grad2, grad)
+    assert [t.item() for t in got2[:3]] == [t.item() for t in got[:3]] and torch.equal(got2[3], got[3])
 
 
 def test_dm_count_loss_matches_its_dense_composition(device):
