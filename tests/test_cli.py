@@ -18,6 +18,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+import mud_iknn
 from mud_iknn import _settings, cli, localize
 from mud_iknn.data import SyntheticCrowds
 from mud_iknn.evaluate import Prediction
@@ -229,6 +230,10 @@ class _Label:
     @property
     def neighbours(self):
         return self.k or (1 if self.kind == "iknn" else 3)
+
+    def make(self, points, size, offsets=None, *, stride=1, validate=False):  # a label kind's (iknn's)
+        return mud_iknn.iknn_maps(points, size, self.neighbours, offsets=offsets, max_distance=self.max_distance,
+                                  transform=self.transform, validate=validate)
 
 
 @dataclasses.dataclass
