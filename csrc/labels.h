@@ -193,7 +193,8 @@ MUD_HD float select_f(bool c, float a, float b) { return float_of(select_i(c, bi
 // 2^-126, +inf from 2^128. Needs round-to-nearest float arithmetic, without reassociation.
 MUD_HD float exp2_poly(float y) {
   const float v = select_f(y > 129.0f, 129.0f, select_f(y < -127.0f, -127.0f, y));  // NaN: -127
-  const float n = (v + 12582912.0f) - 12582912.0f;  // v rounded to an integer (1.5 * 2^23)
+  const float shifted = v + 12582912.0f;  // 1.5 * 2^23 + round(v): round(v) in the low mantissa bits
+  const float n = shifted - 12582912.0f;
   const float f = v - n;
   float p = 1.3266971e-3f;
   p = p * f + 9.6754599e-3f;
@@ -201,7 +202,7 @@ MUD_HD float exp2_poly(float y) {
   p = p * f + 2.4022122e-1f;
   p = p * f + 6.9314694e-1f;
   p = p * f + 1.0000001f;
-  const int e = int(n) + 127;  // in [0, 256]: 0 -> 0.0, 255 and 256 -> +inf
+  const int e = bits_of(shifted) - 0x4b400000 + 127;  // round(v) + 127 in [0, 256]: 0 -> 0.0, 255, 256 -> +inf
   return p * float_of(select_i(e < 1, 0, select_i(e > 255, 255, e)) << 23);
 }
 

@@ -106,8 +106,9 @@ inline float largest(const float* values, int n) {
 // polynomials: labels.h).
 inline void write_transformed(float* row, const float* dist, int n, const MapTransform& transform) {
   if (transform.kind == kFidt) {
+    const MapTransform t = transform;  // a copy: the row's stores cannot alias it (no reloads per pixel)
     MUD_SIMD
-    for (int i = 0; i < n; ++i) row[i] = fidt_value(dist[i], transform);
+    for (int i = 0; i < n; ++i) row[i] = fidt_value(dist[i], t);
     return;
   }
   for (int i = 0; i < n; ++i) row[i] = apply_transform(dist[i], transform);

@@ -88,7 +88,7 @@ class LabelKind:
 
     @classmethod
     def parameters(cls) -> list[dataclasses.Field]:
-        """The kind's parameters (name, default, metadata["help"], metadata["choices"])."""
+        """The kind's parameters (name, default, metadata["help"], ["choices"] and ["bound"])."""
         return list(dataclasses.fields(cls))
 
 

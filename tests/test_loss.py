@@ -1,6 +1,5 @@
 """The loss against hand-worked values (the label kinds it is trained against: test_labels_registry.py)."""
 
-import numpy as np
 import pytest
 import torch
 
