@@ -3,7 +3,7 @@
 Three ways to feed the same MUD-ikNN training step (forward, loss, backward, Adam):
 
 * ``onthefly``: the batch holds packed head points; ikNN labels are made inside the step on the
-  model's device by :meth:`mud_iknn.loss.LabelSpec.make` (CUDA kernels on a GPU, the C++ kernel on
+  model's device by :meth:`mud_iknn.label_kinds.LabelKind.make` (CUDA kernels on a GPU, the C++ kernel on
   the CPU). What :func:`mud_iknn.train.train` does.
 * ``precomputed``: labels made beforehand and read from memory (already on the device): the cost
   floor, but no augmentation after the labels are made (what precomputed label files give).
@@ -31,7 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mud_iknn import reference
-from mud_iknn.loss import LabelSpec, MUDLoss
+from mud_iknn.label_kinds import IknnLabel
+from mud_iknn.loss import MUDLoss
 from mud_iknn.model import MUDIKNN
 
 
@@ -85,7 +86,7 @@ def run(args) -> dict:
     torch.manual_seed(0)
     model = MUDIKNN(weights=None, backbone=args.model, input_size=args.size).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn, spec = MUDLoss(), LabelSpec("iknn", k=1)
+    loss_fn, spec = MUDLoss(), IknnLabel(k=1)
     use_amp = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n_batches = args.warmup + args.steps
@@ -124,7 +125,7 @@ def run(args) -> dict:
     to_dev = lambda t: t.to(device, non_blocking=True)  # noqa: E731
 
     # precomputed: labels made before timing (with the fast engine; how they were made does not matter)
-    stored = [spec.make(to_dev(b[1]), to_dev(b[2]), size, validate=False) for b in plain_batches]
+    stored = [spec.make(to_dev(b[1]), size, to_dev(b[2]), validate=False) for b in plain_batches]
     scipy_set = _Patches(n_batches * args.batch, args.size, args.heads, scipy_labels=True)
 
     def feed(name):
@@ -132,7 +133,7 @@ def run(args) -> dict:
             it = iter(stored)
             return plain_batches, lambda p, o, _: next(it)
         if name == "onthefly":
-            return plain_batches, lambda p, o, _: spec.make(to_dev(p), to_dev(o), size, validate=False)
+            return plain_batches, lambda p, o, _: spec.make(to_dev(p), size, to_dev(o), validate=False)
         loader = DataLoader(scipy_set, batch_size=args.batch, num_workers=args.workers, collate_fn=_collate,
                             pin_memory=device.type == "cuda")
         return loader, lambda p, o, label: to_dev(label)
@@ -148,7 +149,7 @@ def run(args) -> dict:
         points, offsets = to_dev(points), to_dev(offsets)
         _sync(device)
         t0 = time.perf_counter()
-        spec.make(points, offsets, size, validate=False)
+        spec.make(points, size, offsets, validate=False)
         _sync(device)
         label_times.append(time.perf_counter() - t0)
 

@@ -16,8 +16,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import torch
-
 from mud_iknn import localize
 from mud_iknn.data import SyntheticCrowds
 from mud_iknn.evaluate import localization_metrics, predict_image

@@ -32,5 +32,12 @@ nan[::7] = float("nan")
 nan[1::7] = 1e30  # beyond the +-1e18 that validation allows
 mud_iknn.iknn_maps(nan, (33, 40), 3, offsets=offsets, validate=False)
 mud_iknn.density_maps(nan, (33, 40), 2.0, offsets=offsets, validate=False)
+# FIDT (the kNN kernels' transform step) and count maps, including garbage
+mud_iknn.fidt_maps(pts, (61, 83), offsets=offsets, zero_below=0.01)
+mud_iknn.fidt_maps(nan, (33, 40), offsets=bad, validate=False)
+for stride in (1, 3, 8, 100):
+    mud_iknn.count_maps(pts, (61, 83), stride, offsets=offsets)
+    mud_iknn.count_maps(nan, (33, 40), stride, offsets=bad, validate=False)
+mud_iknn.count_maps(torch.zeros(0, 2, device=dev), (5, 7), 2)
 torch.cuda.synchronize()
 print("sanitize_case: all calls returned")

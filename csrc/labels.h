@@ -36,8 +36,26 @@ MUD_HD bool finite_f(float v) {
 constexpr int kMaxK = 64;       // largest k of a kNN map (k + 1 <= kMaxK for adaptive sigmas)
 constexpr int kMargin = 1;      // grid cells beyond the map on every side; farther heads are clamped in
 
+// Limits of the engine, exported from mud_iknn._C (bindings.cpp); the Python layer enforces them.
+constexpr int64_t kMaxImages = 65535;              // images per call (CUDA gridDim.z)
+constexpr int64_t kMaxPoints = 2147483647;         // heads per call (int32 indices in the kernels)
+constexpr int64_t kMaxMapPixels = 2147483647;      // pixels of one map
+constexpr int64_t kMaxMapSide = int64_t(1) << 24;  // pixels per side: every pixel centre is exact in float32
+constexpr double kMaxCoordinate = 1e18;            // |x|, |y|: squared distances stay finite in float32
+constexpr double kMinDistance = 1e-18;             // smallest max_distance (squares stay normal floats)
+constexpr double kMaxTruncate = 100.0;             // widest Gaussian truncation, in sigmas
+
 // Transforms of the mean kNN distance D applied when writing a map.
-enum Transform : int { kDistance = 0, kInverse = 1, kInverseSqrt = 2 };
+enum Transform : int { kDistance = 0, kInverse = 1, kInverseSqrt = 2, kFidt = 3 };
+
+// A transform and its parameters (alpha, beta, c, zero_below are FIDT's; unused by the others).
+struct MapTransform {
+  int kind = kDistance;
+  float alpha = 0.0f;       // FIDT: I = 1 / (D^(alpha D + beta) + c), alpha, beta >= 0, c > 0
+  float beta = 0.0f;
+  float c = 1.0f;
+  float zero_below = 0.0f;  // FIDT: values below it are written as 0 (FIDTM's 0.01; 0 keeps all)
+};
 
 // A uniform grid of square cells over the map plus kMargin cells around it, one per image.
 // Cell (cx, cy) covers x in [(cx - kMargin) * cell, (cx - kMargin + 1) * cell), likewise y; the
@@ -144,9 +162,90 @@ MUD_HD RowSpans ring_spans(int y, const CellBlock& now, const CellBlock& before,
   return RowSpans{0, 0, -1, 0, -1};
 }
 
+// Bits of a float and back, and selects written as bit masks: compilers keep them branch-free (a
+// ternary may become a branch that stops a SIMD loop from vectorising).
+MUD_HD int bits_of(float v) {
+#ifdef __CUDA_ARCH__
+  return __float_as_int(v);
+#else
+  int b;
+  __builtin_memcpy(&b, &v, sizeof(float));
+  return b;
+#endif
+}
+MUD_HD float float_of(int b) {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(b);
+#else
+  float v;
+  __builtin_memcpy(&v, &b, sizeof(float));
+  return v;
+#endif
+}
+MUD_HD int select_i(bool c, int a, int b) {
+  const int m = -int(c);
+  return (a & m) | (b & ~m);
+}
+MUD_HD float select_f(bool c, float a, float b) { return float_of(select_i(c, bits_of(a), bits_of(b))); }
+
+// 2^y for float y, branch-free: 2^round(y) from the exponent bits times a degree-5 polynomial of
+// the rest f in [-0.5, 0.5] (least squares on Chebyshev nodes: relative error below 3e-7); 0 below
+// 2^-126, +inf from 2^128. Needs round-to-nearest float arithmetic, without reassociation.
+MUD_HD float exp2_poly(float y) {
+  const float v = select_f(y > 129.0f, 129.0f, select_f(y < -127.0f, -127.0f, y));  // NaN: -127
+  const float shifted = v + 12582912.0f;  // 1.5 * 2^23 + round(v): round(v) in the low mantissa bits
+  const float n = shifted - 12582912.0f;
+  const float f = v - n;
+  float p = 1.3266971e-3f;
+  p = p * f + 9.6754599e-3f;
+  p = p * f + 5.5507425e-2f;
+  p = p * f + 2.4022122e-1f;
+  p = p * f + 6.9314694e-1f;
+  p = p * f + 1.0000001f;
+  const int e = bits_of(shifted) - 0x4b400000 + 127;  // round(v) + 127 in [0, 256]: 0 -> 0.0, 255, 256 -> +inf
+  return p * float_of(select_i(e < 1, 0, select_i(e > 255, 255, e)) << 23);
+}
+
+// log2(x) for normal x > 0, branch-free, without a division: the exponent bits plus x' P(x') for
+// the mantissa m = 1 + x' in [sqrt(1/2), sqrt(2)), P of degree 8 (least squares on Chebyshev nodes:
+// absolute error below 1e-7).
+MUD_HD float log2_poly(float x) {
+  const int bits = bits_of(x);
+  const int above = (bits & 0x7fffff) > 0x3504f3;  // mantissa above sqrt(2): take m / 2
+  const int e = ((bits >> 23) & 0xff) - 127 + above;
+  const float t = float_of((bits & 0x7fffff) | ((127 - above) << 23)) - 1.0f;
+  float p = 1.2614846e-1f;
+  p = p * t - 2.0742103e-1f;
+  p = p * t + 2.1566986e-1f;
+  p = p * t - 2.3892035e-1f;
+  p = p * t + 2.8791833e-1f;
+  p = p * t - 3.6070484e-1f;
+  p = p * t + 4.8091060e-1f;
+  p = p * t - 7.2134733e-1f;
+  p = p * t + 1.4426950f;
+  return float(e) + t * p;
+}
+
+// FIDT (Liang et al.): 1 / (D^(alpha D + beta) + c) at the distance D >= 0 (px) to the nearest
+// head; 0 for D = +inf (no heads) and where it falls below zero_below. D^0 = 1, also at D = 0.
+MUD_HD float fidt_value(float dist, const MapTransform& t) {
+  const float e = t.alpha * dist + t.beta;
+  // D below the normal floats: D^e is 0 for e > 0 anyway
+  const float lg = log2_poly(select_f(dist < 1.17549435e-38f, 1.17549435e-38f, dist));
+  const float y = select_f(e == 0.0f, 0.0f, select_f(dist == 0.0f, -INFINITY, e * lg));
+  const float p = exp2_poly(y);
+#if defined(__CUDA_ARCH__) || defined(MUD_IKNN_CUDA_EMULATION)
+  const float v = __fdividef(1.0f, p + t.c);
+#else
+  const float v = 1.0f / (p + t.c);
+#endif
+  return select_f((dist < INFINITY) & (v >= t.zero_below), v, 0.0f);
+}
+
 // On the GPU (and its emulator) with the special function unit's reciprocal and reciprocal square
 // root (within 2 ulp).
-MUD_HD float apply_transform(float dist, int transform) {
+MUD_HD float apply_transform(float dist, const MapTransform& t) {
+  const int transform = t.kind;
 #if defined(__CUDA_ARCH__) || defined(MUD_IKNN_CUDA_EMULATION)
   if (transform == kInverse) return __fdividef(1.0f, dist + 1.0f);
   if (transform == kInverseSqrt) return rsqrtf(dist + 1.0f);
@@ -154,6 +253,7 @@ MUD_HD float apply_transform(float dist, int transform) {
   if (transform == kInverse) return 1.0f / (dist + 1.0f);
   if (transform == kInverseSqrt) return 1.0f / sqrtf(dist + 1.0f);
 #endif
+  if (transform == kFidt) return fidt_value(dist, t);
   return dist;
 }
 
@@ -224,33 +324,82 @@ MUD_HD double gaussian_norm_share(const Stamp& st, float sigma, int part, int pa
   return sum;
 }
 
-// ---- entry points (pointers are host pointers for *_cpu, device pointers for *_cuda) ----------
+// ---- entry points ------------------------------------------------------------------------------
+// Each kernel takes one argument struct, declared here once and bound once (label_bindings.h);
+// pointers are host pointers for *_cpu, device pointers for *_cuda.
 
-void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
-                  int64_t width, int k, float max_distance, int transform, float* out, int threads);
-void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
-                     int64_t height, int64_t width, int k, float beta, float* out, int threads);
-// Writes every pixel of `out` (which may arrive uninitialised).
-void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                      int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads);
+// Packed head points: image b owns xy[2 * offsets[b], 2 * offsets[b + 1]).
+struct PackedPoints {
+  const float* xy = nullptr;          // (count, 2) float32 (x, y)
+  const int64_t* offsets = nullptr;   // (batch + 1) int64
+  int64_t batch = 0;
+  int64_t count = 0;
+};
+
+// kNN distance / ikNN / FIDT maps: out (batch, height, width) <- transform(mean of the min(k, N)
+// nearest distances, each clipped at max_distance).
+struct KnnArgs {
+  PackedPoints points;
+  int64_t height = 0, width = 0;
+  int k = 1;
+  float max_distance = INFINITY;
+  MapTransform transform;
+  float* out = nullptr;
+};
+
+// Adaptive sigmas: out (count) <- beta * mean distance to the k nearest other heads.
+struct SigmaArgs {
+  PackedPoints points;
+  int64_t height = 0, width = 0;
+  int k = 3;
+  float beta = 0.3f;
+  float* out = nullptr;
+};
+
+// Density maps: out (batch, height, width) <- the heads' discrete Gaussians of widths sigmas (count).
+// Writes every pixel of `out` (which may arrive uninitialised); deterministic.
+struct DensityArgs {
+  PackedPoints points;
+  const float* sigmas = nullptr;
+  int64_t height = 0, width = 0;
+  float truncate = 4.0f;
+  float* out = nullptr;
+};
+
+// Count maps: out (batch, ceil(height / stride), ceil(width / stride)) <- per cell, the heads with
+// 0 <= x < width, 0 <= y < height and (floor(y) / stride, floor(x) / stride) in it. Writes every
+// cell; deterministic (sums of ones, exact below 2^24 heads a cell).
+struct CountArgs {
+  PackedPoints points;
+  int64_t height = 0, width = 0;
+  int stride = 1;
+  float* out = nullptr;
+};
+
+// Where a CUDA kernel runs: its device workspace (sized by the *_workspace_bytes function of the
+// op), the stream (a cudaStream_t) and the device index.
+struct CudaCall {
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  void* stream = nullptr;
+  int device = 0;
+};
+
+void knn_maps_cpu(const KnnArgs& a, int threads);
+void head_sigmas_cpu(const SigmaArgs& a, int threads);
+void density_maps_cpu(const DensityArgs& a, int threads);
+void count_maps_cpu(const CountArgs& a, int threads);
 
 #ifdef MUD_IKNN_WITH_CUDA
-// Bytes of device workspace knn_maps_cuda / head_sigmas_cuda need for these sizes (grid, sorted
-// points, scan).
-int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k);
-int64_t sigma_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k);
-void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
-                   int64_t width, int k, float max_distance, int transform, float* out, void* workspace,
-                   int64_t workspace_bytes, void* stream, int device);
-void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
-                      int64_t height, int64_t width, int k, float beta, float* out, void* workspace,
-                      int64_t workspace_bytes, void* stream, int device);
-// Bytes of device workspace density_maps_cuda needs (a float per head).
-int64_t density_workspace_bytes(int64_t count);
-// Writes every pixel of `out` (which may arrive uninitialised); deterministic.
-void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* workspace,
-                       int64_t workspace_bytes, void* stream, int device);
+// Bytes of device workspace each CUDA kernel needs for these arguments.
+int64_t knn_maps_workspace_bytes(const KnnArgs& a);
+int64_t head_sigmas_workspace_bytes(const SigmaArgs& a);
+int64_t density_maps_workspace_bytes(const DensityArgs& a);
+int64_t count_maps_workspace_bytes(const CountArgs& a);
+void knn_maps_cuda(const KnnArgs& a, const CudaCall& call);
+void head_sigmas_cuda(const SigmaArgs& a, const CudaCall& call);
+void density_maps_cuda(const DensityArgs& a, const CudaCall& call);
+void count_maps_cuda(const CountArgs& a, const CudaCall& call);
 #endif
 
 }  // namespace mud_iknn

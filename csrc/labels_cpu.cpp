@@ -102,6 +102,18 @@ inline float largest(const float* values, int n) {
   return m;
 }
 
+// The transform step: row[0, n) <- transform(dist[0, n)), FIDT's in a SIMD loop (its powers are
+// polynomials: labels.h).
+inline void write_transformed(float* row, const float* dist, int n, const MapTransform& transform) {
+  if (transform.kind == kFidt) {
+    const MapTransform t = transform;  // a copy: the row's stores cannot alias it (no reloads per pixel)
+    MUD_SIMD
+    for (int i = 0; i < n; ++i) row[i] = fidt_value(dist[i], t);
+    return;
+  }
+  for (int i = 0; i < n; ++i) row[i] = apply_transform(dist[i], transform);
+}
+
 struct RingHead {
   float centre_d2;  // squared distance to the tile centre
   float x, y;
@@ -109,7 +121,7 @@ struct RingHead {
 
 // One kCpuTile x kCpuTile tile of one image's kNN map.
 void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t width, int64_t x0, int64_t y0,
-              int k, float clip, int transform, float* out) {
+              int k, float clip, const MapTransform& transform, float* out) {
   const GridSpec& g = grid.spec;
   const int64_t x1 = std::min<int64_t>(x0 + kCpuTile, width), y1 = std::min<int64_t>(y0 + kCpuTile, height);
   const int tw = int(x1 - x0), th = int(y1 - y0);
@@ -225,28 +237,33 @@ void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t wi
       const float* slot = best + (ty * k + i) * kCpuTile;
       for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slot[tx]), clip);
     }
-    float* row = map + (y0 + ty) * width + x0;
-    for (int tx = 0; tx < tw; ++tx) row[tx] = apply_transform(sum[tx] * inv_m, transform);
+    for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] *= inv_m;
+    write_transformed(map + (y0 + ty) * width + x0, sum, tw, transform);
   }
 }
 
 }  // namespace
 
-void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
-                  int64_t width, int k, float max_distance, int transform, float* out, int threads) {
-  const Grid grid(points, offsets, batch, count, height, width, k);
+void knn_maps_cpu(const KnnArgs& a, int threads) {
+  const int64_t batch = a.points.batch, height = a.height, width = a.width;
+  const Grid grid(a.points.xy, a.points.offsets, batch, a.points.count, height, width, a.k);
   const int64_t tiles_x = (width + kCpuTile - 1) / kCpuTile, tiles_y = (height + kCpuTile - 1) / kCpuTile;
   parallel_for(batch * tiles_y * tiles_x, threads, [&](int64_t task) {
     const int64_t b = task / (tiles_x * tiles_y), rest = task % (tiles_x * tiles_y);
     const int64_t cells = grid.spec.cells();
     const int64_t n = grid.start[(b + 1) * cells] - grid.start[b * cells];
-    knn_tile(grid, b, n, height, width, (rest % tiles_x) * kCpuTile, (rest / tiles_x) * kCpuTile, k, max_distance,
-             transform, out);
+    knn_tile(grid, b, n, height, width, (rest % tiles_x) * kCpuTile, (rest / tiles_x) * kCpuTile, a.k, a.max_distance,
+             a.transform, a.out);
   });
 }
 
-void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
-                     int64_t height, int64_t width, int k, float beta, float* out, int threads) {
+void head_sigmas_cpu(const SigmaArgs& a, int threads) {
+  const float* points = a.points.xy;
+  const int64_t* offsets = a.points.offsets;
+  const int64_t batch = a.points.batch, count = a.points.count, height = a.height, width = a.width;
+  const int k = a.k;
+  const float beta = a.beta;
+  float* out = a.out;
   const Grid grid(points, offsets, batch, count, height, width, k + 1);
   const GridSpec& g = grid.spec;
   const float lone = float(height + width) / 8.0f;
@@ -295,8 +312,13 @@ void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch,
   });
 }
 
-void density_maps_cpu(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                      int64_t count, int64_t height, int64_t width, float truncate, float* out, int threads) {
+void density_maps_cpu(const DensityArgs& a, int threads) {
+  const float* points = a.points.xy;
+  const float* sigmas = a.sigmas;
+  const int64_t* offsets = a.points.offsets;
+  const int64_t batch = a.points.batch, count = a.points.count, height = a.height, width = a.width;
+  const float truncate = a.truncate;
+  float* out = a.out;
   // Per head, once: the part of the map its discrete Gaussian covers (Stamp) and its normalised
   // weights there, at weights[at[i], ...): xb - xa along x, then yb - ya along y (at most W + H a
   // head), rather than recomputed for every row band the head touches.
@@ -339,6 +361,23 @@ void density_maps_cpu(const float* points, const int64_t* offsets, const float* 
         float* row = map + yy * width + st.xa;
         for (int64_t xx = 0; xx < st.xb - st.xa; ++xx) row[xx] += w * wx[xx];
       }
+    }
+  });
+}
+
+void count_maps_cpu(const CountArgs& a, int threads) {
+  // An image per task: each writes only its own map, adding ones in packed order (deterministic).
+  const int64_t s = a.stride, rows = (a.height + s - 1) / s, cols = (a.width + s - 1) / s;
+  const float fh = float(a.height), fw = float(a.width);
+  parallel_for(a.points.batch, threads, [&](int64_t b) {
+    float* map = a.out + b * rows * cols;
+    std::fill(map, map + rows * cols, 0.0f);
+    int64_t begin, end;
+    image_range(a.points.offsets, b, a.points.count, &begin, &end);
+    for (int64_t i = begin; i < end; ++i) {
+      const float x = a.points.xy[2 * i], y = a.points.xy[2 * i + 1];
+      if (!(x >= 0.0f && x < fw && y >= 0.0f && y < fh)) continue;  // outside the map (or NaN)
+      map[(int64_t(y) / s) * cols + int64_t(x) / s] += 1.0f;  // int64_t(v) is floor(v) for v >= 0
     }
   });
 }

@@ -11,7 +11,8 @@
 //   3. adaptive sigmas: one thread per head, the same ring search over the grid;
 //   4. density maps: each head's stamp and normalisation, then a block per tile of rows x columns
 //      whose threads add, in registers, the Gaussians that reach their pixels in packed order
-//      (deterministic, no atomics).
+//      (deterministic, no atomics);
+//   5. count maps: a thread per head adds one to its cell (sums of ones: deterministic).
 #ifdef MUD_IKNN_CUDA_EMULATION
 #include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
 #else
@@ -290,7 +291,7 @@ struct TileShape {
 template <int KMAX, class Shape = TileShape<KMAX>>
 __global__ void __launch_bounds__(Shape::threads, Shape::min_blocks)
     knn_tile_kernel(const float2* __restrict__ sorted, const int* __restrict__ starts, int count, int height,
-                    int width, int first_tile_row, GridSpec g, int k, float clip, int transform,
+                    int width, int first_tile_row, GridSpec g, int k, float clip, MapTransform transform,
                     float* __restrict__ out) {
   constexpr int kRows = Shape::rows, kTileH = Shape::height, kBlockThreads = Shape::threads;
   constexpr int kStep = Shape::thread_rows;  // between the rows of one thread
@@ -646,6 +647,21 @@ __global__ void __launch_bounds__(kDensityThreads)
   }
 }
 
+// Count maps: a thread per head adds 1 to its cell. Sums of ones are exact (below 2^24 a cell), so
+// the atomics' order cannot change a bit: deterministic.
+__global__ void count_kernel(const float2* __restrict__ points, const int64_t* __restrict__ offsets, int count,
+                             int height, int width, int stride, float* __restrict__ out) {
+  const int64_t b = blockIdx.y;
+  const int64_t rows = (height + stride - 1) / stride, cols = (width + stride - 1) / stride;
+  int64_t s, e;
+  image_range(offsets, b, count, &s, &e);
+  for (int64_t i = s + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < e; i += int64_t(gridDim.x) * blockDim.x) {
+    const float2 p = points[i];
+    if (!(p.x >= 0.0f && p.x < float(width) && p.y >= 0.0f && p.y < float(height))) continue;  // outside, NaN
+    atomicAdd(&out[(b * rows + int64_t(p.y) / stride) * cols + int64_t(p.x) / stride], 1.0f);
+  }
+}
+
 template <template <int> class Launch, class... Args>
 void dispatch_k(int k, Args&&... args) {
   if (k <= 1) Launch<1>::run(args...);
@@ -660,7 +676,8 @@ void dispatch_k(int k, Args&&... args) {
 template <int KMAX>
 struct LaunchKnn {
   static void run(const GridBuffers& w, int64_t batch, int64_t count, int64_t height, int64_t width,
-                  const GridSpec& g, int k, float clip, int transform, float* out, cudaStream_t stream) {
+                  const GridSpec& g, int k, float clip, const MapTransform& transform, float* out,
+                  cudaStream_t stream) {
     using Shape = TileShape<KMAX>;
     const int64_t tile_rows = (height + Shape::height - 1) / Shape::height;
     for (int64_t r0 = 0; r0 < tile_rows; r0 += MUD_IKNN_CUDA_MAX_GRID_Y) {  // one launch but for very tall maps
@@ -702,66 +719,85 @@ GridBuffers checked_layout(void* workspace, int64_t workspace_bytes, int64_t cel
 
 }  // namespace
 
-int64_t knn_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  return int64_t(layout(nullptr, batch * knn_grid(batch, count, height, width, k).cells(), count).total);
+int64_t knn_maps_workspace_bytes(const KnnArgs& a) {
+  const PackedPoints& p = a.points;
+  return int64_t(layout(nullptr, p.batch * knn_grid(p.batch, p.count, a.height, a.width, a.k).cells(), p.count).total);
 }
 
-int64_t sigma_workspace_bytes(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  return int64_t(layout(nullptr, batch * sigma_grid(batch, count, height, width, k).cells(), count).total);
+int64_t head_sigmas_workspace_bytes(const SigmaArgs& a) {
+  const PackedPoints& p = a.points;
+  return int64_t(layout(nullptr, p.batch * sigma_grid(p.batch, p.count, a.height, a.width, a.k).cells(), p.count).total);
 }
 
-void knn_maps_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
-                   int64_t width, int k, float max_distance, int transform, float* out, void* workspace,
-                   int64_t workspace_bytes, void* stream_handle, int device) {
-  DeviceScope scope(device);
-  auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = knn_grid(batch, count, height, width, k);
-  const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
-  if (count > 0) build_grid(points, offsets, batch, count, g, w, stream);
-  else check(cudaMemsetAsync(w.starts, 0, sizeof(int) * (batch * g.cells() + 1), stream), "memset starts");
-  dispatch_k<LaunchKnn>(k, w, batch, count, height, width, g, k, max_distance, transform, out, stream);
+void knn_maps_cuda(const KnnArgs& a, const CudaCall& call) {
+  const PackedPoints& p = a.points;
+  DeviceScope scope(call.device);
+  auto stream = static_cast<cudaStream_t>(call.stream);
+  const GridSpec g = knn_grid(p.batch, p.count, a.height, a.width, a.k);
+  const GridBuffers w = checked_layout(call.workspace, call.workspace_bytes, p.batch * g.cells(), p.count);
+  if (p.count > 0) build_grid(p.xy, p.offsets, p.batch, p.count, g, w, stream);
+  else check(cudaMemsetAsync(w.starts, 0, sizeof(int) * (p.batch * g.cells() + 1), stream), "memset starts");
+  dispatch_k<LaunchKnn>(a.k, w, p.batch, p.count, a.height, a.width, g, a.k, a.max_distance, a.transform, a.out,
+                        stream);
 }
 
-void head_sigmas_cuda(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
-                      int64_t width, int k, float beta, float* out, void* workspace, int64_t workspace_bytes,
-                      void* stream_handle, int device) {
-  if (count == 0) return;
-  DeviceScope scope(device);
-  auto stream = static_cast<cudaStream_t>(stream_handle);
-  const GridSpec g = sigma_grid(batch, count, height, width, k);
-  const GridBuffers w = checked_layout(workspace, workspace_bytes, batch * g.cells(), count);
-  build_grid(points, offsets, batch, count, g, w, stream);
-  dispatch_k<LaunchSigma>(k + 1, points, offsets, w, batch, count, g, k, beta, float(height + width) / 8.0f, out,
-                          stream);
+void head_sigmas_cuda(const SigmaArgs& a, const CudaCall& call) {
+  const PackedPoints& p = a.points;
+  if (p.count == 0) return;
+  DeviceScope scope(call.device);
+  auto stream = static_cast<cudaStream_t>(call.stream);
+  const GridSpec g = sigma_grid(p.batch, p.count, a.height, a.width, a.k);
+  const GridBuffers w = checked_layout(call.workspace, call.workspace_bytes, p.batch * g.cells(), p.count);
+  build_grid(p.xy, p.offsets, p.batch, p.count, g, w, stream);
+  dispatch_k<LaunchSigma>(a.k + 1, p.xy, p.offsets, w, p.batch, p.count, g, a.k, a.beta,
+                          float(a.height + a.width) / 8.0f, a.out, stream);
 }
 
-int64_t density_workspace_bytes(int64_t count) {
-  return int64_t(sizeof(DensityHead)) * std::max<int64_t>(count, 1);
+int64_t density_maps_workspace_bytes(const DensityArgs& a) {
+  return int64_t(sizeof(DensityHead)) * std::max<int64_t>(a.points.count, 1);
 }
 
-void density_maps_cuda(const float* points, const int64_t* offsets, const float* sigmas, int64_t batch,
-                       int64_t count, int64_t height, int64_t width, float truncate, float* out, void* workspace,
-                       int64_t workspace_bytes, void* stream_handle, int device) {
-  if (batch == 0) return;
-  if (workspace_bytes < density_workspace_bytes(count))
-    throw std::runtime_error("mud_iknn: density workspace too small (" + std::to_string(workspace_bytes) + " < " +
-                             std::to_string(density_workspace_bytes(count)) + " bytes)");
-  if (reinterpret_cast<uintptr_t>(workspace) % alignof(DensityHead) != 0)
+void density_maps_cuda(const DensityArgs& a, const CudaCall& call) {
+  const PackedPoints& p = a.points;
+  if (p.batch == 0) return;
+  const int64_t need = density_maps_workspace_bytes(a);
+  if (call.workspace_bytes < need)
+    throw std::runtime_error("mud_iknn: density workspace too small (" + std::to_string(call.workspace_bytes) +
+                             " < " + std::to_string(need) + " bytes)");
+  if (reinterpret_cast<uintptr_t>(call.workspace) % alignof(DensityHead) != 0)
     throw std::runtime_error("mud_iknn: density workspace not aligned to " + std::to_string(alignof(DensityHead)) +
                              " bytes");
-  DeviceScope scope(device);
-  auto stream = static_cast<cudaStream_t>(stream_handle);
-  auto* heads = static_cast<DensityHead*>(workspace);
-  if (count > 0) {
+  DeviceScope scope(call.device);
+  auto stream = static_cast<cudaStream_t>(call.stream);
+  auto* heads = static_cast<DensityHead*>(call.workspace);
+  if (p.count > 0) {
     constexpr int kNormThreads = 128;  // a warp per head
-    const unsigned blocks = unsigned(std::min<int64_t>((count + kNormThreads / 32 - 1) / (kNormThreads / 32), 1 << 20));
+    const unsigned blocks =
+        unsigned(std::min<int64_t>((p.count + kNormThreads / 32 - 1) / (kNormThreads / 32), 1 << 20));
     launch(density_norm_kernel, blocks, kNormThreads, stream, "density_norm_kernel launch",
-           reinterpret_cast<const float2*>(points), sigmas, int(count), int(height), int(width), truncate, heads);
+           reinterpret_cast<const float2*>(p.xy), a.sigmas, int(p.count), int(a.height), int(a.width), a.truncate,
+           heads);
   }
   launch(density_tile_kernel,
-         dim3(unsigned((height + kDensityBand - 1) / kDensityBand), unsigned((width + kDensityTileW - 1) / kDensityTileW),
-              unsigned(batch)),
-         kDensityThreads, stream, "density_tile_kernel launch", heads, offsets, int(count), int(height), int(width), out);
+         dim3(unsigned((a.height + kDensityBand - 1) / kDensityBand),
+              unsigned((a.width + kDensityTileW - 1) / kDensityTileW), unsigned(p.batch)),
+         kDensityThreads, stream, "density_tile_kernel launch", heads, p.offsets, int(p.count), int(a.height),
+         int(a.width), a.out);
+}
+
+int64_t count_maps_workspace_bytes(const CountArgs&) { return 0; }
+
+void count_maps_cuda(const CountArgs& a, const CudaCall& call) {
+  const PackedPoints& p = a.points;
+  if (p.batch == 0) return;
+  DeviceScope scope(call.device);
+  auto stream = static_cast<cudaStream_t>(call.stream);
+  const int64_t cells = ((a.height + a.stride - 1) / a.stride) * ((a.width + a.stride - 1) / a.stride);
+  check(cudaMemsetAsync(a.out, 0, sizeof(float) * p.batch * cells, stream), "memset count maps");
+  if (p.count == 0) return;
+  const int per_image = int(std::min<int64_t>((p.count / p.batch + 255) / 256 + 1, 1024));
+  launch(count_kernel, dim3(per_image, unsigned(p.batch)), 256, stream, "count_kernel launch",
+         reinterpret_cast<const float2*>(p.xy), p.offsets, int(p.count), int(a.height), int(a.width), a.stride, a.out);
 }
 
 }  // namespace mud_iknn

@@ -1,46 +1,83 @@
-"""The extension boundary: torch custom ops that hand raw pointers to ``mud_iknn._C``.
+"""The extension boundary: torch custom ops that hand argument structs to a backend's kernels.
+
+One schema per op (the ``torch.library`` custom ops below, usable under torch.compile) and one
+implementation per backend: :data:`BACKENDS` maps a device type to the :class:`Backend` that runs
+it (the C++ kernels for "cpu", the CUDA kernels for "cuda"; a test may put another backend object
+there, e.g. the CUDA kernels built on the CPU emulator). Each kernel takes one struct declared in
+csrc/labels.h and bound in csrc/label_bindings.h, filled here field by field.
 
 Inputs arrive validated by :mod:`mud_iknn.labels` (float32 (P, 2) points, int64 (B + 1) offsets,
-contiguous, one device). Registered with torch.library so they work under torch.compile.
+contiguous, one device).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
 from . import _C
 
 MAX_K = _C.MAX_K
+TRANSFORMS = dict(_C.TRANSFORMS)  # transform name -> the kernels' code
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
+def _fill(struct, **fields):
+    """``struct`` with the given fields set (an unknown name raises AttributeError)."""
+    for name, value in fields.items():
+        setattr(struct, name, value)
+    return struct
 
 
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+class Backend:
+    """The kernels of ``module`` (mud_iknn._C or a stand-in) run on the CPU: ``run(op, args, device)``
+    calls ``module.<op>_cpu(args, torch.get_num_threads())``. ``module`` also provides the argument
+    structs the ops fill."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def run(self, op: str, args, device: torch.device) -> None:
+        getattr(self.module, f"{op}_cpu")(args, max(1, torch.get_num_threads()))
 
 
-def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
-    """At least ``nbytes`` of kernel scratch memory from torch's allocator on ``device``."""
-    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+class CudaBackend(Backend):
+    """The CUDA kernels of ``module``: ``module.<op>_cuda(args, CudaCall)`` on the current stream of
+    the points' device, with the scratch memory ``module.<op>_workspace_bytes(args)`` asks for
+    allocated by torch there."""
+
+    def run(self, op: str, args, device: torch.device) -> None:
+        if not self.module.WITH_CUDA:
+            raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
+                               "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
+        workspace = self.workspace(getattr(self.module, f"{op}_workspace_bytes")(args), device)
+        call = _fill(self.module.CudaCall(), workspace=workspace.data_ptr(), workspace_bytes=workspace.numel(),
+                     stream=self.stream(device), device=self.device_index(device))
+        getattr(self.module, f"{op}_cuda")(args, call)
+
+    def workspace(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """At least ``nbytes`` of kernel scratch memory on ``device``."""
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+
+    def stream(self, device: torch.device) -> int:
+        return torch.cuda.current_stream(device).cuda_stream
+
+    def device_index(self, device: torch.device) -> int:
+        return device.index
 
 
-def _require_cuda() -> None:
-    if not _C.WITH_CUDA:
-        raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
-                           "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
+#: device type -> the backend that runs the ops on it
+BACKENDS: dict[str, Backend] = {"cpu": Backend(_C), "cuda": CudaBackend(_C)}
 
 
-def _run(cpu_kernel, cuda_kernel, args: tuple, device: torch.device, workspace_bytes) -> None:
-    """Calls ``cpu_kernel(*args, threads)`` or, on a CUDA device, ``cuda_kernel(*args, workspace
-    pointer, bytes, stream, device index)``; ``workspace_bytes()`` sizes the kernel's scratch
-    memory, allocated by torch on that device."""
-    if device.type != "cuda":
-        cpu_kernel(*args, _threads())
-        return
-    _require_cuda()
-    workspace = _workspace(workspace_bytes(), device)
-    cuda_kernel(*args, workspace.data_ptr(), workspace.numel(), _stream(device), device.index)
+def _run(op: str, device: torch.device, make_args) -> None:
+    """``make_args(module)`` -> the op's argument struct, run by the device's backend."""
+    backend = BACKENDS[device.type]
+    backend.run(op, make_args(backend.module), device)
+
+
+def _points(module, points: torch.Tensor, offsets: torch.Tensor):
+    return _fill(module.PackedPoints(), xy=points.data_ptr(), offsets=offsets.data_ptr(),
+                 batch=offsets.numel() - 1, count=points.shape[0])
 
 
 def _refuse_overlap(out: torch.Tensor, *inputs: torch.Tensor) -> None:
@@ -51,51 +88,55 @@ def _refuse_overlap(out: torch.Tensor, *inputs: torch.Tensor) -> None:
             raise ValueError("out overlaps the memory of an input (points, offsets or sigma)")
 
 
-def _fill_knn_maps(points, offsets, k, max_distance, transform, out) -> None:
-    """Writes every pixel of ``out`` (B, H, W) float32: kNN distance (transform 0), 1/(D+1) (1) or
-    1/sqrt(D+1) (2)."""
-    batch, height, width = out.shape
+def _fill_knn_maps(points, offsets, k, max_distance, transform, params, out) -> None:
+    """Writes every pixel of ``out`` (B, H, W) float32: the transform (a TRANSFORMS code; ``params``
+    FIDT's (alpha, beta, c, zero_below)) of the mean distance to the k nearest heads."""
+    _, height, width = out.shape
     if out.numel() == 0:
         return
-    args = (points.data_ptr(), offsets.data_ptr(), batch, points.shape[0], height, width, k, max_distance,
-            transform, out.data_ptr())
-    _run(_C.knn_maps_cpu, _C.knn_maps_cuda, args, points.device,
-         lambda: _C.knn_workspace_bytes(batch, points.shape[0], height, width, k))
+    alpha, beta, c, zero_below = params
+
+    def args(module):
+        kind = _fill(module.MapTransform(), kind=transform, alpha=alpha, beta=beta, c=c, zero_below=zero_below)
+        return _fill(module.KnnArgs(), points=_points(module, points, offsets), height=height, width=width, k=k,
+                     max_distance=max_distance, transform=kind, out=out.data_ptr())
+
+    _run("knn_maps", points.device, args)
+
 
 
 @torch.library.custom_op("mud_iknn::knn_maps", mutates_args=())
 def knn_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, k: int,
-             max_distance: float, transform: int) -> torch.Tensor:
-    """(B, H, W) float32 kNN distance (transform 0), 1/(D+1) (1) or 1/sqrt(D+1) (2) maps."""
+             max_distance: float, transform: int, params: Sequence[float]) -> torch.Tensor:
+    """(B, H, W) float32 maps: a transform (TRANSFORMS) of the mean distance to the k nearest heads;
+    ``params`` (alpha, beta, c, zero_below) are FIDT's (ignored by the others)."""
     out = torch.empty((offsets.numel() - 1, height, width), dtype=torch.float32, device=points.device)
-    _fill_knn_maps(points, offsets, k, max_distance, transform, out)
+    _fill_knn_maps(points, offsets, k, max_distance, transform, params, out)
     return out
 
 
 @knn_maps.register_fake
-def _(points, offsets, height, width, k, max_distance, transform):
+def _(points, offsets, height, width, k, max_distance, transform, params):
     return points.new_empty((offsets.shape[0] - 1, height, width))
 
 
 @torch.library.custom_op("mud_iknn::knn_maps_out", mutates_args=("out",))
 def knn_maps_out(points: torch.Tensor, offsets: torch.Tensor, k: int, max_distance: float, transform: int,
-                 out: torch.Tensor) -> None:
+                 params: Sequence[float], out: torch.Tensor) -> None:
     """knn_maps written into ``out`` (B, H, W) float32, contiguous, on the points' device."""
     _refuse_overlap(out, points, offsets)
-    _fill_knn_maps(points, offsets, k, max_distance, transform, out)
+    _fill_knn_maps(points, offsets, k, max_distance, transform, params, out)
 
 
 @torch.library.custom_op("mud_iknn::head_sigmas", mutates_args=())
 def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, k: int,
                 beta: float) -> torch.Tensor:
     """(P,) float32 geometry-adaptive sigmas (beta * mean distance to the k nearest other heads)."""
-    batch, count = offsets.numel() - 1, points.shape[0]
-    out = torch.empty((count,), dtype=torch.float32, device=points.device)
-    if count == 0:
-        return out
-    args = (points.data_ptr(), offsets.data_ptr(), batch, count, height, width, k, beta, out.data_ptr())
-    _run(_C.head_sigmas_cpu, _C.head_sigmas_cuda, args, points.device,
-         lambda: _C.sigma_workspace_bytes(batch, count, height, width, k))
+    out = torch.empty((points.shape[0],), dtype=torch.float32, device=points.device)
+    if out.numel():
+        _run("head_sigmas", points.device, lambda module: _fill(
+            module.SigmaArgs(), points=_points(module, points, offsets), height=height, width=width, k=k, beta=beta,
+            out=out.data_ptr()))
     return out
 
 
@@ -106,17 +147,15 @@ def _(points, offsets, height, width, k, beta):
 
 def _fill_density_maps(points, offsets, sigmas, truncate, out) -> None:
     """Writes every pixel of ``out`` (B, H, W) float32: the sum of per-head discrete Gaussians."""
-    batch, height, width = out.shape
-    count = points.shape[0]
+    _, height, width = out.shape
     if out.numel() == 0:
         return
-    if count == 0:
+    if points.shape[0] == 0:
         out.zero_()
         return
-    args = (points.data_ptr(), offsets.data_ptr(), sigmas.data_ptr(), batch, count, height, width,
-            truncate, out.data_ptr())
-    _run(_C.density_maps_cpu, _C.density_maps_cuda, args, points.device,
-         lambda: _C.density_workspace_bytes(count))
+    _run("density_maps", points.device, lambda module: _fill(
+        module.DensityArgs(), points=_points(module, points, offsets), sigmas=sigmas.data_ptr(), height=height,
+        width=width, truncate=truncate, out=out.data_ptr()))
 
 
 @torch.library.custom_op("mud_iknn::density_maps", mutates_args=())
@@ -139,6 +178,47 @@ def density_maps_out(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.
     """density_maps written into ``out`` (B, H, W) float32, contiguous, on the points' device."""
     _refuse_overlap(out, points, offsets, sigmas)
     _fill_density_maps(points, offsets, sigmas, truncate, out)
+
+
+def _fill_count_maps(points, offsets, height, width, stride, out) -> None:
+    """Writes every cell of ``out`` (B, ceil(H / s), ceil(W / s)) float32: heads per cell."""
+    if out.numel() == 0:
+        return
+    _run("count_maps", points.device, lambda module: _fill(
+        module.CountArgs(), points=_points(module, points, offsets), height=height, width=width, stride=stride,
+        out=out.data_ptr()))
+
+
+def _count_shape(offsets, height, width, stride):
+    return offsets.shape[0] - 1, -(-height // stride), -(-width // stride)
+
+
+@torch.library.custom_op("mud_iknn::count_maps", mutates_args=())
+def count_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
+    """(B, ceil(H / s), ceil(W / s)) float32 heads per stride x stride cell of an (H, W) map."""
+    out = torch.empty(_count_shape(offsets, height, width, stride), dtype=torch.float32, device=points.device)
+    _fill_count_maps(points, offsets, height, width, stride, out)
+    return out
+
+
+@count_maps.register_fake
+def _(points, offsets, height, width, stride):
+    return points.new_empty(_count_shape(offsets, height, width, stride))
+
+
+@torch.library.custom_op("mud_iknn::count_maps_out", mutates_args=("out",))
+def count_maps_out(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, stride: int,
+                   out: torch.Tensor) -> None:
+    """count_maps written into ``out`` (B, ceil(H / s), ceil(W / s)) float32, contiguous."""
+    _refuse_overlap(out, points, offsets)
+    _fill_count_maps(points, offsets, height, width, stride, out)
+
+
+def knn_workspace_bytes(batch: int, count: int, height: int, width: int, k: int) -> int:
+    """Bytes of CUDA workspace a kNN map call of these sizes allocates (what the benchmarks report)."""
+    args = _fill(_C.KnnArgs(), points=_fill(_C.PackedPoints(), batch=batch, count=count), height=height, width=width,
+                 k=k)
+    return _C.knn_maps_workspace_bytes(args)
 
 
 def backend_info() -> dict:

@@ -1,9 +1,9 @@
 """The ``mud-iknn`` command line (also ``python -m mud_iknn``).
 
-Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``check``, ``labels``, ``bench``; ``mud-iknn CMD --help``
-describes each. Exit status: 0 success, 1 an error while running (one line on stderr: a missing
-folder or file, a bad checkpoint or annotation), 2 a usage error (bad or missing arguments, unknown
-data-set name). ``--debug`` before the subcommand shows the full traceback instead.
+Subcommands: ``demo``, ``train``, ``eval``, ``count``, ``check``, ``export``, ``labels``, ``bench``;
+``mud-iknn CMD --help`` describes each. Exit status: 0 success, 1 an error while running (one line
+on stderr: a missing folder or file, a bad checkpoint or annotation), 2 a usage error (bad or
+missing arguments, unknown data-set name). ``--debug`` before the subcommand shows the full traceback instead.
 
 The model, training and evaluation code is imported inside the commands, so ``labels`` and
 ``bench`` work without it and ``--help`` stays fast.
@@ -121,17 +121,10 @@ def _cmd_labels(args) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from . import density_maps, iknn_maps
     from .visualize import save_label_preview
 
     dataset = _open_dataset(args, args.split)
-    if args.kind == "iknn":
-        make = lambda pts, size: iknn_maps(pts, size, args.k, max_distance=args.max_distance,  # noqa: E731
-                                           transform=args.transform)
-        spec = {"kind": "iknn", "k": args.k, "max_distance": args.max_distance, "transform": args.transform}
-    else:
-        make = lambda pts, size: density_maps(pts, size, args.sigma, k=args.k, beta=args.beta)  # noqa: E731
-        spec = {"kind": "density", "sigma": args.sigma, "k": args.k, "beta": args.beta}
+    kind, stride = args.label_kind, args.stride
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
@@ -139,16 +132,19 @@ def _cmd_labels(args) -> int:
     for i in tqdm(range(count), desc="labels", unit="image", disable=None):  # bar only on a terminal
         sample = dataset[i]
         height, width = sample.image.shape[1:]
-        label = make(sample.points, (height, width))[0].numpy()
+        size = (-(-int(height) // stride), -(-int(width) // stride))
+        label = kind.make(sample.points, size, stride=stride, validate=True)[0].numpy()
         np.save(out / f"{sample.name}.npy", label)
         if not args.no_preview:
-            save_label_preview(sample.image, label, out / f"{sample.name}.png")
-        index.append({"name": sample.name, "file": f"{sample.name}.npy", "height": int(height),
-                      "width": int(width), "count": float(sample.count), "map_sum": float(label.sum())})
+            preview = label if stride == 1 else np.kron(label, np.ones((stride, stride), label.dtype))[:height, :width]
+            save_label_preview(sample.image, preview, out / f"{sample.name}.png")
+        index.append({"name": sample.name, "file": f"{sample.name}.npy", "height": int(size[0]),
+                      "width": int(size[1]), "count": float(sample.count), "map_sum": float(label.sum())})
+    label_info = kind.to_dict() if stride == 1 else {**kind.to_dict(), "stride": stride}
     with open(out / "labels.json", "w") as f:
-        json.dump({"dataset": args.dataset, "split": getattr(dataset, "split", args.split), "label": spec,
+        json.dump({"dataset": args.dataset, "split": getattr(dataset, "split", args.split), "label": label_info,
                    "images": index}, f, indent=1)
-    print(f"wrote {count} {args.kind} label maps (float32 .npy, H x W)"
+    print(f"wrote {count} {kind.name} label maps (float32 .npy, H x W{'' if stride == 1 else f' / {stride}'})"
           f"{'' if args.no_preview else ' and previews'} to {out}")
     return 0
 
@@ -163,6 +159,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
 def _sigma(text: str):
     if text == "adaptive":
         return text
@@ -170,6 +176,73 @@ def _sigma(text: str):
         return _positive_float(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be 'adaptive' or a positive number, got {text}") from None
+
+
+def _label_parameters() -> dict:
+    """Every parameter name of the label kinds -> [(kind class, its field), ...], in registry order."""
+    from .label_kinds import KINDS
+
+    names: dict = {}
+    for cls in KINDS.values():
+        for f in cls.parameters():
+            names.setdefault(f.name, []).append((cls, f))
+    return names
+
+
+def _label_option_type(owners):
+    """How the command line parses a label parameter's text, from its type and bound in the kinds
+    that have it (the loosest of their bounds: each kind checks its own)."""
+    import typing
+
+    cls, f = owners[0]
+    hint = typing.get_type_hints(cls)[f.name]
+    kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+    if str in kinds and float in kinds:
+        return _sigma
+    if kinds == [int]:
+        return int
+    if kinds == [float]:
+        bounds = {g.metadata["bound"] for _, g in owners}
+        if None in bounds:
+            return float
+        return _positive_float if bounds == {"positive"} else _non_negative_float
+    return str
+
+
+def _add_label_options(parser, prefix: str = "") -> None:
+    """One option per parameter name of the label kinds (--{prefix}{name}), its help naming each kind
+    that has it, with that kind's default; default None (the kind's own)."""
+    group = parser.add_argument_group("label options (each applies to the kinds it names)")
+    for name, owners in _label_parameters().items():
+        cls, f = owners[0]
+        helps = "; ".join(f"{c.name}: {g.metadata['help']} (default {'off' if g.default is None else g.default})"
+                          for c, g in owners)
+        group.add_argument(f"--{prefix}{name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{name}",
+                           type=_label_option_type(owners), choices=f.metadata["choices"], help=helps,
+                           metavar=None if f.metadata["choices"] else name.split("_")[0].upper())
+
+
+def _label_from_options(kind_name: str, args, prefix: str = ""):
+    """The label kind ``kind_name`` with the options of ``args`` given for it; UsageError for an
+    option of another kind (it would be ignored) or a value the kind refuses."""
+    from .label_kinds import label_kind
+
+    given = {}
+    for name, owners in _label_parameters().items():
+        value = getattr(args, f"{prefix.replace('-', '_')}{name}")
+        if value is None:
+            continue
+        if kind_name not in [cls.name for cls, _ in owners]:
+            kinds = ", ".join(cls.name for cls, _ in owners)
+            raise UsageError(f"--{prefix}{name.replace('_', '-')} applies to --kind {kinds}, not {kind_name}")
+        given[name] = value
+    try:
+        return label_kind(kind_name, **given)
+    except ValueError as err:  # "label kind K: NAME must be ...": name the option
+        message = str(err).partition(": ")[2] or str(err)
+        name = message.split(" ")[0]
+        raise UsageError(f"--{prefix}{name.replace('_', '-')}{message[len(name):]} (--kind {kind_name})"
+                         if name in given else str(err)) from None
 
 
 # ------------------------------------------------------------------ train
@@ -224,6 +297,10 @@ def _train_settings(engine, args) -> dict:
             settings[name] = str(value) if isinstance(value, Path) else value
     if args.label is not None:
         _apply_set(settings, f"label.kind={json.dumps(args.label)}")
+    for name in _label_parameters():
+        value = getattr(args, f"label_{name}")
+        if value is not None:
+            _apply_set(settings, f"label.{name}={json.dumps(value)}")
     for assignment in args.set or ():
         _apply_set(settings, assignment)
     return settings
@@ -412,32 +489,62 @@ def _cmd_eval(args) -> int:
 # ------------------------------------------------------------------ count
 
 def _cmd_count(args) -> int:
-    from .data import load_image
-    from .visualize import save_overlay
-
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
-                                                                    if len(missing) > 1 else ""))
-    overlays = _overlay_targets(args.overlay, args.images) if args.overlay else {}
-    model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
-    predict = _project("evaluate").predict_image
+    deploy = _project("deploy")
+    images, videos = deploy.collect_inputs(args.images)
+    if videos and (images or len(videos) > 1):
+        raise UsageError("a video is counted on its own: give one video, or images and folders")
+    if args.every is not None and not videos:
+        raise UsageError("--every applies to a video")
+    if videos and args.overlay and args.overlay.suffix.lower() not in _project("video").OVERLAY_CODECS:
+        raise UsageError(f"--overlay for a video must be a video file ending in "
+                         f"{', '.join(_project('video').OVERLAY_CODECS)}, got {args.overlay}")
+    overlays = _overlay_targets(args.overlay, images) if args.overlay and images else {}
+    if args.model:
+        if args.device.startswith("cuda:"):
+            raise UsageError("--device cuda:N: an ONNX model runs on cpu, cuda or auto")
+        model, window, stride = deploy.load_onnx(args.model, args.device, args.window, args.stride)
+    else:
+        model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    if videos:
+        return _count_video(args, model, videos[0], window, stride)
     results = []
-    for path in args.images:
-        image = load_image(path)
-        prediction = predict(model, image, window=window, stride=stride)
-        count = float(prediction.count)
-        results.append({"image": str(path), "count": count})
-        if prediction.points is not None:
-            results[-1]["points"] = [[round(x, 2), round(y, 2)] for x, y in prediction.points.tolist()]
-        if args.overlay:
-            shown = prediction.iknn_map if prediction.iknn_map is not None else prediction.density
-            save_overlay(image, shown, count, overlays[path], points=prediction.points, title=path.name)
-            results[-1]["overlay"] = str(overlays[path])
+    for result in deploy.count_images(model, images, window=window, stride=stride, overlays=overlays):
+        results.append(result)
         if not args.json:
-            print(f"{path}\t{count:.1f}")
+            print(f"{result['image']}\t{result['count']:.1f}", flush=True)
+    if args.csv:
+        deploy.write_csv(args.csv, results, ("image", "count"))
     if args.json:
         _write_json(results, "-")
+    return 0
+
+
+def _count_video(args, model, path: Path, window: int, stride: int) -> int:
+    video = _project("video")
+    rows = video.count_video(model, path, window=window, stride=stride, every=args.every or 1,
+                             overlay=args.overlay, progress=True)
+    if args.csv:
+        _project("deploy").write_csv(args.csv, rows, video.CSV_FIELDS)
+    if args.json:
+        _write_json({"video": str(path), "every": args.every or 1, "frames": rows}, "-")
+    elif args.csv:
+        counts = [row["count"] for row in rows]
+        print(f"{path}: {len(rows)} frames counted, mean {sum(counts) / len(counts):.1f}, max {max(counts):.1f}"
+              f" people; per-frame counts in {args.csv}" + (f", overlay video {args.overlay}" if args.overlay else ""))
+    else:
+        print(",".join(video.CSV_FIELDS))
+        for row in rows:
+            print(f"{row['frame']},{row['time_s']},{row['count']}")
+    return 0
+
+
+# ------------------------------------------------------------------ export
+
+def _cmd_export(args) -> int:
+    report = _project("deploy").export_checkpoint(args.checkpoint, args.out, window=args.window, stride=args.stride)
+    print(f"wrote {report['path']}: input image (batch, 3, {report['window']}, {report['window']}) float32 in "
+          f"[0, 1], outputs maps and counts, counting stride {report['stride']}; onnxruntime matches torch "
+          f"within {report['maps_difference']:.1e} (maps) and {report['counts_difference']:.1e} (counts) relative")
     return 0
 
 
@@ -484,7 +591,6 @@ def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, cl
 
 
 def _cmd_demo(args) -> int:
-    from . import iknn_maps
     from .data import SyntheticCrowds
     from .visualize import save_demo_figure
 
@@ -510,8 +616,7 @@ def _cmd_demo(args) -> int:
 
     sample = val_set[0]
     spec = config.label  # the small configuration trains on ikNN labels
-    true_map = iknn_maps(sample.points, tuple(sample.image.shape[1:]), spec.neighbours,
-                         max_distance=spec.max_distance, transform=spec.transform)[0]
+    true_map = spec.make(sample.points, tuple(sample.image.shape[1:]), validate=True)[0]
     prediction = evaluation.predict_image(model, sample.image, window=window, stride=stride)
     figure = save_demo_figure(sample.image, true_map, prediction.iknn_map, sample.points, prediction.points,
                               prediction.count, out_dir / "demo.png")
@@ -551,7 +656,7 @@ def _add_no_check(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from . import __version__, label_kinds
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Dense crowd counting with inverse k-nearest-neighbour maps (MUD-ikNN).",
@@ -600,8 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int, help="square training patch side in pixels, a multiple of 32 "
                                                       "(default 224)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default 0.0001)")
-    train.add_argument("--label", choices=("iknn", "density"),
-                       help="map labels the network learns (label.kind; default iknn)")
+    train.add_argument("--label", choices=list(label_kinds.KINDS),
+                       help="map labels the network learns (label.kind): "
+                            + "; ".join(f"{name}: {cls.summary}" for name, cls in label_kinds.KINDS.items())
+                            + f" (default {label_kinds.IknnLabel.name})")
     train.add_argument("--backbone", help="densenet201 (the paper's, default), densenet121, densenet169 or "
                                           "densenet_tiny")
     train.add_argument("--weights", help="backbone initialisation: 'imagenet' (torchvision's weights, fetched "
@@ -618,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any other setting (VALUE as JSON, dotted KEY for nested settings); repeatable")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out-dir")
+    _add_label_options(train, "label-")
     _add_no_check(train)
     train.set_defaults(run=_cmd_train, command_parser=train)
 
@@ -658,14 +766,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_cmd_check, command_parser=check)
 
     count = commands.add_parser(
-        "count", help="count the people in images",
-        description="Prints one line per image: path, tab, predicted count.")
-    count.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    count.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
-                       help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
+        "count", help="count the people in images, folders of images or a video",
+        description="Images and folders (every image under a folder, recursively): one line per image, path, "
+                    "tab, predicted count. A video (.mp4, .avi, .mov, ...): a CSV of per-frame counts (frame, "
+                    "time in seconds, count) on stdout or in --csv FILE. The model is a checkpoint or an ONNX "
+                    "file from 'mud-iknn export' (run by onnxruntime; pip install \"mud-iknn[deploy]\", which "
+                    "also reads videos).")
+    count.add_argument("images", nargs="+", type=Path, metavar="INPUT", help="image files, folders or one video")
+    source = count.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
+    source.add_argument("--model", type=Path, metavar="FILE", help="an ONNX file written by 'mud-iknn export'")
     count.add_argument("--overlay", type=Path, metavar="PATH",
                        help="write the image with the located heads next to the predicted ikNN map: a .png "
-                            "file for one image, a folder (one <image name>.png each) for several")
+                            "file for one image, a folder (one <image name>.png each) for several; for a video, "
+                            "a video file (.mp4, .mkv, .mov, .avi) of the counted frames with the map and heads")
+    count.add_argument("--csv", type=Path, metavar="FILE",
+                       help="also write the counts as CSV: image,count for images; frame,time_s,count for a video")
+    count.add_argument("--every", type=int, metavar="N", help="a video: count every N-th frame only (default 1)")
     _add_window_args(count)
     count.add_argument("--json", action="store_true",
                        help="print JSON instead of lines: per image 'count' and 'points' (the located heads, "
@@ -673,21 +791,32 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     count.set_defaults(run=_cmd_count, command_parser=count)
 
+    export = commands.add_parser(
+        "export", help="export a checkpoint's network as ONNX",
+        description="Writes the network for one window size as one ONNX file: input 'image' (batch, 3, S, S) "
+                    "float32 in [0, 1] (normalisation inside, dynamic batch), outputs 'maps' and 'counts'. "
+                    "Checked with onnx's checker and against torch through onnxruntime "
+                    "(pip install \"mud-iknn[deploy]\"). Count with it: mud-iknn count IMAGE --model FILE.")
+    export.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
+                        help="a checkpoint written by 'mud-iknn train' (its checkpoint.pt)")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="the ONNX file to write")
+    _add_window_args(export)
+    export.set_defaults(run=_cmd_export, command_parser=export)
+
     labels = commands.add_parser(
-        "labels", help="export ikNN or density label maps as .npy with preview PNGs",
-        description="Writes OUT/<name>.npy (float32, H x W, the image's size), OUT/<name>.png (image | map) "
-                    "and OUT/labels.json (settings, per-image count and map sum).")
+        "labels", help="export label maps (ikNN, density, FIDT, count) as .npy with preview PNGs",
+        description="Writes OUT/<name>.npy (float32, the image's H x W, or ceil(H / S) x ceil(W / S) with "
+                    "--stride S), OUT/<name>.png (image | map) and OUT/labels.json (settings, per-image count "
+                    "and map sum). Each label kind takes the options of the group below that name it.")
     _add_dataset_args(labels, split_help="split to export (default: train; for folder: --root itself)")
     labels.add_argument("--out", type=Path, required=True, metavar="DIR")
-    labels.add_argument("--kind", choices=("iknn", "density"), default="iknn", help="label kind (default iknn)")
-    labels.add_argument("--k", type=int, default=None,
-                        help="nearest heads: ikNN k (default 1) or density's adaptive-sigma k (default 3)")
-    labels.add_argument("--max-distance", type=_positive_float, metavar="PX",
-                        help="ikNN: clip each distance at PX pixels (the 2019 code used 112)")
-    labels.add_argument("--transform", choices=("inverse", "inverse_sqrt"),
-                        help="ikNN: 1/(D+1) (default) or 1/sqrt(D+1)")
-    labels.add_argument("--sigma", type=_sigma, help="density: 'adaptive' (default) or a fixed width in pixels")
-    labels.add_argument("--beta", type=_positive_float, help="density: adaptive sigma factor (default 0.3)")
+    labels.add_argument("--kind", choices=list(label_kinds.KINDS), default=label_kinds.IknnLabel.name,
+                        help="label kind: " + "; ".join(f"{name}: {cls.summary}"
+                                                        for name, cls in label_kinds.KINDS.items())
+                             + f" (default {label_kinds.IknnLabel.name})")
+    labels.add_argument("--stride", type=int, default=1, metavar="S",
+                        help="maps at 1/S of the image size, a pixel per S x S image pixels (default 1)")
+    _add_label_options(labels)
     labels.add_argument("--limit", type=int, metavar="N", help="export the first N images only")
     labels.add_argument("--no-preview", action="store_true", help="skip the PNG previews")
     labels.set_defaults(run=_cmd_labels, command_parser=labels)
@@ -702,37 +831,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_LABEL_OPTIONS = {"iknn": {"max_distance": None, "transform": "inverse", "k": 1},
-                  "density": {"sigma": "adaptive", "beta": 0.3, "k": 3}}
-
-
 def _label_defaults(args) -> None:
-    """Fills the labels command's options of its --kind with their defaults; UsageError for an
-    option of the other kind (it would be ignored)."""
-    other = "density" if args.kind == "iknn" else "iknn"
-    for name in _LABEL_OPTIONS[other]:
-        if name not in _LABEL_OPTIONS[args.kind] and getattr(args, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} applies to --kind {other}, not {args.kind}")
-    for name, default in _LABEL_OPTIONS[args.kind].items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    """The labels command's label kind (args.label_kind) from --kind and its options; UsageError
+    for an option of another kind (it would be ignored) or a value the kind refuses."""
+    args.label_kind = _label_from_options(args.kind, args)
 
 
 def _check_numbers(args) -> None:
     for name, least in [("steps", 1), ("batch_size", 1), ("patch_size", 1), ("checkpoint_every", 0),
                         ("eval_every", 0), ("num_workers", 0), ("num_images", 1), ("image_size", 1),
-                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1),
+                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1), ("every", 1),
                         ("seed", 0), ("data_seed", 0)]:
         value = getattr(args, name, None)
         if value is not None and value < least:
             why = " (the backbone's largest stride)" if name == "window" else ""
             raise UsageError(f"--{name.replace('_', '-')} must be at least {least}{why}, got {value}")
-    if getattr(args, "k", None) is not None:
-        from . import MAX_K
-
-        limit = MAX_K if args.kind == "iknn" else MAX_K - 1
-        if not 1 <= args.k <= limit:
-            raise UsageError(f"--k must be in [1, {limit}] for --kind {args.kind}, got {args.k}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -743,9 +856,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
+        _check_numbers(args)
         if args.command == "labels":
             _label_defaults(args)
-        _check_numbers(args)
         return int(args.run(args) or 0)
     except UsageError as err:
         args.command_parser.error(str(err))  # exits 2

@@ -1,10 +1,13 @@
-"""Whole-image counting by sliding windows, and the benchmarks' metrics: counting (MAE, RMSE, NAE)
-and localization (precision, recall, F1 of one-to-one matches within a distance).
+"""Whole-image counting and locating by sliding windows, and the benchmarks' metrics: counting
+(MAE, RMSE, NAE, GAME), localization (precision, recall, F1 of one-to-one matches within a
+distance, NWPU-Crowd's protocol), and NWPU-Crowd's test-server files.
 
 As in the authors' code: windows of ``window`` x ``window`` pixels every ``stride`` pixels, the
 image zero-padded at the bottom and right so that the windows cover it; each window's predicted
 count is spread uniformly over its pixels inside the image; where windows overlap, the per-pixel
-values are averaged; the image's count is the sum of that stitched map.
+values are averaged; the image's count is the sum of that stitched map. The windows' ikNN maps are
+stitched the same way (each pixel the mean of the maps over it) and their local maxima are the
+located heads (:func:`mud_iknn.localize`).
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ class Prediction(NamedTuple):
     count: the predicted head count (the paper's: the windows' counts, overlaps averaged).
     density: (H, W) float32 count map on the CPU (heads per pixel; its sum is ``count``).
     iknn_map: (H, W) float32 stitched ikNN map on the CPU (each pixel the mean over the windows
-    covering it of their maps, channels averaged), None for a network without map modules.
+    covering it of their maps, channels averaged), None for a network without map modules or
+    with ``locate=False``.
     points: (N, 2) float32 located heads (x, y) in image pixels (:func:`mud_iknn.localize` on
     ``iknn_map``), None without a map.
     """
@@ -53,14 +57,15 @@ class Prediction(NamedTuple):
 
 @torch.no_grad()
 def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stride: int = 128,
-                  batch_size: int = 16, *, threshold: float = DEFAULT_THRESHOLD,
+                  batch_size: int = 16, *, locate: bool = True, threshold: float = DEFAULT_THRESHOLD,
                   min_distance: int = DEFAULT_MIN_DISTANCE) -> Prediction:
     """Counts and locates the heads of one whole image with sliding windows (:class:`Prediction`).
 
     model: returns (maps (B, C, h, w), counts (B,)) for (B, 3, window, window) uint8 images (a
     :class:`mud_iknn.model.MapNetwork`; maps coarser than the window are upsampled to it,
     nearest); it is run in eval mode on its own device and put back in the mode it was in.
-    image: (3, H, W) uint8. threshold, min_distance: passed to :func:`mud_iknn.localize`.
+    image: (3, H, W) uint8. locate: stitch the maps and locate the heads (False: the count and
+    its density only). threshold, min_distance: passed to :func:`mud_iknn.localize`.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image))}")
@@ -71,7 +76,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
     padded = image.new_zeros((3, ys[-1] + window, xs[-1] + window))
     padded[:, :height, :width] = image
     boxes = [(y, x) for y in ys for x in xs]
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without any (OnnxModel)
     total = torch.zeros(height, width, dtype=torch.float64)
     cover = torch.zeros(height, width, dtype=torch.float64)
     map_total = None
@@ -83,7 +88,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
             batch = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_boxes])
             maps, counts = model(batch.to(device))
             counts = counts.double().cpu()
-            if maps.shape[1]:
+            if locate and maps.shape[1]:
                 maps = maps.float().mean(1, keepdim=True)
                 if maps.shape[-2:] != (window, window):
                     maps = F.interpolate(maps, size=(window, window), mode="nearest")
@@ -156,13 +161,19 @@ def game_errors(density: torch.Tensor, points, levels: Sequence[int] = GAME_LEVE
         if isinstance(level, bool) or not isinstance(level, int) or level < 0:
             raise ValueError(f"GAME levels must be non-negative integers, got {level!r}")
         n = 2 ** level
-        row_cell = torch.arange(height) * n // height
-        col_cell = torch.arange(width) * n // width
+        row_cell = _cells(height, n)
+        col_cell = _cells(width, n)
         predicted = torch.zeros(n * n, dtype=torch.float64).index_add_(
             0, (row_cell[:, None] * n + col_cell[None]).reshape(-1), density.reshape(-1))
         true = torch.bincount(row_cell[rows] * n + col_cell[cols], minlength=n * n).double()
         errors.append(float((predicted - true).abs().sum()))
     return errors
+
+
+def _cells(length: int, n: int) -> torch.Tensor:
+    """(length,) int64 cell of every pixel along an axis split into n cells at floor(c length / n)."""
+    bounds = torch.tensor([c * length // n for c in range(1, n)], dtype=torch.int64)
+    return torch.bucketize(torch.arange(length), bounds, right=True)
 
 
 def _image_only(dataset, index: int):
@@ -202,7 +213,7 @@ def evaluate(model: nn.Module, dataset, window: int = 224, stride: int = 128, ba
             name, image = sample.name, sample.image
         else:
             name, image = _image_only(dataset, i)
-        prediction = predict_image(model, image, window, stride, batch_size)
+        prediction = predict_image(model, image, window, stride, batch_size, locate=localization)
         record = {"name": name, "predicted": prediction.count}
         if labels:
             record["count"] = float(sample.count)
@@ -294,7 +305,7 @@ def match_counts(predicted, truth, radius: Union[float, np.ndarray]) -> tuple[in
     matched pair lies within ``radius`` (distance <= radius, pixels) -- NWPU-Crowd's protocol.
 
     predicted: (P, 2), truth: (G, 2) (x, y) points (arrays or tensors). radius: a positive number,
-    or (G,) positive radii, one per true head. Only the pairs within the radius are built (a k-d
+    or (G,) radii >= 0, one per true head (a degenerate head box gives 0: exact matches only). Only the pairs within the radius are built (a k-d
     tree) and matched by Hopcroft-Karp on that sparse graph (every connected component on its
     own): memory O(P + G + pairs), never a P x G matrix. The count of matches is that of the
     Hungarian assignment of the dense 0/1 cost matrix (``scipy.optimize.linear_sum_assignment``).
@@ -307,8 +318,10 @@ def match_counts(predicted, truth, radius: Union[float, np.ndarray]) -> tuple[in
     radius = np.asarray(radius, dtype=np.float64)
     if radius.ndim not in (0, 1) or (radius.ndim == 1 and radius.shape != (len(truth),)):
         raise ValueError(f"radius must be a number or one per true head ({len(truth)}), got shape {radius.shape}")
-    if radius.size and not (np.isfinite(radius).all() and (radius > 0).all()):
-        raise ValueError(f"thresholds must be positive and finite, got {radius.min() if radius.ndim else radius}")
+    if radius.ndim == 0 and not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"thresholds must be positive and finite, got {float(radius)}")
+    if radius.ndim == 1 and radius.size and not (np.isfinite(radius).all() and (radius >= 0).all()):
+        raise ValueError(f"per-head thresholds must be finite and >= 0, got {radius.min()}")
     if len(predicted) == 0 or len(truth) == 0:
         return 0, len(predicted), len(truth)
     pairs = cKDTree(predicted).sparse_distance_matrix(cKDTree(truth), float(radius.max()), output_type="ndarray")

@@ -1,4 +1,4 @@
-"""Training labels from head points: kNN distance maps, ikNN maps and Gaussian density maps.
+"""Training labels from head points: kNN distance, ikNN, FIDT, Gaussian density and count maps.
 
 Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
 
@@ -23,9 +23,10 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
   shape, dtype and device checks) so that a training loop makes its labels without any
   host-device synchronisation; NaN heads or bad offsets then give undefined maps, but the kernels
   clamp every index, so they never read or write outside their buffers.
-* Limits: at most 65535 images and 2^31 - 1 heads per call, 2^31 - 1 pixels per map and 2^24 per
-  side, k <= MAX_K, Gaussian widths up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px
-  apart, are skipped), max_distance >= 1e-18 px. The kernels square distances in float32: below
+* Limits (exported by ``mud_iknn._C``: MAX_IMAGES, MAX_POINTS, ...): at most 65535 images and
+  2^31 - 1 heads per call, 2^31 - 1 pixels per map and 2^24 per side, k <= MAX_K, Gaussian widths
+  up to 1e7 pixels (wider adaptive sigmas, from heads 3e7 px apart, are skipped), max_distance >=
+  1e-18 px. The kernels square distances in float32: below
   1e-18 px distances lose relative precision (from about 1e-23 px they are 0).
 """
 from __future__ import annotations
@@ -39,20 +40,21 @@ import torch
 
 from . import _ops
 
-__all__ = ["knn_distance_maps", "iknn_maps", "density_maps", "head_sigmas", "pack_points",
-           "MAX_K", "backend_info"]
+__all__ = ["knn_distance_maps", "iknn_maps", "fidt_maps", "density_maps", "head_sigmas", "count_maps",
+           "pack_points", "MAX_K", "backend_info"]
 
 MAX_K = _ops.MAX_K
 backend_info = _ops.backend_info  # CUDA compiled in or not, its architectures, visible devices
-_TRANSFORMS = {"distance": 0, "inverse": 1, "inverse_sqrt": 2}
-_MAX_MAP_PIXELS = 2**31 - 1
-_MAX_MAP_SIDE = 2**24      # every pixel centre is exact in float32 (the kernels' coordinates)
-_MAX_IMAGES = 65535        # CUDA grid dimension
-_MAX_POINTS = 2**31 - 1    # int32 indices in the kernels
-_MAX_SIGMA = 1e7           # kernels skip wider Gaussians (keeps radii in int range)
-_MAX_TRUNCATE = 100.0
-_MAX_COORDINATE = 1e18     # squared distances of the kernels stay finite in float32
-_MIN_DISTANCE = 1e-18      # and normal (distances below it lose relative precision, from 1e-23 px are 0)
+_C = _ops._C                       # the engine's limits (csrc/labels.h)
+_MAX_MAP_PIXELS = _C.MAX_MAP_PIXELS
+_MAX_MAP_SIDE = _C.MAX_MAP_SIDE      # every pixel centre is exact in float32 (the kernels' coordinates)
+_MAX_IMAGES = _C.MAX_IMAGES          # CUDA grid dimension
+_MAX_POINTS = _C.MAX_POINTS          # int32 indices in the kernels
+_MAX_SIGMA = _C.MAX_SIGMA            # kernels skip wider Gaussians (keeps radii in int range)
+_MAX_TRUNCATE = _C.MAX_TRUNCATE
+_MAX_COORDINATE = _C.MAX_COORDINATE  # squared distances of the kernels stay finite in float32
+_MIN_DISTANCE = _C.MIN_DISTANCE      # and normal (distances below it lose relative precision, from 1e-23 px are 0)
+_NO_PARAMS = (0.0, 0.0, 1.0, 0.0)    # the transform parameters of the kinds other than FIDT
 
 PointsLike = Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]]
 
@@ -195,6 +197,14 @@ def _check_positive(value, name: str, least: float = 0.0) -> float:
     return value
 
 
+def _check_non_negative(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(float(value)) and value >= 0):
+        raise ValueError(f"{name} must be non-negative and finite, got {value}")
+    return float(value)
+
+
 class _OutputGuard:
     """Refuses a (B, H, W) float32 output larger than the host's memory (an over-committed
     allocation would only fail when written), and turns an allocation failure into an error that
@@ -272,17 +282,61 @@ def iknn_maps(points: PointsLike, size, k: int = 1, *, offsets=None,
     return _knn(points, size, k, offsets, max_distance, transform, validate, out)
 
 
-def _knn(points, size, k, offsets, max_distance, transform, validate, out) -> torch.Tensor:
+def fidt_maps(points: PointsLike, size, *, alpha: float = 0.02, beta: float = 0.75, c: float = 1.0,
+              zero_below: float = 0.0, offsets=None, validate: bool = True,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, H, W) float32 focal inverse distance transform (FIDT) maps (Liang et al., FIDTM).
+
+    I = 1 / (D^(alpha * D + beta) + c), D the exact distance (pixels) from each pixel centre to the
+    nearest head: subpixel heads, duplicates and heads outside the map count as heads; no heads
+    gives 0. The defaults are FIDTM's; ``zero_below=0.01`` also zeroes the values below 0.01, as
+    FIDTM does. alpha, beta >= 0, c > 0. Computed in the kNN kernels (k = 1) as their transform.
+    ``out``: see the module docstring.
+    """
+    alpha = _check_non_negative(alpha, "alpha")
+    beta = _check_non_negative(beta, "beta")
+    c = _check_positive(c, "c")
+    zero_below = _check_non_negative(zero_below, "zero_below")
+    return _knn(points, size, 1, offsets, None, "fidt", validate, out, (alpha, beta, c, zero_below))
+
+
+def _knn(points, size, k, offsets, max_distance, transform, validate, out, params=_NO_PARAMS) -> torch.Tensor:
     height, width = _check_size(size)
     k = _check_k(k)
     clip = math.inf if max_distance is None else _check_positive(max_distance, "max_distance", _MIN_DISTANCE)
     packed, offs = pack_points(points, offsets, validate=validate)
+    code = _ops.TRANSFORMS[transform]
     if out is not None:
         _check_out(out, offs.numel() - 1, height, width, packed)
-        torch.ops.mud_iknn.knn_maps_out(packed, offs, k, clip, _TRANSFORMS[transform], out)
+        torch.ops.mud_iknn.knn_maps_out(packed, offs, k, clip, code, params, out)
         return out
     with _OutputGuard(offs.numel() - 1, height, width, packed.device):
-        return torch.ops.mud_iknn.knn_maps(packed, offs, height, width, k, clip, _TRANSFORMS[transform])
+        return torch.ops.mud_iknn.knn_maps(packed, offs, height, width, k, clip, code, params)
+
+
+def count_maps(points: PointsLike, size, stride: int = 1, *, offsets=None, validate: bool = True,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, ceil(H / s), ceil(W / s)) float32 count maps: heads per s x s cell of an (H, W) map.
+
+    A head at (x, y) with 0 <= x < W and 0 <= y < H adds 1 to cell (floor(y) // s, floor(x) // s)
+    (the pixel of the density maps' rule), so each map sums to the heads inside; heads outside the
+    map count nowhere. Deterministic on both backends. ``stride`` s: a positive integer. ``out``:
+    as in the module docstring, of shape (B, ceil(H / s), ceil(W / s)).
+    """
+    height, width = _check_size(size)
+    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)):
+        raise TypeError(f"stride must be a positive integer, got {stride!r}")
+    if stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
+    stride = int(min(stride, max(height, width)))  # a stride past the map's sides gives the same single cell
+    packed, offs = pack_points(points, offsets, validate=validate)
+    rows, cols = -(-height // stride), -(-width // stride)
+    if out is not None:
+        _check_out(out, offs.numel() - 1, rows, cols, packed)
+        torch.ops.mud_iknn.count_maps_out(packed, offs, height, width, stride, out)
+        return out
+    with _OutputGuard(offs.numel() - 1, rows, cols, packed.device):
+        return torch.ops.mud_iknn.count_maps(packed, offs, height, width, stride)
 
 
 def head_sigmas(points: PointsLike, size, *, k: int = 3, beta: float = 0.3, offsets=None,

@@ -15,16 +15,15 @@ import torch
 __all__ = ["localize", "DEFAULT_THRESHOLD", "DEFAULT_MIN_DISTANCE"]
 
 DEFAULT_THRESHOLD = 0.2
-"""Map value a peak must exceed. Chosen with ``DEFAULT_MIN_DISTANCE`` on the stitched maps of three
-``TrainConfig.small()`` models (seeds 0-2) trained on ``SyntheticCrowds`` and predicting 24 unseen
-scenes (bench/measure_localize_threshold.py; the F1 table is in bench/RESULTS.md): F1 at 8 px peaks
-near 0.2 (0.79) and stays above 0.73 from 0.14 to 0.24; their peaks are low (the maps are smooth),
-so higher thresholds lose heads fast (0.30: 0.55). On an exact ikNN map a head is 1 and a pixel
+"""Map value a peak must exceed. Chosen, with ``DEFAULT_MIN_DISTANCE``, by the F1 of the located
+heads on the stitched maps of ``TrainConfig.small()`` models trained on ``SyntheticCrowds``
+(bench/measure_localize_threshold.py; its table is in bench/RESULTS.md): trained maps peak well
+below 1 at their heads, so the threshold sits low. On an exact ikNN map a head is 1 and a pixel
 4 px from every head 0.2."""
 
 DEFAULT_MIN_DISTANCE = 1
 """Peaks are kept more than this many pixels apart (Chebyshev): a 3 x 3 window, the best of 1 to 5
-on those maps (dense synthetic crowds: wider windows merge neighbouring heads)."""
+in that measurement (dense crowds: wider windows merge neighbouring heads)."""
 
 
 def _check_maps(maps) -> torch.Tensor:
@@ -78,12 +77,11 @@ def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
     height, width = shape[1:]
     linear = (flat > threshold).nonzero().squeeze(1)
     if radius:  # a window's maximum is >= its 4 neighbours: that test first, on flat indices
-        for step, first_of_row in ((1, True), (width, False)):
-            for sign in (-1, 1):
-                inner = linear % width if first_of_row else linear // width % height
-                edge = 0 if sign < 0 else (width if first_of_row else height) - 1
-                neighbour = flat[(linear + sign * step).clamp_(0, flat.numel() - 1)]
-                linear = linear[(neighbour <= flat[linear]) | (inner == edge)]
+        centre, col, row = flat[linear], linear % width, linear // width % height
+        ok = torch.ones_like(linear, dtype=torch.bool)
+        for step, along, edge in ((-1, col, 0), (1, col, width - 1), (-width, row, 0), (width, row, height - 1)):
+            ok &= (flat[(linear + step).clamp_(0, flat.numel() - 1)] <= centre) | (along == edge)
+        linear = linear[ok]
     b, i, j = linear // (height * width), linear % (height * width) // width, linear % width
     if not radius:
         return b, i, j

@@ -1,4 +1,4 @@
-"""The MUD-ikNN loss, and the choice of map label (ikNN or Gaussian density) it is trained against.
+"""The MUD-ikNN loss.
 
 loss = count_loss + map_weight * map_loss, with
 
@@ -9,89 +9,20 @@ loss = count_loss + map_weight * map_loss, with
 A count-only network (no map channels) has no map term: its loss is count_loss alone and it needs
 no label maps.
 
-:class:`LabelSpec` makes M from packed head points on their device, through
-:func:`mud_iknn.iknn_maps` or :func:`mud_iknn.density_maps`.
+M is any label kind of :mod:`mud_iknn.label_kinds` (ikNN, density, FIDT or count maps), made from
+the packed head points on their device.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
-from . import _settings, labels
+from .point_losses import BayesianLoss, DMCountLoss, OTLoss
 
-__all__ = ["LabelSpec", "count_loss", "map_loss", "MUDLoss"]
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """Which map label the map modules learn.
-
-    kind: "iknn" (the paper's inverse k-nearest-neighbour maps) or "density" (geometry-adaptive
-    Gaussian density maps, the baseline it is compared with).
-    k: neighbours; None means 1 for "iknn" (the paper's final setup) and 3 for "density" (CSRNet's rule).
-    transform, max_distance: for "iknn" (see :func:`mud_iknn.iknn_maps`); max_distance=112 is the
-    2019 code's clipping.
-    sigma, beta, truncate: for "density" (see :func:`mud_iknn.density_maps`).
-    """
-
-    kind: str = "iknn"
-    k: Optional[int] = None
-    transform: str = "inverse"
-    max_distance: Optional[float] = None
-    sigma: Union[str, float] = "adaptive"
-    beta: float = 0.3
-    truncate: float = 4.0
-
-    def __post_init__(self):
-        _settings.check_types(self, "label spec")
-        if self.kind not in ("iknn", "density"):
-            raise ValueError(f"label kind must be 'iknn' or 'density', got {self.kind!r}")
-        if self.k is not None and self.k < 1:  # (its type: check_types above)
-            raise ValueError(f"label k must be a positive integer or None, got {self.k!r}")
-        if self.transform not in ("inverse", "inverse_sqrt"):
-            raise ValueError(f"label transform must be 'inverse' or 'inverse_sqrt', got {self.transform!r}")
-        if self.max_distance is not None and not (self.max_distance > 0 and math.isfinite(self.max_distance)):
-            raise ValueError(f"label max_distance must be positive or None, got {self.max_distance!r}")
-        if isinstance(self.sigma, str) and self.sigma != "adaptive":
-            raise ValueError(f"label sigma must be 'adaptive' or a positive number, got {self.sigma!r}")
-
-    @property
-    def neighbours(self) -> int:
-        """k with the per-kind default applied."""
-        if self.k is not None:
-            return self.k
-        return 1 if self.kind == "iknn" else 3
-
-    def make(self, points: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int], *,
-             stride: int = 1, validate: bool = False) -> torch.Tensor:
-        """(B, H', W') float32 label maps on the points' device.
-
-        points: packed (P, 2) float32 (x, y) in input pixels; offsets: (B + 1) int64; size: (H', W')
-        of the label. With ``stride`` s > 1 the label pixel (i, j) covers input pixels
-        [s*i, s*i + s) and points are mapped to x' = (x - (s - 1) / 2) / s (distances and sigmas
-        are then in label pixels). validate=False (the default here) skips the value checks that
-        would synchronise with the device: the training loop builds offsets itself.
-        """
-        if stride != 1:
-            points = (points - (stride - 1) / 2.0) / stride
-        if self.kind == "iknn":
-            return labels.iknn_maps(points, size, self.neighbours, offsets=offsets,
-                                    max_distance=self.max_distance, transform=self.transform,
-                                    validate=validate)
-        return labels.density_maps(points, size, self.sigma, k=self.neighbours, beta=self.beta,
-                                   truncate=self.truncate, offsets=offsets, validate=validate)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LabelSpec":
-        return _settings.from_dict(cls, data, "label spec")
+__all__ = ["count_loss", "map_loss", "MUDLoss", "BayesianLoss", "OTLoss", "DMCountLoss"]
 
 
 def count_loss(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Data flow of one step: CrowdSample (any reader) -> :class:`mud_iknn.transforms.TrainTransform`
 in DataLoader workers (crop/flip/scale on image and points together) -> :func:`collate_crowd`
-(uint8 images + packed points) -> device -> :meth:`LabelSpec.make` (ikNN or density maps, on the
+(uint8 images + packed points) -> device -> ``config.label.make`` (a kind of
+:mod:`mud_iknn.label_kinds`: ikNN, density, FIDT or count maps at the maps' size and stride, on the
 GPU when training on a GPU, with the C++ kernel on the CPU) -> model -> :class:`MUDLoss`.
 A count-only network (``TrainConfig.map_modules=False``) makes no label maps: its loss is the
 count loss alone.
@@ -36,9 +37,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from . import _settings
+from . import _settings, label_kinds
 from .evaluate import evaluate
-from .loss import LabelSpec, MUDLoss
+from .label_kinds import IknnLabel, LabelKind
+from .loss import MUDLoss
 from .model import MUDIKNN
 from .transforms import TrainTransform, collate_crowd
 
@@ -62,7 +64,9 @@ class TrainConfig:
     steps: optimiser steps in all. batch_size: patches per step and process. patch_size: the
     square crop (pixels), also the model's ``input_size`` and the evaluation window.
     lr, lr_step, lr_gamma, weight_decay: Adam and its step schedule (per optimiser step).
-    label: which labels the map modules learn (:class:`LabelSpec`). map_weight: lambda.
+    label: which labels the map modules learn: a kind of :mod:`mud_iknn.label_kinds` (e.g.
+    ``FidtLabel()``), or its dict ``{"kind": "fidt", ...}``; saved with its parameters (checkpoints
+    of the flat form before the registry load too). map_weight: lambda.
     flip_p, scale_range: augmentation (see :class:`TrainTransform`).
     amp: float16 autocast + gradient scaling, used only on CUDA. grad_clip: max gradient norm or None.
     seed: seeds model init, sample order and augmentation. deterministic: ask torch for
@@ -88,7 +92,7 @@ class TrainConfig:
     lr_step: int = 100_000
     lr_gamma: float = 0.1
     weight_decay: float = 0.0
-    label: LabelSpec = field(default_factory=LabelSpec)
+    label: LabelKind = field(default_factory=IknnLabel)
     map_weight: float = 1.0
     flip_p: float = 0.5
     scale_range: Optional[tuple] = None
@@ -114,9 +118,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.label, dict):
-            self.label = LabelSpec.from_dict(self.label)
-        if not isinstance(self.label, LabelSpec):
-            raise ValueError(f"train config label must be a LabelSpec or a dict of its settings (e.g. "
+            self.label = label_kinds.from_dict(self.label)
+        if not isinstance(self.label, LabelKind):
+            raise ValueError(f"train config label must be a label kind or a dict of its settings (e.g. "
                              f"{{\"kind\": \"density\"}}, --set label.kind=density), got {self.label!r}")
         if self.scale_range is not None:
             if not (isinstance(self.scale_range, (list, tuple)) and len(self.scale_range) == 2 and
@@ -534,7 +538,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
                 maps, counts = net(batch.images)
             labels = None
             if model.map_channels:
-                labels = spec.make(batch.points, batch.offsets, tuple(maps.shape[-2:]), stride=model.label_stride)
+                labels = spec.make(batch.points, tuple(maps.shape[-2:]), batch.offsets, stride=model.label_stride)
             loss, parts = loss_fn(maps, counts, labels, batch.counts)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

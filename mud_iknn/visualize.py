@@ -77,8 +77,9 @@ def save_overlay(image, values, count: float, path, *, points=None, title: str =
     if points is not None:
         xy = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=np.float64)
         xy = xy.reshape(-1, 2)
-        left.scatter(xy[:, 0], xy[:, 1], s=max(2.0, 400.0 / max(height, width)), c="red", marker="o",
-                     linewidths=0)
+        dot = 2.0 * 72.0 * panel_w / width  # about 2 image pixels across, in points
+        left.scatter(xy[:, 0], xy[:, 1], s=min(max(dot * dot, 6.0), 60.0), c="red", marker="o",
+                     edgecolors="white", linewidths=0.4)
         left.set_xlim(-0.5, width - 0.5)
         left.set_ylim(height - 0.5, -0.5)
     left.set_axis_off()

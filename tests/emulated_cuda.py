@@ -1,7 +1,8 @@
 """csrc/labels_cuda.cu on the CPU: built with the host C++ compiler against the CUDA emulator
-(tests/cuda_emulation), loaded with ctypes, and put behind the CUDA entry points of
-``mud_iknn._ops._C``, whose CUDA branch then serves CPU tensors: the public API runs the CUDA
-path, from the Python ops' argument lists to the kernels, on any machine.
+(tests/cuda_emulation) as the Python module ``emulated_labels`` (the argument structs and CUDA
+entry points of ``mud_iknn._C``, bound by the same code), and plugged into mud_iknn as a backend
+object (:class:`EmulatedBackend`, ``mud_iknn._ops.BACKENDS``): the public API then runs the CUDA
+path, from the ops' argument structs to the kernels, for CPU tensors on any machine.
 
 This checks the kernels' logic (grid build, tile passes, chunking, scans, barriers) on every
 machine; speed and the hardware's memory model still need a GPU (bench/gpu_check.sh).
@@ -9,16 +10,19 @@ machine; speed and the hardware's memory model still need a GPU (bench/gpu_check
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import shlex
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/cuda_emulation/emulated_labels.cpp", ROOT / "tests/cuda_emulation/emulator_selftest.cpp",
            ROOT / "csrc/labels_cuda.cu"]
 _ERROR_BYTES = 512
+MODULE = "emulated_labels"
 
 
 def compiler() -> str | None:
@@ -34,11 +38,15 @@ def build(out_dir: Path) -> ctypes.CDLL:
 
 
 def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
-    """out_dir/emulated_labels.so: the emulated CUDA label engine, built with these extra flags."""
-    library = out_dir / "emulated_labels.so"
+    """out_dir/emulated_labels<ext>: the emulated CUDA label engine, a Python extension module built
+    with these extra flags."""
+    import pybind11
+
+    library = out_dir / f"{MODULE}{sysconfig.get_config_var('EXT_SUFFIX')}"
     command = [compiler(), "-std=c++17", *flags, "-shared", "-fPIC", "-fvisibility=hidden",
                "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA", f"-I{ROOT / 'csrc'}",
-               f"-I{ROOT / 'tests/cuda_emulation'}", *map(str, SOURCES[:2]), "-x", "c++", str(SOURCES[2]),
+               f"-I{ROOT / 'tests/cuda_emulation'}", f"-I{pybind11.get_include()}",
+               f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES[:2]), "-x", "c++", str(SOURCES[2]),
                "-o", str(library)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -47,17 +55,14 @@ def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
 
 
 def load(library: Path) -> ctypes.CDLL:
-    """The built library, with its functions' argument types declared."""
-    lib = ctypes.CDLL(str(library))
-    ptr, i64, i32, f32, err = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_char_p
-    for name in ("emulated_knn_workspace_bytes", "emulated_sigma_workspace_bytes"):
-        getattr(lib, name).argtypes = [i64, i64, i64, i64, i32]
-        getattr(lib, name).restype = i64
-    lib.emulated_knn_maps.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, i32, ptr, ptr, i64, err, i32]
-    lib.emulated_head_sigmas.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, ptr, ptr, i64, err, i32]
-    lib.emulated_density_workspace_bytes.argtypes = [i64]
-    lib.emulated_density_workspace_bytes.restype = i64
-    lib.emulated_density_maps.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, ptr, ptr, i64, err, i32]
+    """The built library: its emulator controls and self-tests through ctypes (argument types
+    declared), and as ``.module`` the Python module of its label kernels."""
+    spec = importlib.util.spec_from_file_location(MODULE, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lib = ctypes.CDLL(str(library))  # the same loaded library: one emulator state
+    lib.module = module
+    ptr, i32, err = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     lib.emulator_set_schedule.argtypes = [i32]
     lib.emulator_set_schedule.restype = None
     lib.emulator_set_math_error.argtypes = [i32]
@@ -90,65 +95,56 @@ def call(function, *args) -> None:
 
 
 def install(lib: ctypes.CDLL, monkeypatch) -> None:
-    """For the test (pytest monkeypatch): mud_iknn's ops take their CUDA branch for CPU tensors,
-    with the extension's CUDA entry points served by the emulated ones (same arguments, in the
-    bindings' order), the workspace allocated on the host and stream 0."""
-    import torch
-
+    """For the test (pytest monkeypatch): mud_iknn's ops on CPU tensors run on the emulated CUDA
+    backend (:func:`backend`) until the test ends."""
     from mud_iknn import _ops
-    run, workspace = _ops._run, _ops._workspace
-    monkeypatch.setattr(_ops, "_run", lambda cpu_kernel, cuda_kernel, args, device, workspace_bytes: run(
-        cpu_kernel, cuda_kernel, args, torch.device("cuda", 0), workspace_bytes))
-    monkeypatch.setattr(_ops, "_require_cuda", lambda: None)
-    monkeypatch.setattr(_ops, "_workspace", lambda nbytes, device: workspace(nbytes, torch.device("cpu")))
-    monkeypatch.setattr(_ops, "_stream", lambda device: 0)
-    entry_points = EmulatedEntryPoints(lib)
-    for name in BINDINGS:
-        monkeypatch.setattr(_ops._C, name, getattr(entry_points, name))
+
+    monkeypatch.setitem(_ops.BACKENDS, "cpu", backend(lib.module))
 
 
 def _poison(pointer: int, nbytes: int) -> None:
     """Fills an output or workspace with 0xff bytes (NaN floats, -1 ints) first: torch.empty on a GPU
     may hold anything, so every value a kernel reads before writing, or leaves unwritten, shows."""
-    ctypes.memset(pointer, 0xFF, nbytes)
+    if nbytes > 0:
+        ctypes.memset(pointer, 0xFF, nbytes)
 
 
-class EmulatedEntryPoints:
-    """``mud_iknn._C``'s CUDA entry points (the same arguments: pointers as integers, then the
-    workspace pointer and size, the stream and the device index) served by the emulated library."""
-
-    def __init__(self, lib: ctypes.CDLL):
-        self.lib = lib
-
-    def knn_maps_cuda(self, points, offsets, batch, count, height, width, k, max_distance, transform, out,
-                      workspace, workspace_bytes, stream, device):
-        _poison(out, batch * height * width * 4)
-        _poison(workspace, workspace_bytes)
-        call(self.lib.emulated_knn_maps, points, offsets, batch, count, height, width, k, max_distance, transform,
-             out, workspace, workspace_bytes)
-
-    def head_sigmas_cuda(self, points, offsets, batch, count, height, width, k, beta, out, workspace,
-                         workspace_bytes, stream, device):
-        _poison(out, count * 4)
-        _poison(workspace, workspace_bytes)
-        call(self.lib.emulated_head_sigmas, points, offsets, batch, count, height, width, k, beta, out, workspace,
-             workspace_bytes)
-
-    def density_maps_cuda(self, points, offsets, sigmas, batch, count, height, width, truncate, out, workspace,
-                          workspace_bytes, stream, device):
-        _poison(out, batch * height * width * 4)
-        _poison(workspace, workspace_bytes)
-        call(self.lib.emulated_density_maps, points, offsets, sigmas, batch, count, height, width, truncate, out,
-             workspace, workspace_bytes)
-
-    def knn_workspace_bytes(self, batch, count, height, width, k):
-        return self.lib.emulated_knn_workspace_bytes(batch, count, height, width, k)
-
-    def sigma_workspace_bytes(self, batch, count, height, width, k):
-        return self.lib.emulated_sigma_workspace_bytes(batch, count, height, width, k)
-
-    def density_workspace_bytes(self, count):
-        return self.lib.emulated_density_workspace_bytes(count)
+def output_bytes(op: str, args) -> int:
+    """Bytes of the output of ``op`` for its argument struct ``args`` (csrc/labels.h)."""
+    p = args.points
+    if op == "head_sigmas":
+        return 4 * p.count
+    if op == "count_maps":
+        return 4 * p.batch * (-(-args.height // args.stride)) * (-(-args.width // args.stride))
+    return 4 * p.batch * args.height * args.width
 
 
-BINDINGS = [name for name in vars(EmulatedEntryPoints) if not name.startswith("_")]
+def backend(module):
+    """A backend object for ``mud_iknn._ops.BACKENDS``: mud_iknn's CUDA branch (``CudaBackend``: the
+    op's workspace size, a CudaCall, ``<op>_cuda``) served by the emulated ``module`` for CPU
+    tensors, with the workspace on the host, stream 0, device 0, and output and workspace poisoned."""
+    import torch
+
+    from mud_iknn import _ops
+
+    class EmulatedBackend(_ops.CudaBackend):
+        def run(self, op, args, device):
+            _poison(args.out, output_bytes(op, args))
+            super().run(op, args, device)
+
+        def workspace(self, nbytes, device):
+            workspace = super().workspace(nbytes, torch.device("cpu"))
+            _poison(workspace.data_ptr(), workspace.numel())
+            return workspace
+
+        def stream(self, device):
+            return 0
+
+        def device_index(self, device):
+            return 0
+
+    return EmulatedBackend(module)
+
+
+#: the ops the emulated module serves (as mud_iknn._C's CUDA entry points)
+BINDINGS = ["knn_maps", "head_sigmas", "density_maps", "count_maps"]

@@ -603,3 +603,59 @@ def test_train_under_torchrun_prints_once(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('"checkpoint"') == 1  # rank 0 only
     assert json.loads(result.stdout)["step"] == 2 and (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+# ------------------------------------------------------------------ eval: localization and NWPU-Crowd's files
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """A real (random) small MUD-ikNN checkpoint: eval runs the library end to end."""
+    from mud_iknn.train import TrainConfig, build_model, save_checkpoint
+
+    config = TrainConfig.small()
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "small.pt", build_model(config), config)
+
+
+def _nwpu_root(root):
+    (root / "images").mkdir(parents=True)
+    for name in ("3098", "3110", "3200"):
+        Image.new("RGB", (70, 50), 90).save(root / "images" / f"{name}.jpg")
+    (root / "jsons").mkdir()
+    for name, points in (("3098", [[10, 10], [40, 20]]), ("3110", [[5, 30]])):
+        (root / "jsons" / f"{name}.json").write_text(json.dumps(
+            {"human_num": len(points), "points": points, "boxes": [[x - 4, y - 4, x + 4, y + 4] for x, y in points]}))
+    (root / "val.txt").write_text("3110 0 1\n3098 0 1\n")
+    (root / "test.txt").write_text("3200 0 1\n")
+    return root
+
+
+def test_eval_localization_and_nwpu_exports(capsys, tmp_path, small_checkpoint):
+    root = _nwpu_root(tmp_path / "nwpu")
+    report, counts, points = tmp_path / "r.json", tmp_path / "counts.txt", tmp_path / "points.txt"
+    status, out, err = run(capsys, "eval", "--checkpoint", small_checkpoint, "--dataset", "nwpu_crowd", "--root", root,
+                           "--localization", "--json", report, "--export", counts, "--export-points", points)
+    assert status == 0, err
+    data = json.loads(report.read_text())
+    assert set(data["localization"]) == {"4px", "8px", "16px", "sigma_s", "sigma_l"}  # the val split has boxes
+    assert set(data["game"]) == {"0", "1", "2", "3"} and data["game"]["0"] == pytest.approx(data["mae"])
+    assert "sigma_l" in out and "GAME(3)" in out
+    by_id = {r["name"]: r for r in data["per_image"]}
+    lines = [line.split() for line in counts.read_text().splitlines()]
+    assert [line[0] for line in lines] == ["3098", "3110"]
+    assert [float(line[1]) for line in lines] == pytest.approx([by_id[i]["predicted"] for i in ("3098", "3110")], abs=1e-4)
+    for line in points.read_text().splitlines():
+        values = line.split()
+        assert int(values[1]) == len(by_id[values[0]]["points"]) and len(values) == 2 + 2 * int(values[1])
+    # the test split has no public labels: predictions only, files still written
+    status, out, err = run(capsys, "eval", "--checkpoint", small_checkpoint, "--dataset", "nwpu_crowd", "--root", root,
+                           "--split", "test", "--export", counts, "--export-points", points)
+    assert status == 0, err
+    assert "no public labels" in out
+    assert counts.read_text().split()[0] == "3200" and points.read_text().split()[0] == "3200"
+
+
+def test_eval_export_needs_image_ids(capsys, tmp_path, small_checkpoint):
+    status, _, err = run(capsys, "eval", "--checkpoint", small_checkpoint, "--dataset", "synthetic", "--num-images", "1",
+                         "--image-size", "64", "--export", tmp_path / "c.txt")
+    assert status == 2 and "--export" in err and "numeric image ids" in err and not (tmp_path / "c.txt").exists()

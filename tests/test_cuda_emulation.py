@@ -1,7 +1,6 @@
 """The CUDA emulator behind the "emulated" label-engine backend (tests/emulated_cuda.py): it computes
 what the hardware computes for shuffles, barriers and votes, and refuses what the hardware leaves
 undefined rather than passing it."""
-import inspect
 import re
 
 import numpy as np
@@ -117,7 +116,9 @@ def test_label_kernels_give_the_same_bits_in_every_thread_order(emulated_cuda_li
         return [mud_iknn.knn_distance_maps(points, (70, 90), k, offsets=offsets) for k in (1, 3, 9)] + \
             [mud_iknn.head_sigmas(points, (70, 90), offsets=offsets),
              mud_iknn.density_maps(points, (70, 90), offsets=offsets),
-             mud_iknn.knn_distance_maps(corner, (200, 200), 1)]
+             mud_iknn.knn_distance_maps(corner, (200, 200), 1),
+             mud_iknn.fidt_maps(points, (70, 90), offsets=offsets),
+             mud_iknn.count_maps(points, (70, 90), 3, offsets=offsets)]
 
     in_order = maps()
     schedule(order)
@@ -125,16 +126,18 @@ def test_label_kernels_give_the_same_bits_in_every_thread_order(emulated_cuda_li
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(not _C.WITH_CUDA, reason="the extension was built without CUDA: its CUDA entry points are stubs")
-@pytest.mark.parametrize("name", emulated_cuda.BINDINGS)
-def test_the_emulated_entry_points_take_the_bindings_arguments(name):
-    # The emulated backend runs mud_iknn's real CUDA branch against stand-ins for the bindings:
-    # their argument lists must be the bindings' (count, and where the floats are).
-    binding = re.findall(r"arg\d+: ([^,)]+)", getattr(_C, name).__doc__.splitlines()[0])
-    stand_in = list(inspect.signature(getattr(emulated_cuda.EmulatedEntryPoints, name)).parameters)[1:]
-    assert len(binding) == len(stand_in)
-    floats = {"max_distance", "beta", "truncate"}
-    assert ["Float" in kind for kind in binding] == [param in floats for param in stand_in]
+def test_the_emulated_module_serves_every_op_of_the_extension(emulated_cuda_library):
+    # The emulated backend runs mud_iknn's real CUDA branch against the emulated module, bound by the
+    # extension's own binding code: every op of mud_iknn._C has its CUDA entry point and workspace size
+    # there, every limit the same value.
+    module = emulated_cuda_library.module
+    ops = sorted(name[:-len("_cpu")] for name in dir(_C) if name.endswith("_cpu"))
+    assert ops == sorted(emulated_cuda.BINDINGS)
+    for op in ops:
+        assert callable(getattr(module, f"{op}_cuda")) and callable(getattr(module, f"{op}_workspace_bytes"))
+    for limit in ("MAX_K", "MAX_IMAGES", "MAX_POINTS", "MAX_MAP_PIXELS", "MAX_MAP_SIDE", "MAX_SIGMA", "MAX_TRUNCATE",
+                  "MAX_COORDINATE", "MIN_DISTANCE", "TRANSFORMS"):
+        assert getattr(module, limit) == getattr(_C, limit), limit
 
 
 @pytest.fixture
@@ -179,7 +182,7 @@ def test_label_kernels_meet_the_tolerances_at_the_fast_math_bounds(emulated_cuda
                                                                    error):
     # The CUDA kernels' square roots, reciprocals and Gaussians use the GPU's fast math (2 ulp):
     # all of it 2 ulp high, or all 2 ulp low, keeps every map within the issue's tolerances of the
-    # scipy reference (D: 1e-5 relative; M: 1e-6; density: 1e-5 of the maximum).
+    # scipy reference (D: 1e-5 relative; M: 1e-6; FIDT: 2e-6; density: 1e-5 of the maximum).
     emulated_cuda.install(emulated_cuda_library, monkeypatch)
     math_error(error)
     rng = np.random.default_rng(31)
@@ -193,6 +196,9 @@ def test_label_kernels_meet_the_tolerances_at_the_fast_math_bounds(emulated_cuda
             m = mud_iknn.iknn_maps(torch.from_numpy(points), (90, 110), k, transform=transform).numpy()
             np.testing.assert_allclose(m, reference.iknn_maps(points, (90, 110), k, transform=transform),
                                        atol=1e-6, rtol=0)
+    for params in ({}, dict(alpha=0.0, beta=1.0, c=0.5)):
+        fidt = mud_iknn.fidt_maps(torch.from_numpy(points), (90, 110), **params).numpy()
+        np.testing.assert_allclose(fidt, reference.fidt_maps(points, (90, 110), **params), atol=2e-6, rtol=0)
     density = mud_iknn.density_maps(torch.from_numpy(points), (90, 110)).numpy()
     want = reference.density_maps(points, (90, 110))
     np.testing.assert_allclose(density, want, atol=1e-5 * want.max(), rtol=0)

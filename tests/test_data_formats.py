@@ -170,14 +170,36 @@ def test_jhu_crowd_rows_boxes_and_labels(tmp_path):
     (split / "gt").mkdir()
     (split / "gt" / "0001.txt").write_text("10 12 4 5 1 0\n20.5 3 6 7 3 1\n")
     (split / "gt" / "0003.txt").write_text("")
-    (split / "image_labels.txt").write_text("0001,2,stadium,fog,0\n0003,0,street,clear,1\n")
+    # the real format: name, count, scene type, weather (0 none, 1 fog/haze, 2 rain, 3 snow), distractor
+    (split / "image_labels.txt").write_text("0001,2,stadium,1,0\n0003,0,street,0,1\n")
     data = open_dataset("jhu_crowd", tmp_path / "jhu_crowd_v2.0", split="val")
     first, second = data[0], data[1]
     assert first.name == "0001" and first.points.tolist() == [[10.0, 12.0], [20.5, 3.0]]
     np.testing.assert_array_equal(first.meta["boxes"], [[4, 5], [6, 7]])
     assert first.meta["occlusion"].tolist() == [1, 3] and first.meta["blur"].tolist() == [0, 1]
-    assert first.meta["scene"] == "stadium" and first.meta["weather"] == "fog"
+    assert first.meta["scene"] == "stadium" and first.meta["weather"] == "1"
+    assert first.meta["categories"] == ["low", "weather"] and second.meta["categories"] == ["low"]
     assert second.count == 0 and second.points.shape == (0, 2)
+
+
+def test_jhu_crowd_categories_from_image_labels(tmp_path):
+    split = tmp_path / "test"
+    for name in ("0001", "0002", "0003", "0004", "0005"):
+        write_image(split / "images" / f"{name}.jpg")
+        (split / "gt").mkdir(exist_ok=True)
+        (split / "gt" / f"{name}.txt").write_text("1 1 2 2 1 0\n")
+    # the categories follow the listed counts (the paper's 0-50 / 51-500 / >500) and weather codes
+    (split / "image_labels.txt").write_text("0001,50,street,0,0\n0002,51,stadium,2,0\n0003,500,mall,0,0\n"
+                                            "0004,501,stadium,3,0\n")
+    data = open_dataset("jhu_crowd", tmp_path, split="test")
+    assert [data[i].meta.get("categories") for i in range(5)] == [
+        ["low"], ["medium", "weather"], ["medium"], ["high", "weather"], None]  # 0005 is not listed
+    (split / "image_labels.txt").write_text("0001,50,street,fog,0\n")
+    with pytest.raises(ValueError, match=r"image_labels.txt:1: the weather code 'fog'"):
+        open_dataset("jhu_crowd", tmp_path, split="test")
+    (split / "image_labels.txt").write_text("0001,many,street,0,0\n")
+    with pytest.raises(ValueError, match=r"image_labels.txt:1: the count 'many'"):
+        open_dataset("jhu_crowd", tmp_path, split="test")
 
 
 def test_jhu_crowd_bad_row_names_file_and_line(tmp_path):
@@ -209,6 +231,27 @@ def test_nwpu_crowd_json_mat_fallback_and_split_lists(tmp_path):
     assert [s.name for s in open_dataset("nwpu_crowd", tmp_path, split="all")] == ["0001", "0002"]
     with pytest.raises(FileNotFoundError, match="test.txt"):
         open_dataset("nwpu_crowd", tmp_path, split="test")
+
+
+def test_nwpu_crowd_head_boxes_and_unlabelled_test_split(tmp_path):
+    for name in ("0001", "0002", "3110"):
+        write_image(tmp_path / "images" / f"{name}.jpg")
+    (tmp_path / "jsons").mkdir()
+    (tmp_path / "jsons" / "0001.json").write_text(json.dumps(
+        {"human_num": 2, "points": [[5, 5], [20, 10]], "boxes": [[2, 1, 8, 9], [15, 5, 25, 15]]}))
+    (tmp_path / "jsons" / "0002.json").write_text(json.dumps({"points": [[5, 5]], "boxes": [[2, 1, 8, 9]] * 2}))
+    (tmp_path / "train.txt").write_text("0001 0 1\n0002 0 1\n")
+    (tmp_path / "test.txt").write_text("3110 0 1\n")
+    train = open_dataset("nwpu_crowd", tmp_path, split="train")
+    np.testing.assert_array_equal(train[0].meta["boxes"], [[6, 8], [10, 10]])  # (w, h) of (x1, y1, x2, y2)
+    with pytest.raises(ValueError, match=r"0002.json: 'boxes' must hold one \[x1, y1, x2, y2\] per point \(1\)"):
+        train[1]
+    test = open_dataset("nwpu_crowd", tmp_path, split="test")
+    assert train.labelled and not test.labelled
+    name, image = test.image_only(0)
+    assert name == "3110" and image.shape[0] == 3
+    with pytest.raises(FileNotFoundError, match="3110.json"):
+        test[0]
 
 
 def test_nwpu_crowd_count_mismatch_names_file(tmp_path):

@@ -1,11 +1,13 @@
-"""Sliding-window counting against analytic values, and the count metrics."""
+"""Sliding-window counting and locating against analytic values, the count metrics, GAME, NWPU files."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from mud_iknn.evaluate import count_metrics, evaluate, predict_image, window_starts
+from mud_iknn.evaluate import (count_metrics, evaluate, game_errors, predict_image, window_starts, write_nwpu_counts,
+                               write_nwpu_points)
 from mud_iknn.sample import CrowdSample
 
 
@@ -84,3 +86,129 @@ def test_predict_image_rejects_bad_images():
         predict_image(ConstantCount(1), torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match="image"):
         predict_image(ConstantCount(1), torch.zeros(8, 8, dtype=torch.uint8))
+
+
+# ------------------------------------------------------------------ stitched maps, located heads
+
+class BrightnessMaps(nn.Module):
+    """Maps = channel 0 / 255 (+0, +0.1, +0.2 on the three channels: mean +0.1), at 1/``stride`` of
+    the window (every ``stride``-th pixel); counts: 0."""
+
+    def __init__(self, stride=1):
+        super().__init__()
+        self.stride, self.p = stride, nn.Parameter(torch.zeros(()))
+
+    def forward(self, images):
+        m = images[:, :1, ::self.stride, ::self.stride].float() / 255
+        return torch.cat([m, m + 0.1, m + 0.2], 1), images.new_zeros(images.shape[0]).float()
+
+
+class WindowNumber(nn.Module):
+    """Every window's map is constant: the window's number 1, 2, ... in the order seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.seen = nn.Parameter(torch.zeros(())), 0
+
+    def forward(self, images):
+        numbers = torch.arange(self.seen + 1, self.seen + 1 + images.shape[0], dtype=torch.float32)
+        self.seen += images.shape[0]
+        return numbers[:, None, None, None].expand(-1, 3, 56, 56), torch.zeros(images.shape[0])
+
+
+def test_stitched_map_is_the_mean_of_the_windows_maps():
+    # 224 x 300: windows at x = 0 and 128; x < 128 in the first only, 128..223 in both, >= 224 the second
+    iknn_map = predict_image(WindowNumber(), _image(224, 300)).iknn_map  # maps at 1/4 of the window
+    assert iknn_map.shape == (224, 300)
+    assert iknn_map[:, :128].unique().tolist() == [1.0]
+    assert iknn_map[:, 128:224].unique().tolist() == [1.5]
+    assert iknn_map[:, 224:].unique().tolist() == [2.0]
+    skipped = predict_image(WindowNumber(), _image(224, 300), locate=False)
+    assert skipped.iknn_map is None and skipped.points is None and skipped.density.shape == (224, 300)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_heads_located_on_the_stitched_map_in_image_pixels(stride):
+    image = torch.zeros(3, 300, 400, dtype=torch.uint8)
+    heads = [(10, 12), (150, 100), (300, 290), (398, 200)]  # (x, y), one in the windows' overlap
+    for x, y in heads:
+        image[:, y, x] = 255
+    result = predict_image(BrightnessMaps(), image)
+    assert torch.allclose(result.iknn_map, image[0].float() / 255 + 0.1, atol=1e-6)  # aligned with the image
+    assert sorted(map(tuple, result.points.tolist())) == sorted((float(x), float(y)) for x, y in heads)
+    assert result.count == 0
+    # maps coarser than the window are upsampled to it (nearest): heads on even pixels stay in place
+    image = torch.zeros(3, 240, 260, dtype=torch.uint8)
+    image[:, 100, 50] = image[:, 40, 200] = 255
+    found = predict_image(BrightnessMaps(stride), image).points
+    assert found.shape == (2, 2) and (found - torch.tensor([[50.0, 100.0], [200.0, 40.0]]).flip(0)).abs().max() <= stride
+
+
+def test_count_only_model_has_no_map():
+    class CountOnly(ConstantCount):
+        def forward(self, images):
+            return images.new_zeros(images.shape[0], 0, *images.shape[-2:]).float(), self.c.expand(images.shape[0])
+
+    result = predict_image(CountOnly(3.0), _image(224, 224))
+    assert result.count == pytest.approx(3.0) and result.iknn_map is None and result.points is None
+
+
+# ------------------------------------------------------------------ GAME
+
+def test_game_hand_worked():
+    density = torch.zeros(4, 4)
+    density[0, 0], density[3, 3] = 2.0, 1.0
+    points = [[0.0, 0.0], [3.0, 0.0], [3.2, 2.6], [-0.4, 5.2]]  # the last clamps to the corner pixel (3, 0)
+    # L=0: |3 - 4|; L=1 (2x2 px cells): TL 2 vs 1, TR 0 vs 1, BL 0 vs 1, BR 1 vs 1; L=2, 3: per pixel
+    assert game_errors(density, points) == [1.0, 3.0, 3.0, 3.0]
+    # 5 rows in 2 cells: rows 0-1 and 2-4 (floor(c * 5 / 2) bounds)
+    density = torch.zeros(5, 1)
+    density[2, 0] = 1.0
+    assert game_errors(density, [[0.0, 2.0]], levels=[1]) == [0.0]
+    assert game_errors(density, [[0.0, 1.0]], levels=[1]) == [2.0]
+    with pytest.raises(ValueError, match="levels"):
+        game_errors(density, [[0.0, 1.0]], levels=[-1])
+
+
+# ------------------------------------------------------------------ evaluate: localization, categories
+
+def _dotted(height, width, heads):
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    for x, y in heads:
+        image[:, int(y), int(x)] = 255
+    return image
+
+
+def test_evaluate_localization_categories_and_head_boxes():
+    heads_a, heads_b = [[10.0, 10.0], [50.0, 40.0]], [[20.0, 30.0]]
+    data = [CrowdSample(_dotted(64, 80, heads_a), torch.tensor(heads_a), name="a",
+                        meta={"boxes": np.array([[4.0, 4.0], [10.0, 6.0]]), "categories": ["low"]}),
+            CrowdSample(_dotted(64, 80, heads_b[:0]), torch.tensor(heads_b), name="b",  # its head is missed
+                        meta={"boxes": np.array([[8.0, 8.0]]), "categories": ["low", "weather"]})]
+    result = evaluate(BrightnessMaps(), data, window=64, stride=32, localization=True, thresholds=(4,))
+    assert set(result["localization"]) == {"4px", "sigma_s", "sigma_l"}
+    assert {k: result["localization"]["4px"][k] for k in ("tp", "fp", "fn")} == {"tp": 2, "fp": 0, "fn": 1}
+    assert sorted(result["per_image"][0]["points"]) == [[10.0, 10.0], [50.0, 40.0]]
+    assert result["categories"]["low"]["images"] == 2 and result["categories"]["weather"]["images"] == 1
+    assert result["categories"]["weather"]["localization"]["4px"]["fn"] == 1
+    assert result["categories"]["weather"]["mae"] == pytest.approx(1.0)  # counts 0 (the model) vs 1
+    assert result["game"]["0"] == pytest.approx((2 + 1) / 2)
+    predictions = evaluate(BrightnessMaps(), data, window=64, stride=32, labels=False, localization=True)
+    assert set(predictions) == {"per_image"} and set(predictions["per_image"][0]) == {"name", "predicted", "points"}
+
+
+# ------------------------------------------------------------------ NWPU-Crowd's submission files
+
+def test_nwpu_files_written_and_read_back(tmp_path):
+    per_image = [{"name": "3611", "predicted": 2.24567, "points": [[1.4, 2.6], [10.5, 3.49]]},
+                 {"name": "3610", "predicted": 0.0, "points": []}]
+    write_nwpu_counts(tmp_path / "counts.txt", per_image)
+    write_nwpu_points(tmp_path / "points.txt", per_image)
+    counts = [line.split() for line in (tmp_path / "counts.txt").read_text().splitlines()]
+    assert counts == [["3610", "0.0000"], ["3611", "2.2457"]]  # in id order
+    lines = [list(map(int, line.split())) for line in (tmp_path / "points.txt").read_text().splitlines()]
+    assert lines == [[3610, 0], [3611, 2, 1, 3, 10, 3]]  # integers, as the server reads them (10.5 -> 10: even)
+    for line in lines:
+        assert len(line) == 2 + 2 * line[1]
+    with pytest.raises(ValueError, match="numeric image ids.*'synthetic_val_00000'"):
+        write_nwpu_counts(tmp_path / "x.txt", [{"name": "synthetic_val_00000", "predicted": 1.0}])

@@ -504,10 +504,16 @@ def test_custom_ops_pass_torch_opcheck_and_compile():
     pts = torch.from_numpy(clustered_points(np.random.default_rng(0), 30, 20, 24))
     offsets = torch.tensor([0, 10, 30])
     sigmas = torch.full((30,), 2.0)
-    torch.library.opcheck(torch.ops.mud_iknn.knn_maps.default, (pts, offsets, 20, 24, 3, math.inf, 1))
+    params = (0.0, 0.0, 1.0, 0.0)
+    torch.library.opcheck(torch.ops.mud_iknn.knn_maps.default, (pts, offsets, 20, 24, 3, math.inf, 1, params))
+    torch.library.opcheck(torch.ops.mud_iknn.knn_maps.default, (pts, offsets, 20, 24, 1, math.inf, 3,
+                                                                (0.02, 0.75, 1.0, 0.01)))
+    torch.library.opcheck(torch.ops.mud_iknn.count_maps.default, (pts, offsets, 20, 24, 3))
+    torch.library.opcheck(torch.ops.mud_iknn.count_maps_out.default, (pts, offsets, 20, 24, 3, torch.empty(2, 7, 8)))
     torch.library.opcheck(torch.ops.mud_iknn.head_sigmas.default, (pts, offsets, 20, 24, 3, 0.3))
     torch.library.opcheck(torch.ops.mud_iknn.density_maps.default, (pts, offsets, sigmas, 20, 24, 4.0))
-    torch.library.opcheck(torch.ops.mud_iknn.knn_maps_out.default, (pts, offsets, 3, math.inf, 1, torch.empty(2, 20, 24)))
+    torch.library.opcheck(torch.ops.mud_iknn.knn_maps_out.default, (pts, offsets, 3, math.inf, 1, params,
+                                                                    torch.empty(2, 20, 24)))
     torch.library.opcheck(torch.ops.mud_iknn.density_maps_out.default, (pts, offsets, sigmas, 4.0,
                                                                          torch.empty(2, 20, 24)))
 

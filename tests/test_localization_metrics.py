@@ -64,6 +64,8 @@ def test_nwpu_per_head_thresholds():
     predicted = [np.array([[4.0, 0.0], [100.0, 0.5]])]
     m = localization_metrics(predicted, truth, ["sigma_s", "sigma_l", 8], boxes=[np.array([[6.0, 8.0], [10.0, 2.0]])])
     assert (m["sigma_s"]["tp"], m["sigma_l"]["tp"], m["8px"]["tp"]) == (1, 2, 2)  # the radius is the true head's
+    # a degenerate box (w or h 0) gives sigma_s 0: only a prediction exactly on the head matches
+    assert match_counts([[0.0, 0.0], [5.0, 0.0]], [[0.0, 0.0], [5.5, 0.0]], np.zeros(2)) == (1, 1, 1)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -98,7 +100,8 @@ def test_sparse_matching_equals_the_dense_hungarian(seed):
      "2 boxes for 1"),
     (lambda: localization_metrics([np.zeros((1, 3))], [np.zeros((1, 2))], [8]), "predicted"),
     (lambda: match_counts(np.zeros((1, 2)), np.zeros((2, 2)), np.ones(3)), "radius"),
-    (lambda: match_counts(np.zeros((1, 2)), np.zeros((2, 2)), np.array([1.0, 0.0])), "positive"),
+    (lambda: match_counts(np.zeros((1, 2)), np.zeros((2, 2)), np.array([1.0, -1.0])), ">= 0"),
+    (lambda: match_counts(np.zeros((1, 2)), np.zeros((2, 2)), np.array([1.0, np.nan])), ">= 0"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

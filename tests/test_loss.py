@@ -1,11 +1,9 @@
-"""The loss against hand-worked values, and the label variants it is trained against."""
+"""The loss against hand-worked values (the label kinds it is trained against: test_labels_registry.py)."""
 
-import numpy as np
 import pytest
 import torch
 
-from mud_iknn import reference
-from mud_iknn.loss import LabelSpec, MUDLoss, count_loss, map_loss
+from mud_iknn.loss import MUDLoss, count_loss, map_loss
 
 
 def test_count_loss_hand_worked():
@@ -50,54 +48,6 @@ def test_loss_shape_errors():
         map_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 5, 4))
     with pytest.raises(ValueError, match="map_weight"):
         MUDLoss(map_weight=-1)
-
-
-def _packed(rng, sizes, extent):
-    pts = [rng.uniform(-4, extent + 4, size=(n, 2)).astype(np.float32) for n in sizes]
-    points = torch.from_numpy(np.concatenate(pts))
-    offsets = torch.tensor(np.cumsum([0] + list(sizes)), dtype=torch.int64)
-    return pts, points, offsets
-
-
-def test_iknn_label_matches_reference():
-    rng = np.random.default_rng(0)
-    pts, points, offsets = _packed(rng, [5, 0, 9], 24)
-    spec = LabelSpec("iknn", k=2, max_distance=10.0)
-    got = spec.make(points, offsets, (24, 24)).numpy()
-    want = reference.iknn_maps(pts, (24, 24), 2, max_distance=10.0)
-    assert got.shape == (3, 24, 24)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    assert np.all(got[1] == 0)  # no heads: M = 1 / (inf + 1) = 0
-
-
-def test_density_label_matches_reference():
-    rng = np.random.default_rng(1)
-    pts, points, offsets = _packed(rng, [6, 3], 32)
-    spec = LabelSpec("density")
-    assert spec.neighbours == 3 and LabelSpec().neighbours == 1
-    got = spec.make(points, offsets, (32, 32)).numpy()
-    want = reference.density_maps(pts, (32, 32), "adaptive", k=3, beta=0.3)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-def test_label_stride_maps_points_to_label_pixels():
-    # stride 2: label pixel (i, j) covers input pixels [2i, 2i + 2) x [2j, 2j + 2), centre (2j + 0.5, 2i + 0.5)
-    points = torch.tensor([[4.5, 6.5]])
-    offsets = torch.tensor([0, 1])
-    label = LabelSpec().make(points, offsets, (8, 8), stride=2)
-    assert label[0, 3, 2].item() == pytest.approx(1.0)
-    assert label[0, 3, 3].item() == pytest.approx(0.5)  # one label pixel away: 1 / (1 + 1)
-
-
-def test_label_spec_validation_and_round_trip():
-    for bad in [dict(kind="gauss"), dict(k=0), dict(transform="log"), dict(max_distance=-1.0),
-                dict(sigma="fixed")]:
-        with pytest.raises(ValueError, match="label"):
-            LabelSpec(**bad)
-    spec = LabelSpec("iknn", k=3, transform="inverse_sqrt", max_distance=112.0)
-    assert LabelSpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(ValueError, match="unknown"):
-        LabelSpec.from_dict({"kind": "iknn", "radius": 3})
 
 
 def test_count_only_loss_is_the_count_loss_and_needs_no_label():

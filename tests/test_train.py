@@ -13,7 +13,7 @@ import torch
 
 import mud_iknn
 import mud_iknn.labels
-from mud_iknn.loss import LabelSpec
+from mud_iknn.label_kinds import DensityLabel, IknnLabel
 from mud_iknn.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 from synthetic import Blobs
@@ -37,8 +37,8 @@ def test_config_defaults_and_json_round_trip():
     c = TrainConfig()
     assert (c.patch_size, c.batch_size, c.lr, c.lr_step, c.lr_gamma, c.flip_p, c.frozen_batchnorm) == \
         (224, 25, 1e-4, 100_000, 0.1, 0.5, True)
-    assert c.backbone == "densenet201" and c.label == LabelSpec("iknn") and c.window_stride == 128
-    c = TrainConfig(label=LabelSpec("density", beta=0.2), scale_range=(0.5, 2), grad_clip=1.0)
+    assert c.backbone == "densenet201" and c.label == IknnLabel() and c.window_stride == 128
+    c = TrainConfig(label=DensityLabel(beta=0.2), scale_range=(0.5, 2), grad_clip=1.0)
     again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
     assert again == c
     with pytest.raises(ValueError, match="unknown"):
@@ -52,7 +52,7 @@ def test_config_defaults_and_json_round_trip():
                          (dict(label="density"), "label.kind=density"), (dict(seed=-1), r"seed must be in \[0"),
                          (dict(patch_size=16), "multiple of 32"), (dict(eval_stride=500), "eval_stride"),
                          (dict(eval_limit=0), "eval_limit"), (dict(scale_range=5), "scale_range"),
-                         (dict(label={"k": "3"}), "label spec k must be an integer")]:
+                         (dict(label={"k": "3"}), "label kind iknn: k must be an integer")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad)
 
@@ -102,10 +102,10 @@ def test_label_variant_switch(tmp_path, monkeypatch):
     monkeypatch.setattr(mud_iknn.labels, "iknn_maps", spy("iknn", mud_iknn.labels.iknn_maps))
     monkeypatch.setattr(mud_iknn.labels, "density_maps", spy("density", mud_iknn.labels.density_maps))
     data = Blobs(n=4, size=32)
-    train(_config(tmp_path / "density", steps=2, label=LabelSpec("density"), scale_range=(0.8, 1.25),
+    train(_config(tmp_path / "density", steps=2, label=DensityLabel(), scale_range=(0.8, 1.25),
                   grad_clip=100.0), data)
     assert calls == {"iknn": 0, "density": 2}
-    train(_config(tmp_path / "iknn", steps=3, label=LabelSpec("iknn", k=2)), data)
+    train(_config(tmp_path / "iknn", steps=3, label=IknnLabel(k=2)), data)
     assert calls == {"iknn": 3, "density": 2}
     _, config, _ = load_checkpoint(tmp_path / "density" / "checkpoint.pt")
     assert config.label.kind == "density"
@@ -122,9 +122,9 @@ def test_count_only_training_makes_no_labels_and_learns_the_count(tmp_path, monk
 
     monkeypatch.setattr(mud_iknn.labels, "iknn_maps", refuse("iknn_maps"))
     monkeypatch.setattr(mud_iknn.labels, "density_maps", refuse("density_maps"))
-    monkeypatch.setattr(LabelSpec, "make", refuse("LabelSpec.make"))
+    monkeypatch.setattr(DensityLabel, "make", refuse("DensityLabel.make"))
     # denser crowds than Blobs' default, so that learning the count shows above the batch-to-batch noise
-    result = train(_config(tmp_path, steps=30, map_modules=False, label=LabelSpec("density")),
+    result = train(_config(tmp_path, steps=30, map_modules=False, label=DensityLabel()),
                    Blobs(n=8, size=48, max_heads=40))
     assert calls == []
     model = result["model"]
@@ -218,7 +218,7 @@ def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
     data = Blobs(n=4, size=32)
     train(_config(tmp_path, steps=2, checkpoint_every=1, batch_size=2), data)
     for changed, message in [(dict(batch_size=3), "batch_size 2 -> 3"), (dict(lr=1e-5), "lr 0.001 -> 1e-05"),
-                             (dict(label=LabelSpec("density")), "label "), (dict(patch_size=64), "patch_size")]:
+                             (dict(label=DensityLabel()), "label "), (dict(patch_size=64), "patch_size")]:
         with pytest.raises(ValueError, match=f"checkpoint.pt was written by a run with other settings.*{message}"):
             train(_config(tmp_path, steps=3, **{"batch_size": 2, **changed}), data, resume=True)
     # how long it runs, how it logs and validates may change

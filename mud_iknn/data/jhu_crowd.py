@@ -76,7 +76,11 @@ def _read_image_labels(path: Path) -> dict:
                     count = float(record.pop("count"))
                 except ValueError:
                     raise ValueError(f"{path}:{line_no}: the count {fields[1]!r} is not a number") from None
-                record["categories"] = categories(count, record.get("weather", "0"))
+                weather = record.get("weather", "0")
+                if weather not in ("0", *WEATHER_CODES):
+                    raise ValueError(f"{path}:{line_no}: the weather code {weather!r} is not 0 (none), 1 (fog / "
+                                     f"haze), 2 (rain) or 3 (snow)")
+                record["categories"] = categories(count, weather)
                 labels[fields[0]] = record
     return labels
 

@@ -45,33 +45,45 @@ def random_batch(rng):
     return points, np.ascontiguousarray(offsets, dtype=np.int64), batch, count, height, width
 
 
+def _struct(struct, **fields):
+    for name, value in fields.items():
+        setattr(struct, name, value)
+    return struct
+
+
 def run_cases(lib, cases: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    call = emulated_cuda.call
+    m = lib.module
+
+    def run(op, args):  # exact workspace sizes: any overrun is reported
+        size = getattr(m, f"{op}_workspace_bytes")(args)
+        workspace = np.empty(max(size, 1), np.uint8)
+        getattr(m, f"{op}_cuda")(args, _struct(m.CudaCall(), workspace=workspace.ctypes.data, workspace_bytes=size))
+
     for _ in range(cases):
         points, offsets, batch, count, height, width = random_batch(rng)
         lib.emulator_set_schedule(int(rng.integers(0, len(emulated_cuda.SCHEDULES))))  # any thread order
+        packed = _struct(m.PackedPoints(), xy=points.ctypes.data, offsets=offsets.ctypes.data, batch=batch, count=count)
         k = int(rng.choice([1, 2, 3, 4, 8, 16, 33, 64]))
         out = np.empty((batch, height, width), np.float32)
-        size = lib.emulated_knn_workspace_bytes(batch, count, height, width, k)
-        workspace = np.empty(max(size, 1), np.uint8)  # exact sizes: any overrun is reported
-        call(lib.emulated_knn_maps, points.ctypes.data, offsets.ctypes.data, batch, count, height, width, k,
-             float(rng.choice([np.inf, 3.0])), int(rng.integers(0, 3)), out.ctypes.data, workspace.ctypes.data, size)
+        transform = _struct(m.MapTransform(), kind=int(rng.integers(0, 4)), alpha=0.02, beta=0.75, c=1.0,
+                            zero_below=float(rng.choice([0.0, 0.01])))
+        run("knn_maps", _struct(m.KnnArgs(), points=packed, height=height, width=width, k=k,
+                                max_distance=float(rng.choice([np.inf, 3.0])), transform=transform, out=out.ctypes.data))
+        stride = int(rng.choice([1, 2, 7, 100]))
+        counts = np.empty((batch, -(-height // stride), -(-width // stride)), np.float32)
+        run("count_maps", _struct(m.CountArgs(), points=packed, height=height, width=width, stride=stride,
+                                  out=counts.ctypes.data))
         if count == 0:
             continue
-        k = min(k, 63)
-        size = lib.emulated_sigma_workspace_bytes(batch, count, height, width, k)
-        workspace = np.empty(max(size, 1), np.uint8)
         sigmas = np.empty(count, np.float32)
-        call(lib.emulated_head_sigmas, points.ctypes.data, offsets.ctypes.data, batch, count, height, width, k, 0.3,
-             sigmas.ctypes.data, workspace.ctypes.data, size)
+        run("head_sigmas", _struct(m.SigmaArgs(), points=packed, height=height, width=width, k=min(k, 63), beta=0.3,
+                                   out=sigmas.ctypes.data))
         sigmas = np.where(rng.random(count) < 0.1, rng.choice([np.nan, -1.0, 1e8, 0.0, 5.0], count), sigmas)
         sigmas = sigmas.astype(np.float32)
         density = np.empty((batch, height, width), np.float32)
-        size = lib.emulated_density_workspace_bytes(count)
-        workspace = np.empty(size, np.uint8)
-        call(lib.emulated_density_maps, points.ctypes.data, offsets.ctypes.data, sigmas.ctypes.data, batch, count,
-             height, width, float(rng.choice([4.0, 0.5])), density.ctypes.data, workspace.ctypes.data, size)
+        run("density_maps", _struct(m.DensityArgs(), points=packed, sigmas=sigmas.ctypes.data, height=height,
+                                    width=width, truncate=float(rng.choice([4.0, 0.5])), out=density.ctypes.data))
 
 
 def main() -> int:

@@ -1,0 +1,300 @@
+"""Point-supervised losses without the N x (h * w) matrix: the Bayesian loss and DM-Count.
+
+* :class:`BayesianLoss` (Ma et al., ICCV 2019, as Bayesian-Crowd-Counting's post_prob.py +
+  bay_loss.py): each cell's posterior over the heads (and a background row), the expected count of
+  each head, and the L1 distance of those counts to 1 (0 for the background).
+* :class:`OTLoss` (Wang et al., NeurIPS 2020, as DM-Count's ot_loss.py with the Sinkhorn-Knopp of
+  bregman_pytorch.py): entropic optimal transport between the normalised density and uniform mass
+  on the heads; :class:`DMCountLoss` adds DM-Count's count and total-variation terms.
+
+Conventions: a density is (B, 1, h, w), the prediction at ``stride`` input pixels per cell, cell
+(r, c) centred at (c * stride + stride / 2, r * stride + stride / 2) in the points' frame; points are
+a list of B (N_i, 2) (x, y) arrays in input pixels, or packed (P, 2) points with ``offsets`` (B + 1)
+(see :func:`mud_iknn.pack_points`), on the density's device. The kernels (C++ and CUDA) sum in
+double precision in a fixed order (deterministic, no atomics) and never form an N x (h * w) matrix:
+a cell sums only the heads whose posterior term is within ln(1e16) of its largest (Bayesian loss),
+and the Sinkhorn kernel exp(-C / reg) only where float32 does not round it to 0 (C <= reg * 103.97),
+which is everything with normalised coordinates. docs/losses.md has the details.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from . import _C
+from .labels import PointsLike, _check_positive, count_maps, pack_points
+
+__all__ = ["BayesianLoss", "OTLoss", "DMCountLoss"]
+
+
+# ---- the extension boundary ----------------------------------------------------------------------
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+
+
+def _uses_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def _launch(name: str, args: tuple, device: torch.device, workspace_bytes) -> None:
+    """``_C.<name>_cpu(*args, threads)``, or on a CUDA device ``_C.<name>_cuda(*args, workspace,
+    bytes, stream, device index)`` with ``workspace_bytes()`` of scratch memory from torch."""
+    if not _uses_cuda(device):
+        getattr(_C, name + "_cpu")(*args, _threads())
+        return
+    if not _C.WITH_CUDA:
+        raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
+                           "(MUD_IKNN_CUDA=ON) to run the point losses on CUDA tensors")
+    workspace = _workspace(workspace_bytes(), device)
+    getattr(_C, name + "_cuda")(*args, workspace.data_ptr(), workspace.numel(), _stream(device), device.index)
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+def _check_stride(stride) -> int:
+    if isinstance(stride, bool) or not isinstance(stride, int):
+        raise TypeError(f"stride must be an integer, got {stride!r}")
+    if stride < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    return stride
+
+
+def _check_density(density, name: str) -> torch.Tensor:
+    """(B, h, w) float32 contiguous view of a (B, 1, h, w) floating tensor."""
+    if not isinstance(density, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(density).__name__}")
+    if not density.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {density.dtype}")
+    if density.dim() != 4 or density.shape[1] != 1:
+        raise ValueError(f"{name} must have shape (B, 1, h, w), got {tuple(density.shape)}")
+    if density.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be on the CPU or a CUDA device, got {density.device}")
+    return density[:, 0].to(torch.float32).contiguous()
+
+
+def _points_for(density: torch.Tensor, points: PointsLike, offsets) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed points and offsets for ``density`` (B, h, w): one image each, on its device."""
+    packed, offs = pack_points(points, offsets)
+    if offs.numel() - 1 != density.shape[0]:
+        raise ValueError(f"points holds {offs.numel() - 1} images but density has batch size {density.shape[0]}")
+    if packed.device != density.device:
+        raise ValueError(f"points is on {packed.device} but density is on {density.device}")
+    return packed, offs
+
+
+def _geometry(points: torch.Tensor, offsets: torch.Tensor, density: torch.Tensor, stride: int) -> tuple:
+    batch, height, width = density.shape
+    return (points.data_ptr(), offsets.data_ptr(), batch, points.shape[0], height, width, stride)
+
+
+# ---- Bayesian loss -----------------------------------------------------------------------------
+
+class _BayesianExpected(torch.autograd.Function):
+    """(P + B,) float64 expected counts: head i's at i, image b's background row at P + b (0 without
+    one; for an image without heads, its density's sum). Linear in ``density`` (B, h, w)."""
+
+    @staticmethod
+    def forward(ctx, density, points, offsets, stride, sigma, background):
+        batch, height, width = density.shape
+        expected = torch.empty(points.shape[0] + batch, dtype=torch.float64, device=density.device)
+        geometry = _geometry(points, offsets, density, stride)
+        bg = background.data_ptr() if background is not None else 0
+        _launch("bayesian_expected", (*geometry, sigma, bg, density.data_ptr(), expected.data_ptr()),
+                density.device, lambda: _C.bayesian_workspace_bytes(*geometry[2:], background is not None))
+        ctx.save_for_backward(points, offsets, background)
+        ctx.shape, ctx.stride, ctx.sigma = density.shape, stride, sigma
+        return expected
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_expected):
+        points, offsets, background = ctx.saved_tensors
+        weights = grad_expected.to(torch.float64).contiguous()
+        grad = torch.empty(ctx.shape, dtype=torch.float32, device=weights.device)
+        geometry = _geometry(points, offsets, grad, ctx.stride)
+        bg = background.data_ptr() if background is not None else 0
+        _launch("bayesian_backward", (*geometry, ctx.sigma, bg, weights.data_ptr(), grad.data_ptr()),
+                grad.device, lambda: 0)  # recomputes the posteriors: no workspace
+        return grad, None, None, None, None, None
+
+
+class BayesianLoss(nn.Module):
+    """Bayesian loss (Ma et al., ICCV 2019) with bounded memory.
+
+    Args:
+        sigma: the likelihood's Gaussian width in input pixels (> 0).
+        stride: input pixels per density cell (a positive integer).
+        background: add the background row, of squared distance (d - sqrt(min_i dis))^2 with
+            d = short_side * background_ratio.
+        background_ratio: see ``background`` (> 0).
+
+    Called as ``criterion(density, points, short_sides=None, *, offsets=None)`` with ``density``
+    (B, 1, h, w) and ``short_sides`` (B,) the images' short sides in pixels (default
+    min(h, w) * stride); returns the scalar mean over images of sum |target - expected count|,
+    differentiable in ``density``.
+    """
+
+    def __init__(self, sigma: float = 8.0, stride: int = 8, background: bool = True, background_ratio: float = 1.0):
+        super().__init__()
+        self.sigma = _check_positive(sigma, "sigma")
+        self.stride = _check_stride(stride)
+        self.background = bool(background)
+        self.background_ratio = _check_positive(background_ratio, "background_ratio")
+
+    def expected_counts(self, density: torch.Tensor, points: PointsLike, short_sides=None, *,
+                        offsets=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P,) float64 expected counts of the packed heads and (B,) of the background rows (0
+        without background; an image without heads: its density's sum); differentiable."""
+        dens = _check_density(density, "density")
+        packed, offs = _points_for(dens, points, offsets)
+        batch, height, width = dens.shape
+        background = None
+        if self.background:
+            if short_sides is None:
+                sides = torch.full((batch,), float(min(height, width) * self.stride), dtype=torch.float64)
+            else:
+                sides = torch.as_tensor(short_sides, dtype=torch.float64).reshape(-1).cpu()
+                if sides.numel() != batch:
+                    raise ValueError(f"short_sides must hold one value per image ({batch}), got {sides.numel()}")
+                if not bool((torch.isfinite(sides) & (sides > 0)).all()):
+                    raise ValueError("short_sides must be positive and finite")
+            background = (sides * self.background_ratio).to(dens.device)
+        expected = _BayesianExpected.apply(dens, packed, offs, self.stride, self.sigma, background)
+        return expected[:packed.shape[0]], expected[packed.shape[0]:]
+
+    def forward(self, density: torch.Tensor, points: PointsLike, short_sides=None, *, offsets=None) -> torch.Tensor:
+        heads, background = self.expected_counts(density, points, short_sides, offsets=offsets)
+        loss = ((1.0 - heads).abs().sum() + background.abs().sum()) / density.shape[0]
+        return loss.to(density.dtype)
+
+
+# ---- DM-Count's optimal transport --------------------------------------------------------------
+
+class _OTLossFunction(torch.autograd.Function):
+    """(loss, wasserstein, objective) of DM-Count's OT_Loss for normed and density (B, h, w)."""
+
+    @staticmethod
+    def forward(ctx, normed, density, points, offsets, stride, reg, iterations, scale, shift):
+        batch = density.shape[0]
+        beta = torch.empty(density.shape, dtype=torch.float64, device=density.device)
+        wasserstein = torch.empty(batch, dtype=torch.float64, device=density.device)
+        geometry = _geometry(points, offsets, density, stride)
+        _launch("sinkhorn", (*geometry, reg, iterations, scale, shift, normed.data_ptr(), beta.data_ptr(),
+                             wasserstein.data_ptr()),
+                density.device, lambda: _C.sinkhorn_workspace_bytes(*geometry[2:], reg, scale))
+        d = density.to(torch.float64)
+        count = d.sum(dim=(1, 2), keepdim=True)
+        denom = count * count + 1e-8
+        # DM-Count's gradient in density: beta / count - <density, beta> / count^2 (0 without heads: beta = 0).
+        grad = count / denom * beta - (d * beta).sum(dim=(1, 2), keepdim=True) / denom
+        ctx.save_for_backward(beta, grad)
+        loss = (d * grad).sum().to(torch.float32)
+        objective = (normed.to(torch.float64) * beta).sum().to(torch.float32)
+        distance = wasserstein.sum().to(torch.float32)
+        ctx.mark_non_differentiable(distance)
+        return loss, distance, objective
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_wasserstein, grad_objective):
+        beta, grad = ctx.saved_tensors
+        return ((grad_objective * beta).to(torch.float32), (grad_loss * grad).to(torch.float32),
+                None, None, None, None, None, None, None)
+
+
+class OTLoss(nn.Module):
+    """DM-Count's optimal transport loss (Wang et al., NeurIPS 2020) with bounded memory.
+
+    Args:
+        stride: input pixels per density cell (a positive integer).
+        reg: the entropic regularisation (> 0), in squared cost units.
+        iterations: Sinkhorn-Knopp's most iterations (the constraint error is checked every 10,
+            stopping below 1e-9).
+        normalize_coordinates: map heads and cell centres to [-1, 1] by the crop size h * stride
+            before the squared distances (DM-Count's --norm-cood).
+
+    Called as ``criterion(normed_density, density, points, *, offsets=None)`` with both (B, 1, h, w)
+    (``normed_density`` = density / its sum per image); returns float32 scalars ``(loss,
+    wasserstein, objective)`` summed over the images with heads: ``loss``'s gradient in ``density``
+    is DM-Count's beta / count - <density, beta> / count^2 (its value is 0 up to rounding),
+    ``objective`` = sum(normed_density * beta) is differentiable in ``normed_density`` (gradient
+    beta), ``wasserstein`` = sum(C * P) is not differentiable.
+    """
+
+    def __init__(self, stride: int = 8, reg: float = 10.0, iterations: int = 100, normalize_coordinates: bool = False):
+        super().__init__()
+        self.stride = _check_stride(stride)
+        self.reg = _check_positive(reg, "reg")
+        if isinstance(iterations, bool) or not isinstance(iterations, int):
+            raise TypeError(f"iterations must be an integer, got {iterations!r}")
+        if iterations < 1:
+            raise ValueError(f"iterations must be positive, got {iterations}")
+        self.iterations = iterations
+        self.normalize_coordinates = bool(normalize_coordinates)
+
+    def forward(self, normed_density: torch.Tensor, density: torch.Tensor, points: PointsLike, *, offsets=None):
+        dens = _check_density(density, "density")
+        normed = _check_density(normed_density, "normed_density")
+        if normed.shape != dens.shape or normed.device != dens.device:
+            raise ValueError(f"normed_density {tuple(normed_density.shape)} on {normed.device} must match density "
+                             f"{tuple(density.shape)} on {dens.device}")
+        if not bool((torch.isfinite(normed) & (normed >= 0)).all()):
+            raise ValueError("normed_density must be finite and non-negative (it is a probability mass)")
+        packed, offs = _points_for(dens, points, offsets)
+        crop = dens.shape[1] * self.stride
+        scale, shift = (2.0 / crop, -1.0) if self.normalize_coordinates else (1.0, 0.0)
+        return _OTLossFunction.apply(normed, dens, packed, offs, self.stride, self.reg, self.iterations, scale, shift)
+
+
+class DMCountLoss(nn.Module):
+    """DM-Count's training loss: ot_weight * OT loss + count loss + tv_weight * TV loss.
+
+    count loss = mean over images of |sum(density) - N|; TV loss = mean over images of
+    N * sum |normed_density - count map / (N + 1e-6)| with the heads' stride count map
+    (:func:`mud_iknn.count_maps` of the crop, h * stride x w * stride pixels) and N the image's number
+    of heads; normed_density = density /
+    (sum(density) + 1e-6), as DM-Count's network outputs it. Arguments as :class:`OTLoss`, plus the
+    weights (DM-Count's defaults 0.1 and 0.01).
+
+    Called as ``criterion(density, points, *, offsets=None)`` with ``density`` (B, 1, h, w); returns
+    the scalar loss. ``terms(...)`` returns the dict of its parts.
+    """
+
+    def __init__(self, stride: int = 8, reg: float = 10.0, iterations: int = 100, normalize_coordinates: bool = False,
+                 ot_weight: float = 0.1, tv_weight: float = 0.01):
+        super().__init__()
+        self.ot = OTLoss(stride, reg, iterations, normalize_coordinates)
+        self.ot_weight = _check_positive(ot_weight, "ot_weight")
+        self.tv_weight = _check_positive(tv_weight, "tv_weight")
+
+    def terms(self, density: torch.Tensor, points: PointsLike, *, offsets=None) -> dict:
+        """{"ot", "count", "tv"} (weighted, differentiable), "wasserstein" and "objective" (unweighted)."""
+        dens = _check_density(density, "density")
+        packed, offs = _points_for(dens, points, offsets)
+        height, width = dens.shape[1:]
+        normed = density / (density.sum(dim=(1, 2, 3), keepdim=True) + 1e-6)
+        ot, wasserstein, objective = self.ot(normed, density, packed, offsets=offs)
+        counts = (offs[1:] - offs[:-1]).to(density.dtype)
+        count = (density.sum(dim=(1, 2, 3)) - counts).abs().mean()
+        stride = self.ot.stride
+        target = count_maps(packed, (height * stride, width * stride), stride, offsets=offs).to(density.dtype)
+        target = target / (counts[:, None, None] + 1e-6)
+        tv = ((normed[:, 0] - target).abs().sum(dim=(1, 2)) * counts).mean()
+        return {"ot": self.ot_weight * ot, "count": count, "tv": self.tv_weight * tv,
+                "wasserstein": wasserstein, "objective": objective}
+
+    def forward(self, density: torch.Tensor, points: PointsLike, *, offsets=None) -> torch.Tensor:
+        parts = self.terms(density, points, offsets=offsets)
+        return parts["ot"] + parts["count"] + parts["tv"]
