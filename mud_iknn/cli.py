@@ -280,15 +280,17 @@ def _apply_set(settings: dict, assignment: str) -> None:
         raise UsageError(f"--set {err}") from None
 
 
-def _train_settings(engine, args) -> dict:
+def _train_settings(args) -> dict:
     """The settings the options give: --preset < --config < the options < --set."""
     from ._settings import merged
 
     settings = {}
     if args.preset is not None:
+        engine = _project("train")
         if args.preset not in engine.PRESETS:
             raise UsageError(f"--preset must be one of {', '.join(engine.PRESETS)}, got {args.preset!r}")
-        settings = engine.PRESETS[args.preset]().to_dict()
+        default, preset = engine.TrainConfig().to_dict(), engine.PRESETS[args.preset]().to_dict()
+        settings = {k: v for k, v in preset.items() if v != default[k]}  # what the preset sets
     if args.config:
         settings = merged(settings, _read_config_file(args.config))
     for name in _TRAIN_OVERRIDES:
@@ -310,7 +312,7 @@ def _cmd_train(args) -> int:
     from .data import DATASETS
 
     engine = _project("train")
-    settings, step = engine.run_settings(_train_settings(engine, args), args.resume)
+    settings, step = engine.run_settings(_train_settings(args), args.resume)
     if _is_main_process() and args.resume:
         out_dir = Path(settings.get("out_dir", engine.TrainConfig.out_dir))
         print(f"{PROG} train: " + (f"no checkpoint in {out_dir}: starting a new run" if step is None else
