@@ -1,5 +1,7 @@
 // CPU label engine on a pool of threads: kNN maps tile by tile from candidate heads pruned down a
 // quadtree of each map; head sigmas by the CUDA kernels' grid search.
+#include <sys/mman.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -21,7 +23,7 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 // that a portable build may assume), the one the CPU runs chosen when the module loads. AVX2 without
 // FMA: both versions round alike, so the maps do not depend on the CPU.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define MUD_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MUD_CPU_CLONES
 #endif
@@ -144,27 +146,34 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
   const float x0 = float(node.x0), x1 = float(std::min(node.x0 + node.side, width) - 1);
   const float y0 = float(node.y0), y1 = float(std::min(node.y0 + node.side, height) - 1);
   // The rivals, ascending by their farthest squared distance (fewer than k: no head is beaten).
+  constexpr int kBlock = 64;
   float far2[kMaxK], rx[kMaxK], ry[kMaxK];
   int rivals = 0;
-  for (int64_t i = 0; i < m; ++i) {
-    const float f = rect_far2(hx[i], hy[i], x0, x1, y0, y1);
-    if (rivals == k && !(f < far2[k - 1])) continue;
-    int at = rivals < k ? rivals++ : k - 1;
-    for (; at > 0 && f < far2[at - 1]; --at) {
-      far2[at] = far2[at - 1];
-      rx[at] = rx[at - 1];
-      ry[at] = ry[at - 1];
+  for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
+    const int len = int(std::min<int64_t>(kBlock, m - i0));
+    const float* bx = hx + i0;
+    const float* by = hy + i0;
+    float f[kBlock];
+    MUD_SIMD
+    for (int i = 0; i < len; ++i) f[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
+    for (int i = 0; i < len; ++i) {
+      if (rivals == k && !(f[i] < far2[k - 1])) continue;
+      int at = rivals < k ? rivals++ : k - 1;
+      for (; at > 0 && f[i] < far2[at - 1]; --at) {
+        far2[at] = far2[at - 1];
+        rx[at] = rx[at - 1];
+        ry[at] = ry[at - 1];
+      }
+      far2[at] = f[i];
+      rx[at] = bx[i];
+      ry[at] = by[i];
     }
-    far2[at] = f;
-    rx[at] = hx[i];
-    ry[at] = hy[i];
   }
   const float clip2 = clip * clip * (1.0f + kPrunePad) + 1e-30f;
   kept.reserve(m);
   float* kx = kept.x.data();
   float* ky = kept.y.data();
   int64_t n = 0;
-  constexpr int kBlock = 64;
   for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
     const int len = int(std::min<int64_t>(kBlock, m - i0));
     const float* bx = hx + i0;
@@ -197,15 +206,87 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
   kept.n = n;
 }
 
+// values = apply_transform(sum * scale), a row of a tile, with the transform known to the compiler
+// (so that the loop vectorises).
+template <int transform>
+inline void transform_row(const float* sum, float scale, float* values) {
+  MUD_SIMD
+  for (int tx = 0; tx < kCpuTile; ++tx) values[tx] = apply_transform(sum[tx] * scale, transform);
+}
+
 struct TileHead {
   float centre_d2;  // squared distance to the tile centre
   float x, y;
 };
 
+// The rows [y0, y0 + th) of a tile whose first column is x0 (tw columns), from its candidates
+// heads[0, m): each pixel's k nearest, the mean of the `used` nearest clipped at `clip`, transformed,
+// into `map`. K > 0 is k known to the compiler (the lists then live in registers); K = 0 takes k.
+template <int K>
+__attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int64_t m, int k_runtime, int used,
+                                                     int64_t x0, int64_t y0, int tw, int th, float clip,
+                                                     int transform, int64_t width, float* map) {
+  const int k = K > 0 ? K : k_runtime;
+  // kCpuTile wide so that every loop vectorises: columns past the tile's edge see +inf candidates,
+  // which never enter a list. Slot i of column tx is slots[i * kCpuTile + tx].
+  float fx[kCpuTile], pad[kCpuTile];
+  for (int tx = 0; tx < kCpuTile; ++tx) {
+    fx[tx] = float(x0 + tx);
+    pad[tx] = tx < tw ? 0.0f : INFINITY;
+  }
+  const float inv_used = 1.0f / float(used);
+  float slots[(K > 0 ? K : kMaxK) * kCpuTile];
+  float* kth = slots + (k - 1) * kCpuTile;
+  for (int ty = 0; ty < th; ++ty) {
+    std::fill(slots, slots + k * kCpuTile, INFINITY);
+    const float py = float(y0 + ty);
+    for (int64_t c = 0; c < m; ++c) {
+      const float hx = heads[c].x, dy = heads[c].y - py, dy2 = dy * dy;
+      float d2[kCpuTile];
+      int closer = 0;
+      MUD_SIMD_REDUCE_OR(closer)
+      for (int tx = 0; tx < kCpuTile; ++tx) {
+        const float dx = hx - fx[tx];
+        d2[tx] = dx * dx + dy2 + pad[tx];
+        closer |= d2[tx] < kth[tx];
+      }
+      if (!closer) continue;
+      // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
+      // the insertion runs branch-free across the row, a slot at a time.
+      for (int i = k - 1; i > 0; --i) {
+        MUD_SIMD
+        for (int tx = 0; tx < kCpuTile; ++tx)
+          slots[i * kCpuTile + tx] = max_f(slots[(i - 1) * kCpuTile + tx], min_f(slots[i * kCpuTile + tx], d2[tx]));
+      }
+      MUD_SIMD
+      for (int tx = 0; tx < kCpuTile; ++tx) slots[tx] = min_f(slots[tx], d2[tx]);
+    }
+    float sum[kCpuTile] = {};
+    for (int i = 0; i < used; ++i) {
+      MUD_SIMD
+      for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slots[i * kCpuTile + tx]), clip);
+    }
+    float values[kCpuTile];
+    if (transform == kInverse) {
+      transform_row<kInverse>(sum, inv_used, values);
+    } else if (transform == kInverseSqrt) {
+      transform_row<kInverseSqrt>(sum, inv_used, values);
+    } else {
+      transform_row<kDistance>(sum, inv_used, values);
+    }
+    float* row = map + (y0 + ty) * width + x0;
+    if (tw == kCpuTile) {
+      std::copy(values, values + kCpuTile, row);
+    } else {
+      std::copy(values, values + tw, row);
+    }
+  }
+}
+
 // One kCpuTile x kCpuTile tile of one image's kNN map from its candidate heads (hx, hy)[0, m);
 // n: the image's head count.
-MUD_CPU_CLONES void knn_tile(const float* hx_all, const float* hy_all, int64_t m, int64_t n, int64_t height,
-                            int64_t width, int64_t x0, int64_t y0, int k, float clip, int transform, float* map) {
+MUD_CPU_CLONES void knn_tile(const float* hx, const float* hy, int64_t m, int64_t n, int64_t height, int64_t width,
+                            int64_t x0, int64_t y0, int k, float clip, int transform, float* map) {
   const int64_t x1 = std::min<int64_t>(x0 + kCpuTile, width), y1 = std::min<int64_t>(y0 + kCpuTile, height);
   const int tw = int(x1 - x0), th = int(y1 - y0);
   if (n == 0) {
@@ -213,88 +294,24 @@ MUD_CPU_CLONES void knn_tile(const float* hx_all, const float* hy_all, int64_t m
       for (int64_t x = x0; x < x1; ++x) map[y * width + x] = apply_transform(INFINITY, transform);
     return;
   }
-  // Lists and k-th distances are laid out kCpuTile wide; the columns past the tile's edge hold -inf
-  // k-th distances and see +inf candidates, so every row loop runs kCpuTile wide and vectorises.
-  // Slot i of the pixels of row ty is best[(ty * k + i) * kCpuTile + tx]: contiguous per slot.
-  float best[kCpuTile * kCpuTile * kMaxK];
-  float kth[kCpuTile * kCpuTile];
-  std::fill(best, best + kCpuTile * kCpuTile * k, INFINITY);
-  for (int ty = 0; ty < kCpuTile; ++ty)
-    for (int tx = 0; tx < kCpuTile; ++tx) kth[ty * kCpuTile + tx] = tx < tw ? INFINITY : -INFINITY;
-  float fx[kCpuTile], pad[kCpuTile];  // pad: +inf past the tile's edge, where no candidate may enter a list
-  for (int tx = 0; tx < kCpuTile; ++tx) {
-    fx[tx] = float(x0 + tx);
-    pad[tx] = tx < tw ? 0.0f : INFINITY;
-  }
-  const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);  // tile centre
-  const float half_diagonal = 0.5f * std::sqrt(float((tw - 1) * (tw - 1) + (th - 1) * (th - 1)));
-  // The candidates nearest to the tile centre first: the lists then settle after a few, later ones
-  // fail the row test below, and once a head is farther from the tile than every pixel's k-th
-  // distance, so are the rest.
+  // The candidates nearest to the tile centre first: the lists then settle after a few, and the
+  // later ones mostly skip the insertion.
   thread_local std::vector<TileHead> heads;
   heads.resize(m);
+  const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);
   for (int64_t i = 0; i < m; ++i) {
-    const float dx = hx_all[i] - cx, dy = hy_all[i] - cy;
-    heads[i] = {dx * dx + dy * dy, hx_all[i], hy_all[i]};
+    const float dx = hx[i] - cx, dy = hy[i] - cy;
+    heads[i] = {dx * dx + dy * dy, hx[i], hy[i]};
   }
   std::sort(heads.begin(), heads.end(), [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
-  // Rows whose worst k-th distance a candidate cannot beat skip it.
-  float row_worst[kCpuTile];
-  for (int ty = 0; ty < th; ++ty) row_worst[ty] = INFINITY;
-  float tile_worst = INFINITY;
-  for (const TileHead& head : heads) {
-    // A lower bound of the head's distance to any pixel of the tile, padded against rounding (a
-    // few ulp of the distance, and of the half diagonal): k-th distances of 1e-7 px are compared with it.
-    const float near = std::sqrt(head.centre_d2) * (1.0f - 1e-5f) - half_diagonal - 1e-3f;
-    if (near > 0.0f && near * near >= tile_worst) break;
-    const float hx = head.x, hy = head.y;
-    const float ox = max_f(max_f(float(x0) - hx, hx - float(x1 - 1)), 0.0f);
-    const float ox2 = ox * ox;
-    bool changed = false;
-    for (int ty = 0; ty < th; ++ty) {
-      const float dy = hy - float(y0 + ty);
-      const float dy2 = dy * dy;
-      if (dy2 + ox2 >= row_worst[ty]) continue;
-      float* kth_row = kth + ty * kCpuTile;
-      float d2[kCpuTile];
-      int closer = 0;
-      MUD_SIMD_REDUCE_OR(closer)
-      for (int tx = 0; tx < kCpuTile; ++tx) {
-        const float dx = hx - fx[tx];
-        d2[tx] = dx * dx + dy2 + pad[tx];
-        closer |= d2[tx] < kth_row[tx];
-      }
-      if (!closer) continue;
-      // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
-      // the insertion runs branch-free across the row, a slot at a time.
-      float* slots = best + ty * k * kCpuTile;
-      for (int i = k - 1; i > 0; --i) {
-        MUD_SIMD
-        for (int tx = 0; tx < kCpuTile; ++tx)
-          slots[i * kCpuTile + tx] = max_f(slots[(i - 1) * kCpuTile + tx], min_f(slots[i * kCpuTile + tx], d2[tx]));
-      }
-      MUD_SIMD
-      for (int tx = 0; tx < kCpuTile; ++tx) {
-        slots[tx] = min_f(slots[tx], d2[tx]);
-        kth_row[tx] = min_f(kth_row[tx], slots[(k - 1) * kCpuTile + tx]);
-      }
-      row_worst[ty] = largest(kth_row, kCpuTile);
-      changed = true;
-    }
-    if (changed) tile_worst = largest(row_worst, th);
-  }
   const int used = int(std::min<int64_t>(k, n));
-  const float inv_used = 1.0f / float(used);
-  for (int ty = 0; ty < th; ++ty) {
-    float sum[kCpuTile] = {};
-    for (int i = 0; i < used; ++i) {
-      const float* slot = best + (ty * k + i) * kCpuTile;
-      for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slot[tx]), clip);
-    }
-    float values[kCpuTile];
-    MUD_SIMD
-    for (int tx = 0; tx < kCpuTile; ++tx) values[tx] = apply_transform(sum[tx] * inv_used, transform);
-    std::copy(values, values + tw, map + (y0 + ty) * width + x0);
+  // The small k of the method's maps with their lists in registers, any other k as it comes.
+  switch (k) {
+    case 1: return tile_rows<1>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    case 2: return tile_rows<2>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    case 3: return tile_rows<3>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    case 4: return tile_rows<4>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    default: return tile_rows<0>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
   }
 }
 
@@ -348,16 +365,32 @@ void knn_node(const float* hx, const float* hy, int64_t m, const Node& node, int
   }
 }
 
-constexpr int64_t kTaskSide = 16 * kCpuTile;  // pixels a side of the nodes the threads share out
+// Asks the kernel for transparent huge pages under out[0, floats) where it is fresh memory: a map
+// then costs one page fault per 2 MiB rather than per 4 KiB when it is first written (a third of
+// a large map's time otherwise). Only whole huge pages inside the buffer are advised.
+void advise_huge_pages(float* out, int64_t floats) {
+#ifdef MADV_HUGEPAGE
+  const uintptr_t huge = uintptr_t(1) << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(out) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(out + floats) & ~(huge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice: failure is harmless
+#else
+  (void)out;
+  (void)floats;
+#endif
+}
 
-}  // namespace
-
-void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
-                  int64_t width, int k, float max_distance, int transform, float* out, int threads) {
-  // Each image's quadtree from a root covering the map, its candidates all the image's heads; the
-  // nodes of kTaskSide pixels (pruned on the way down) are the threads' tasks.
+// knn_maps_cpu: each image's quadtree from a root covering the map, its candidates all the image's
+// heads; its nodes of `task` pixels a side (pruned on the way down) are the threads' tasks, as
+// large as keeps every thread busy.
+void knn_maps_quadtree(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                       int64_t width, int k, float max_distance, int transform, float* out, int threads) {
+  advise_huge_pages(out, batch * height * width);
   int64_t root = kCpuTile;
   while (root < std::max(height, width)) root *= 2;
+  int64_t task = 16 * kCpuTile;
+  const auto tasks_of = [&](int64_t side) { return batch * ((height + side - 1) / side) * ((width + side - 1) / side); };
+  while (task > kCpuTile && tasks_of(task) < 4 * int64_t(threads)) task /= 2;
   std::vector<KnnImage> images(batch);
   std::vector<std::vector<std::pair<Node, Candidates>>> tasks(batch);
   parallel_for(batch, threads, [&](int64_t b) {
@@ -372,10 +405,10 @@ void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, in
       all.y[i - s] = points[2 * i + 1];
     }
     const Node top{0, 0, root};
-    if (root <= kTaskSide) {
+    if (root <= task) {
       tasks[b].emplace_back(top, std::move(all));
     } else {
-      split_nodes(all.x.data(), all.y.data(), all.n, top, kTaskSide, images[b], tasks[b]);
+      split_nodes(all.x.data(), all.y.data(), all.n, top, task, images[b], tasks[b]);
     }
   });
   std::vector<std::pair<int64_t, int64_t>> order;  // (image, task)
@@ -387,6 +420,13 @@ void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, in
     thread_local std::vector<Candidates> levels;
     knn_node(cands.x.data(), cands.y.data(), cands.n, node, 0, images[b], levels);
   });
+}
+
+}  // namespace
+
+void knn_maps_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count, int64_t height,
+                  int64_t width, int k, float max_distance, int transform, float* out, int threads) {
+  knn_maps_quadtree(points, offsets, batch, count, height, width, k, max_distance, transform, out, threads);
 }
 
 void head_sigmas_cpu(const float* points, const int64_t* offsets, int64_t batch, int64_t count,
