@@ -145,17 +145,25 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
                          int64_t width, int k, float clip, Candidates& kept) {
   const float x0 = float(node.x0), x1 = float(std::min(node.x0 + node.side, width) - 1);
   const float y0 = float(node.y0), y1 = float(std::min(node.y0 + node.side, height) - 1);
+  // Heads a block of kBlock at a time, copied so that every loop runs the whole block (the lanes past
+  // the end hold zeros, which the last step ignores) and vectorises without a remainder.
+  constexpr int kBlock = 16;
+  const auto load = [&](int64_t i0, float* bx, float* by) {
+    const int len = int(std::min<int64_t>(kBlock, m - i0));
+    for (int i = 0; i < kBlock; ++i) {
+      bx[i] = i < len ? hx[i0 + i] : 0.0f;
+      by[i] = i < len ? hy[i0 + i] : 0.0f;
+    }
+    return len;
+  };
   // The rivals, ascending by their farthest squared distance (fewer than k: no head is beaten).
-  constexpr int kBlock = 64;
   float far2[kMaxK], rx[kMaxK], ry[kMaxK];
   int rivals = 0;
   for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
-    const int len = int(std::min<int64_t>(kBlock, m - i0));
-    const float* bx = hx + i0;
-    const float* by = hy + i0;
-    float f[kBlock];
+    float bx[kBlock], by[kBlock], f[kBlock];
+    const int len = load(i0, bx, by);
     MUD_SIMD
-    for (int i = 0; i < len; ++i) f[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
+    for (int i = 0; i < kBlock; ++i) f[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
     for (int i = 0; i < len; ++i) {
       if (rivals == k && !(f[i] < far2[k - 1])) continue;
       int at = rivals < k ? rivals++ : k - 1;
@@ -175,13 +183,12 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
   float* ky = kept.y.data();
   int64_t n = 0;
   for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
-    const int len = int(std::min<int64_t>(kBlock, m - i0));
-    const float* bx = hx + i0;
-    const float* by = hy + i0;
+    float bx[kBlock], by[kBlock];
+    const int len = load(i0, bx, by);
     int keep[kBlock], beaten[kBlock];  // beaten: by every rival, at every pixel
     float head_far2[kBlock];
     MUD_SIMD
-    for (int i = 0; i < len; ++i) {
+    for (int i = 0; i < kBlock; ++i) {
       keep[i] = rect_near2(bx[i], by[i], x0, x1, y0, y1) <= clip2;
       beaten[i] = rivals == k;
       head_far2[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
@@ -189,7 +196,7 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
     for (int j = 0; j < rivals && rivals == k; ++j) {
       const float e = rx[j] - x0, f = rx[j] - x1, g = ry[j] - y0, h = ry[j] - y1, rival_far2 = far2[j];
       MUD_SIMD
-      for (int i = 0; i < len; ++i) {
+      for (int i = 0; i < kBlock; ++i) {
         const float a = bx[i] - x0, b = bx[i] - x1, c = by[i] - y0, d = by[i] - y1;
         // the head's squared distance minus the rival's at the corners, from x and y parts
         const float u0 = a * a - e * e, u1 = b * b - f * f, v0 = c * c - g * g, v1 = d * d - h * h;
@@ -250,7 +257,7 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
         d2[tx] = dx * dx + dy2 + pad[tx];
         closer |= d2[tx] < kth[tx];
       }
-      if (!closer) continue;
+      if (K == 0 && !closer) continue;
       // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
       // the insertion runs branch-free across the row, a slot at a time.
       for (int i = k - 1; i > 0; --i) {
