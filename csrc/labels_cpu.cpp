@@ -16,7 +16,6 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 // Loops over a row of a tile, vectorised by OpenMP SIMD directives (-fopenmp-simd: no runtime).
 #define MUD_PRAGMA(x) _Pragma(#x)
 #define MUD_SIMD MUD_PRAGMA(omp simd)
-#define MUD_SIMD_REDUCE_MAX(v) MUD_PRAGMA(omp simd reduction(max : v))
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
 
 // The search's hot loops compiled twice on x86-64 Linux, for AVX2 and for the baseline ISA (SSE2, all
@@ -105,14 +104,6 @@ inline float push_sorted(float* list, int k, int stride, float v) {
   return list[(k - 1) * stride];
 }
 
-// The largest of values[0, n) (n <= kCpuTile), vectorised (the order of a max does not matter).
-inline float largest(const float* values, int n) {
-  float m = -INFINITY;
-  MUD_SIMD_REDUCE_MAX(m)
-  for (int i = 0; i < n; ++i) m = max_f(m, values[i]);
-  return m;
-}
-
 // A node of an image's quadtree: the pixels [x0, x0 + side) x [y0, y0 + side) of the map, clipped to
 // it. side is kCpuTile times a power of two; the leaves are kCpuTile tiles.
 struct Node {
@@ -136,8 +127,7 @@ constexpr float kPrunePad = 2e-5f;  // relative padding of the pruning tests: a 
 // The heads (hx, hy)[0, m) that can be one of the k nearest of a pixel of `node` and nearer than
 // `clip` to it, into `kept`. The k heads whose farthest pixel of the node is nearest ("rivals") lie
 // within that distance of every pixel: a head that each rival beats at every pixel is no pixel's
-// neighbour.
-// A rival beats a head everywhere when it beats it at the node's four corner pixels (the difference
+// neighbour. A rival beats a head everywhere when it beats it at the node's four corner pixels (the difference
 // of the two squared distances is affine in the pixel), with a margin for rounding (padded by both
 // heads' farthest squared distances, which bound every pixel's): the kept heads are a superset of
 // the exact ones. So are the heads farther than clip from every pixel, where distances clip alike.
@@ -221,6 +211,8 @@ inline void transform_row(const float* sum, float scale, float* values) {
   for (int tx = 0; tx < kCpuTile; ++tx) values[tx] = apply_transform(sum[tx] * scale, transform);
 }
 
+constexpr int kRegisterK = 4;  // k up to this have tile rows of their own, their lists in registers
+
 struct TileHead {
   float centre_d2;  // squared distance to the tile centre
   float x, y;
@@ -257,6 +249,8 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
         d2[tx] = dx * dx + dy2 + pad[tx];
         closer |= d2[tx] < kth[tx];
       }
+      // A row no list of which the candidate enters skips it where k is large; the lists of a small k
+      // sit in registers, where inserting costs less than the test's mispredicted branch.
       if (K == 0 && !closer) continue;
       // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
       // the insertion runs branch-free across the row, a slot at a time.
@@ -301,8 +295,6 @@ MUD_CPU_CLONES void knn_tile(const float* hx, const float* hy, int64_t m, int64_
       for (int64_t x = x0; x < x1; ++x) map[y * width + x] = apply_transform(INFINITY, transform);
     return;
   }
-  // The candidates nearest to the tile centre first: the lists then settle after a few, and the
-  // later ones mostly skip the insertion.
   thread_local std::vector<TileHead> heads;
   heads.resize(m);
   const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);
@@ -310,9 +302,13 @@ MUD_CPU_CLONES void knn_tile(const float* hx, const float* hy, int64_t m, int64_
     const float dx = hx[i] - cx, dy = hy[i] - cy;
     heads[i] = {dx * dx + dy * dy, hx[i], hy[i]};
   }
-  std::sort(heads.begin(), heads.end(), [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
+  // For a large k, the candidates nearest to the tile centre first: the lists then settle after a
+  // few, and the later ones mostly skip the insertion (a small k inserts every one).
+  if (k > kRegisterK)
+    std::sort(heads.begin(), heads.end(), [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
   const int used = int(std::min<int64_t>(k, n));
-  // The small k of the method's maps with their lists in registers, any other k as it comes.
+  // The small k of the method's maps with their lists in registers (up to kRegisterK), any other k
+  // as it comes.
   switch (k) {
     case 1: return tile_rows<1>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
     case 2: return tile_rows<2>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
