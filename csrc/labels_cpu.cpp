@@ -18,11 +18,12 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 #define MUD_SIMD MUD_PRAGMA(omp simd)
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
 
-// The search's hot loops compiled twice on x86-64 Linux, for AVX2 and for the baseline ISA (SSE2, all
-// that a portable build may assume), the one the CPU runs chosen when the module loads. AVX2 without
-// FMA: both versions round alike, so the maps do not depend on the CPU.
+// The search's hot loops compiled three times on x86-64 Linux, for AVX-512, AVX2 and the baseline ISA
+// (SSE2, all that a portable build may assume), the one the CPU runs chosen when the module loads.
+// No contraction into fused multiply-adds: every version rounds alike, so the maps do not depend on
+// the CPU.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
 #else
 #define MUD_CPU_CLONES
 #endif
