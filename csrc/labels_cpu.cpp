@@ -306,7 +306,8 @@ MUD_CPU_CLONES void knn_tile(const float* hx, const float* hy, int64_t m, int64_
   // For a large k, the candidates nearest to the tile centre first: the lists then settle after a
   // few, and the later ones mostly skip the insertion (a small k inserts every one).
   if (k > kRegisterK)
-    std::sort(heads.begin(), heads.end(), [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
+    std::sort(heads.begin(), heads.end(),
+              [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
   const int used = int(std::min<int64_t>(k, n));
   // The small k of the method's maps with their lists in registers (up to kRegisterK), any other k
   // as it comes.
@@ -393,7 +394,9 @@ void knn_maps_quadtree(const float* points, const int64_t* offsets, int64_t batc
   int64_t root = kCpuTile;
   while (root < std::max(height, width)) root *= 2;
   int64_t task = 16 * kCpuTile;
-  const auto tasks_of = [&](int64_t side) { return batch * ((height + side - 1) / side) * ((width + side - 1) / side); };
+  const auto tasks_of = [&](int64_t side) {
+    return batch * ((height + side - 1) / side) * ((width + side - 1) / side);
+  };
   while (task > kCpuTile && tasks_of(task) < 4 * int64_t(threads)) task /= 2;
   std::vector<KnnImage> images(batch);
   std::vector<std::vector<std::pair<Node, Candidates>>> tasks(batch);

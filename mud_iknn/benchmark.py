@@ -249,7 +249,8 @@ def run(cases, ks, devices, threads, scipy_limit, repeats) -> list[dict]:
             cpu_pts, cpu_off = pack_points(pts)
             if kind == PIXEL_ROW:
                 ref = lambda: reference.iknn_maps(pts, case.size, 1, workers=threads)  # noqa: E731
-                ours = lambda p, o, out=None: iknn_maps(p, case.size, 1, offsets=o, validate=False, out=out)  # noqa: E731
+                ours = lambda p, o, out=None: iknn_maps(p, case.size, 1, offsets=o, validate=False,  # noqa: E731
+                                                        out=out)
             elif kind.startswith("knn"):
                 ref = lambda: reference.knn_distance_maps(pts, case.size, k, workers=threads)  # noqa: E731
                 ours = lambda p, o, out=None: knn_distance_maps(p, case.size, k, offsets=o, validate=False,  # noqa: E731
