@@ -146,6 +146,17 @@ MUD_HD float outside_bound(float px, float py, const CellBlock& c, const GridSpe
   return max_f(min_f(side_bound_x(px, c, g), side_bound_y(py, c, g)), 0.0f);
 }
 
+// Squared distances from (px, py) to the nearest and to the farthest point of the rectangle
+// [x0, x1] x [y0, y1] (x0 <= x1, y0 <= y1); 0 nearest from inside it.
+MUD_HD float rect_near2(float px, float py, float x0, float x1, float y0, float y1) {
+  const float dx = max_f(max_f(x0 - px, px - x1), 0.0f), dy = max_f(max_f(y0 - py, py - y1), 0.0f);
+  return dx * dx + dy * dy;
+}
+MUD_HD float rect_far2(float px, float py, float x0, float x1, float y0, float y1) {
+  const float dx = max_f(px - x0, x1 - px), dy = max_f(py - y0, y1 - py);
+  return dx * dx + dy * dy;
+}
+
 // The cells of row y that are in `now` but not in `before` (the ring between two blocks), as up to
 // two inclusive column spans [lo0, hi0] and [lo1, hi1]. `first` means there is no block before.
 struct RowSpans {

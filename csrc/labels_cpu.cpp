@@ -1,4 +1,7 @@
-// CPU label engine: the same grid search as the CUDA kernels, tile by tile, on a pool of threads.
+// CPU label engine on a pool of threads: kNN maps tile by tile from candidate heads pruned down a
+// quadtree of each map; head sigmas by the CUDA kernels' grid search.
+#include <sys/mman.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -13,9 +16,17 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 // Loops over a row of a tile, vectorised by OpenMP SIMD directives (-fopenmp-simd: no runtime).
 #define MUD_PRAGMA(x) _Pragma(#x)
 #define MUD_SIMD MUD_PRAGMA(omp simd)
-#define MUD_SIMD_REDUCE_MAX(v) MUD_PRAGMA(omp simd reduction(max : v))
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
-#define MUD_SIMD_REDUCE_AND2(a, b) MUD_PRAGMA(omp simd reduction(& : a, b))
+
+// The search's hot loops compiled three times on x86-64 Linux, for AVX-512, AVX2 and the baseline ISA
+// (SSE2, all that a portable build may assume), the one the CPU runs chosen when the module loads.
+// No contraction into fused multiply-adds: every version rounds alike, so the maps do not depend on
+// the CPU.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
+#else
+#define MUD_CPU_CLONES
+#endif
 
 // Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
 template <class Fn>
@@ -94,168 +105,339 @@ inline float push_sorted(float* list, int k, int stride, float v) {
   return list[(k - 1) * stride];
 }
 
-// The largest of values[0, n) (n <= kCpuTile), vectorised (the order of a max does not matter).
-inline float largest(const float* values, int n) {
-  float m = -INFINITY;
-  MUD_SIMD_REDUCE_MAX(m)
-  for (int i = 0; i < n; ++i) m = max_f(m, values[i]);
-  return m;
-}
+// A node of an image's quadtree: the pixels [x0, x0 + side) x [y0, y0 + side) of the map, clipped to
+// it. side is kCpuTile times a power of two; the leaves are kCpuTile tiles.
+struct Node {
+  int64_t x0, y0, side;
+};
 
-// The transform step: row[0, n) <- transform(dist[0, n)), FIDT's in a SIMD loop (its powers are
-// polynomials: labels.h).
-inline void write_transformed(float* row, const float* dist, int n, const MapTransform& transform) {
-  if (transform.kind == kFidt) {
-    const MapTransform t = transform;  // a copy: the row's stores cannot alias it (no reloads per pixel)
-    MUD_SIMD
-    for (int i = 0; i < n; ++i) row[i] = fidt_value(dist[i], t);
-    return;
+// Candidate heads of a node: (x[i], y[i]) for i < n (the arrays are reused buffers, n <= their size).
+struct Candidates {
+  std::vector<float> x, y;
+  int64_t n = 0;
+  void reserve(int64_t m) {
+    if (int64_t(x.size()) < m) {
+      x.resize(m);
+      y.resize(m);
+    }
   }
-  for (int i = 0; i < n; ++i) row[i] = apply_transform(dist[i], transform);
+};
+
+constexpr float kPrunePad = 2e-5f;  // relative padding of the pruning tests: a few ulp of each squared distance
+
+// The heads (hx, hy)[0, m) that can be one of the k nearest of a pixel of `node` and nearer than
+// `clip` to it, into `kept`. The k heads whose farthest pixel of the node is nearest ("rivals") lie
+// within that distance of every pixel: a head that each rival beats at every pixel is no pixel's
+// neighbour. A rival beats a head everywhere when it beats it at the node's four corner pixels (the difference
+// of the two squared distances is affine in the pixel), with a margin for rounding (padded by both
+// heads' farthest squared distances, which bound every pixel's): the kept heads are a superset of
+// the exact ones. So are the heads farther than clip from every pixel, where distances clip alike.
+MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Node& node, int64_t height,
+                         int64_t width, int k, float clip, Candidates& kept) {
+  const float x0 = float(node.x0), x1 = float(std::min(node.x0 + node.side, width) - 1);
+  const float y0 = float(node.y0), y1 = float(std::min(node.y0 + node.side, height) - 1);
+  // Heads a block of kBlock at a time, copied so that every loop runs the whole block (the lanes past
+  // the end hold zeros, which the last step ignores) and vectorises without a remainder.
+  constexpr int kBlock = 16;
+  const auto load = [&](int64_t i0, float* bx, float* by) {
+    const int len = int(std::min<int64_t>(kBlock, m - i0));
+    for (int i = 0; i < kBlock; ++i) {
+      bx[i] = i < len ? hx[i0 + i] : 0.0f;
+      by[i] = i < len ? hy[i0 + i] : 0.0f;
+    }
+    return len;
+  };
+  // The rivals, ascending by their farthest squared distance (fewer than k: no head is beaten).
+  float far2[kMaxK], rx[kMaxK], ry[kMaxK];
+  int rivals = 0;
+  for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
+    float bx[kBlock], by[kBlock], f[kBlock];
+    const int len = load(i0, bx, by);
+    MUD_SIMD
+    for (int i = 0; i < kBlock; ++i) f[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
+    for (int i = 0; i < len; ++i) {
+      if (rivals == k && !(f[i] < far2[k - 1])) continue;
+      int at = rivals < k ? rivals++ : k - 1;
+      for (; at > 0 && f[i] < far2[at - 1]; --at) {
+        far2[at] = far2[at - 1];
+        rx[at] = rx[at - 1];
+        ry[at] = ry[at - 1];
+      }
+      far2[at] = f[i];
+      rx[at] = bx[i];
+      ry[at] = by[i];
+    }
+  }
+  const float clip2 = clip * clip * (1.0f + kPrunePad) + 1e-30f;
+  kept.reserve(m);
+  float* kx = kept.x.data();
+  float* ky = kept.y.data();
+  int64_t n = 0;
+  for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
+    float bx[kBlock], by[kBlock];
+    const int len = load(i0, bx, by);
+    int keep[kBlock], beaten[kBlock];  // beaten: by every rival, at every pixel
+    float head_far2[kBlock];
+    MUD_SIMD
+    for (int i = 0; i < kBlock; ++i) {
+      keep[i] = rect_near2(bx[i], by[i], x0, x1, y0, y1) <= clip2;
+      beaten[i] = rivals == k;
+      head_far2[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
+    }
+    for (int j = 0; j < rivals && rivals == k; ++j) {
+      const float e = rx[j] - x0, f = rx[j] - x1, g = ry[j] - y0, h = ry[j] - y1, rival_far2 = far2[j];
+      MUD_SIMD
+      for (int i = 0; i < kBlock; ++i) {
+        const float a = bx[i] - x0, b = bx[i] - x1, c = by[i] - y0, d = by[i] - y1;
+        // the head's squared distance minus the rival's at the corners, from x and y parts
+        const float u0 = a * a - e * e, u1 = b * b - f * f, v0 = c * c - g * g, v1 = d * d - h * h;
+        const float closest = min_f(min_f(u0 + v0, u0 + v1), min_f(u1 + v0, u1 + v1));
+        beaten[i] &= closest > (head_far2[i] + rival_far2) * kPrunePad + 1e-30f;
+      }
+    }
+    for (int i = 0; i < len; ++i) {
+      kx[n] = bx[i];
+      ky[n] = by[i];
+      n += keep[i] & !beaten[i];
+    }
+  }
+  kept.n = n;
 }
 
-struct RingHead {
+// values = transform(sum * scale), a row of a tile, with the transform's kind known to the compiler
+// (so that apply_transform's branches fold and the loop vectorises; FIDT's powers are polynomials:
+// labels.h).
+template <int kind>
+inline void transform_row(const float* sum, float scale, const MapTransform& transform, float* values) {
+  MapTransform t = transform;  // a local copy: its kind is a constant, and the row's stores cannot alias it
+  t.kind = kind;
+  MUD_SIMD
+  for (int tx = 0; tx < kCpuTile; ++tx) values[tx] = apply_transform(sum[tx] * scale, t);
+}
+
+constexpr int kRegisterK = 4;  // k up to this have tile rows of their own, their lists in registers
+
+struct TileHead {
   float centre_d2;  // squared distance to the tile centre
   float x, y;
 };
 
-// One kCpuTile x kCpuTile tile of one image's kNN map.
-void knn_tile(const Grid& grid, int64_t b, int64_t n, int64_t height, int64_t width, int64_t x0, int64_t y0,
-              int k, float clip, const MapTransform& transform, float* out) {
-  const GridSpec& g = grid.spec;
+// The rows [y0, y0 + th) of a tile whose first column is x0 (tw columns), from its candidates
+// heads[0, m): each pixel's k nearest, the mean of the `used` nearest clipped at `clip`, transformed,
+// into `map`. K > 0 is k known to the compiler (the lists then live in registers); K = 0 takes k.
+template <int K>
+__attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int64_t m, int k_runtime, int used,
+                                                     int64_t x0, int64_t y0, int tw, int th, float clip,
+                                                     const MapTransform& transform, int64_t width, float* map) {
+  const int k = K > 0 ? K : k_runtime;
+  // kCpuTile wide so that every loop vectorises: columns past the tile's edge see +inf candidates,
+  // which never enter a list. Slot i of column tx is slots[i * kCpuTile + tx].
+  float fx[kCpuTile], pad[kCpuTile];
+  for (int tx = 0; tx < kCpuTile; ++tx) {
+    fx[tx] = float(x0 + tx);
+    pad[tx] = tx < tw ? 0.0f : INFINITY;
+  }
+  const float inv_used = 1.0f / float(used);
+  float slots[(K > 0 ? K : kMaxK) * kCpuTile];
+  float* kth = slots + (k - 1) * kCpuTile;
+  for (int ty = 0; ty < th; ++ty) {
+    std::fill(slots, slots + k * kCpuTile, INFINITY);
+    const float py = float(y0 + ty);
+    for (int64_t c = 0; c < m; ++c) {
+      const float hx = heads[c].x, dy = heads[c].y - py, dy2 = dy * dy;
+      float d2[kCpuTile];
+      int closer = 0;
+      MUD_SIMD_REDUCE_OR(closer)
+      for (int tx = 0; tx < kCpuTile; ++tx) {
+        const float dx = hx - fx[tx];
+        d2[tx] = dx * dx + dy2 + pad[tx];
+        closer |= d2[tx] < kth[tx];
+      }
+      // A row no list of which the candidate enters skips it where k is large; the lists of a small k
+      // sit in registers, where inserting costs less than the test's mispredicted branch.
+      if (K == 0 && !closer) continue;
+      // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
+      // the insertion runs branch-free across the row, a slot at a time.
+      for (int i = k - 1; i > 0; --i) {
+        MUD_SIMD
+        for (int tx = 0; tx < kCpuTile; ++tx)
+          slots[i * kCpuTile + tx] = max_f(slots[(i - 1) * kCpuTile + tx], min_f(slots[i * kCpuTile + tx], d2[tx]));
+      }
+      MUD_SIMD
+      for (int tx = 0; tx < kCpuTile; ++tx) slots[tx] = min_f(slots[tx], d2[tx]);
+    }
+    float sum[kCpuTile] = {};
+    for (int i = 0; i < used; ++i) {
+      MUD_SIMD
+      for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slots[i * kCpuTile + tx]), clip);
+    }
+    float values[kCpuTile];
+    switch (transform.kind) {
+      case kInverse: transform_row<kInverse>(sum, inv_used, transform, values); break;
+      case kInverseSqrt: transform_row<kInverseSqrt>(sum, inv_used, transform, values); break;
+      case kFidt: transform_row<kFidt>(sum, inv_used, transform, values); break;
+      default: transform_row<kDistance>(sum, inv_used, transform, values);
+    }
+    float* row = map + (y0 + ty) * width + x0;
+    if (tw == kCpuTile) {
+      std::copy(values, values + kCpuTile, row);
+    } else {
+      std::copy(values, values + tw, row);
+    }
+  }
+}
+
+// One kCpuTile x kCpuTile tile of one image's kNN map from its candidate heads (hx, hy)[0, m);
+// n: the image's head count.
+MUD_CPU_CLONES void knn_tile(const float* hx, const float* hy, int64_t m, int64_t n, int64_t height, int64_t width,
+                            int64_t x0, int64_t y0, int k, float clip, const MapTransform& transform, float* map) {
   const int64_t x1 = std::min<int64_t>(x0 + kCpuTile, width), y1 = std::min<int64_t>(y0 + kCpuTile, height);
   const int tw = int(x1 - x0), th = int(y1 - y0);
-  float* map = out + b * height * width;
   if (n == 0) {
     for (int64_t y = y0; y < y1; ++y)
       for (int64_t x = x0; x < x1; ++x) map[y * width + x] = apply_transform(INFINITY, transform);
     return;
   }
-  // Lists and k-th distances are laid out kCpuTile wide; the columns past the tile's edge hold -inf
-  // k-th distances and see +inf candidates, so every row loop runs kCpuTile wide and vectorises.
-  // Slot i of the pixels of row ty is best[(ty * k + i) * kCpuTile + tx]: contiguous per slot.
-  float best[kCpuTile * kCpuTile * kMaxK];
-  float kth[kCpuTile * kCpuTile];
-  std::fill(best, best + kCpuTile * kCpuTile * k, INFINITY);
-  for (int ty = 0; ty < kCpuTile; ++ty)
-    for (int tx = 0; tx < kCpuTile; ++tx) kth[ty * kCpuTile + tx] = tx < tw ? INFINITY : -INFINITY;
-  float fx[kCpuTile], pad[kCpuTile];  // pad: +inf past the tile's edge, where no candidate may enter a list
-  for (int tx = 0; tx < kCpuTile; ++tx) {
-    fx[tx] = float(x0 + tx);
-    pad[tx] = tx < tw ? 0.0f : INFINITY;
+  thread_local std::vector<TileHead> heads;
+  heads.resize(m);
+  const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);
+  for (int64_t i = 0; i < m; ++i) {
+    const float dx = hx[i] - cx, dy = hy[i] - cy;
+    heads[i] = {dx * dx + dy * dy, hx[i], hy[i]};
   }
-  const int cx0 = cell_of(float(x0), g.cell, g.gx), cx1 = cell_of(float(x1 - 1), g.cell, g.gx);
-  const int cy0 = cell_of(float(y0), g.cell, g.gy), cy1 = cell_of(float(y1 - 1), g.cell, g.gy);
-  const float cx = 0.5f * float(x0 + x1 - 1), cy = 0.5f * float(y0 + y1 - 1);  // tile centre
-  const float half_diagonal = 0.5f * std::sqrt(float((tw - 1) * (tw - 1) + (th - 1) * (th - 1)));
-  thread_local std::vector<RingHead> ring_heads;
-  int64_t seen = 0;
-  CellBlock before{0, -1, 0, -1};
-  for (int ring = 0;; ++ring) {
-    const CellBlock now = grow(cx0, cx1, cy0, cy1, ring, g);
-    if (ring > 0 && now.same(before)) break;  // the whole grid has been visited
-    // The ring's heads, nearest to the tile centre first: the lists then settle after a few
-    // candidates, later ones fail the row test below, and once a head is farther from the tile
-    // than every pixel's k-th distance, so is the rest of the ring.
-    ring_heads.clear();
-    seen += grid.visit_ring(b, now, before, ring == 0, [&](float hx, float hy) {
-      const float dx = hx - cx, dy = hy - cy;
-      ring_heads.push_back({dx * dx + dy * dy, hx, hy});
-    });
-    std::sort(ring_heads.begin(), ring_heads.end(),
-              [](const RingHead& a, const RingHead& c) { return a.centre_d2 < c.centre_d2; });
-    // Rows whose worst k-th distance a candidate cannot beat skip it.
-    float row_worst[kCpuTile];
-    for (int ty = 0; ty < th; ++ty) row_worst[ty] = largest(kth + ty * kCpuTile, kCpuTile);
-    float tile_worst = largest(row_worst, th);
-    for (const RingHead& head : ring_heads) {
-      // A lower bound of the head's distance to any pixel of the tile, padded against rounding (a
-      // few ulp of the distance, and of the half diagonal) as the CUDA kernel's: k-th distances of
-      // 1e-7 px are compared with it.
-      const float near = std::sqrt(head.centre_d2) * (1.0f - 1e-5f) - half_diagonal - 1e-3f;
-      if (near > 0.0f && near * near >= tile_worst) break;
-      const float hx = head.x, hy = head.y;
-      const float ox = max_f(max_f(float(x0) - hx, hx - float(x1 - 1)), 0.0f);
-      const float ox2 = ox * ox;
-      bool changed = false;
-      for (int ty = 0; ty < th; ++ty) {
-        const float dy = hy - float(y0 + ty);
-        const float dy2 = dy * dy;
-        if (dy2 + ox2 >= row_worst[ty]) continue;
-        float* kth_row = kth + ty * kCpuTile;
-        float d2[kCpuTile];
-        int closer = 0;
-        MUD_SIMD_REDUCE_OR(closer)
-        for (int tx = 0; tx < kCpuTile; ++tx) {
-          const float dx = hx - fx[tx];
-          d2[tx] = dx * dx + dy2 + pad[tx];
-          closer |= d2[tx] < kth_row[tx];
-        }
-        if (!closer) continue;
-        // Every column's list takes the candidate: where it is not nearer the list stays as it was, so
-        // the insertion runs branch-free across the row, a slot at a time.
-        float* slots = best + ty * k * kCpuTile;
-        for (int i = k - 1; i > 0; --i) {
-          MUD_SIMD
-          for (int tx = 0; tx < kCpuTile; ++tx)
-            slots[i * kCpuTile + tx] = max_f(slots[(i - 1) * kCpuTile + tx], min_f(slots[i * kCpuTile + tx], d2[tx]));
-        }
-        MUD_SIMD
-        for (int tx = 0; tx < kCpuTile; ++tx) {
-          slots[tx] = min_f(slots[tx], d2[tx]);
-          kth_row[tx] = min_f(kth_row[tx], slots[(k - 1) * kCpuTile + tx]);
-        }
-        row_worst[ty] = largest(kth_row, kCpuTile);
-        changed = true;
-      }
-      if (changed) tile_worst = largest(row_worst, th);
-    }
-    before = now;
-    if (seen >= n) break;
-    // outside_bound of every pixel, from the column and row parts, a row of the tile at a time.
-    float column_bound[kCpuTile];
-    for (int tx = 0; tx < kCpuTile; ++tx) column_bound[tx] = side_bound_x(fx[tx], now, g);
-    int done = 1, clip_done = 1;
-    for (int ty = 0; ty < th && (done || clip_done); ++ty) {
-      const float row_bound = side_bound_y(float(y0 + ty), now, g);
-      const float* kth_row = kth + ty * kCpuTile;
-      MUD_SIMD_REDUCE_AND2(done, clip_done)
-      for (int tx = 0; tx < kCpuTile; ++tx) {  // past the tile's edge: k-th -inf, bound unused for clip
-        const float bound = max_f(min_f(column_bound[tx], row_bound), 0.0f);
-        done &= kth_row[tx] <= bound * bound;
-        clip_done &= bound >= clip || tx >= tw;
-      }
-    }
-    // clip_done: every unvisited head lies beyond `clip`, where its INFINITY slot clips to the same value
-    if (done || clip_done) break;
+  // For a large k, the candidates nearest to the tile centre first: the lists then settle after a
+  // few, and the later ones mostly skip the insertion (a small k inserts every one).
+  if (k > kRegisterK)
+    std::sort(heads.begin(), heads.end(),
+              [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
+  const int used = int(std::min<int64_t>(k, n));
+  // The small k of the method's maps with their lists in registers (up to kRegisterK), any other k
+  // as it comes.
+  switch (k) {
+    case 1: return tile_rows<1>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    case 2: return tile_rows<2>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    case 3: return tile_rows<3>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    case 4: return tile_rows<4>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
+    default: return tile_rows<0>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
   }
-  const int m = int(std::min<int64_t>(k, n));
-  const float inv_m = 1.0f / float(m);
-  for (int ty = 0; ty < th; ++ty) {
-    float sum[kCpuTile] = {};
-    for (int i = 0; i < m; ++i) {
-      const float* slot = best + (ty * k + i) * kCpuTile;
-      for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slot[tx]), clip);
+}
+
+// Everything one image's map needs from the call.
+struct KnnImage {
+  int64_t n;  // the image's head count
+  int64_t height, width;
+  int k;
+  float clip;
+  MapTransform transform;
+  float* map;
+};
+
+// The quadtree's nodes of at most `side` pixels a side under `node`, each with its candidates
+// pruned from (hx, hy)[0, m) level by level, appended to `tasks`.
+void split_nodes(const float* hx, const float* hy, int64_t m, const Node& node, int64_t side, const KnnImage& im,
+                 std::vector<std::pair<Node, Candidates>>& tasks) {
+  const int64_t half = node.side / 2;
+  for (int q = 0; q < 4; ++q) {
+    const Node child{node.x0 + (q & 1) * half, node.y0 + (q >> 1) * half, half};
+    if (child.x0 >= im.width || child.y0 >= im.height) continue;
+    Candidates kept;
+    prune(hx, hy, m, child, im.height, im.width, im.k, im.clip, kept);
+    kept.x.resize(kept.n);
+    kept.y.resize(kept.n);
+    if (half <= side) {
+      tasks.emplace_back(child, std::move(kept));
+    } else {
+      split_nodes(kept.x.data(), kept.y.data(), kept.n, child, side, im, tasks);
     }
-    for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] *= inv_m;
-    write_transformed(map + (y0 + ty) * width + x0, sum, tw, transform);
   }
+}
+
+// The map under `node` from its candidates (hx, hy)[0, m): depth-first down to the tiles, each
+// level's candidates in levels[depth].
+void knn_node(const float* hx, const float* hy, int64_t m, const Node& node, int depth, const KnnImage& im,
+              std::vector<Candidates>& levels) {
+  if (node.side <= kCpuTile) {
+    knn_tile(hx, hy, m, im.n, im.height, im.width, node.x0, node.y0, im.k, im.clip, im.transform, im.map);
+    return;
+  }
+  if (int(levels.size()) <= depth) levels.resize(depth + 1);
+  const int64_t half = node.side / 2;
+  for (int q = 0; q < 4; ++q) {
+    const Node child{node.x0 + (q & 1) * half, node.y0 + (q >> 1) * half, half};
+    if (child.x0 >= im.width || child.y0 >= im.height) continue;
+    prune(hx, hy, m, child, im.height, im.width, im.k, im.clip, levels[depth]);
+    // levels[depth] keeps its buffers while the deeper levels grow `levels`.
+    const Candidates& kept = levels[depth];
+    knn_node(kept.x.data(), kept.y.data(), kept.n, child, depth + 1, im, levels);
+  }
+}
+
+// Asks the kernel for transparent huge pages under out[0, floats) where it is fresh memory: a map
+// then costs one page fault per 2 MiB rather than per 4 KiB when it is first written (a third of
+// a large map's time otherwise). Only whole huge pages inside the buffer are advised.
+void advise_huge_pages(float* out, int64_t floats) {
+#ifdef MADV_HUGEPAGE
+  const uintptr_t huge = uintptr_t(1) << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(out) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(out + floats) & ~(huge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice: failure is harmless
+#else
+  (void)out;
+  (void)floats;
+#endif
+}
+
+// knn_maps_cpu: each image's quadtree from a root covering the map, its candidates all the image's
+// heads; its nodes of `task` pixels a side (pruned on the way down) are the threads' tasks, as
+// large as keeps every thread busy.
+void knn_maps_quadtree(const KnnArgs& a, int threads) {
+  const float* points = a.points.xy;
+  const int64_t* offsets = a.points.offsets;
+  const int64_t batch = a.points.batch, count = a.points.count, height = a.height, width = a.width;
+  const int k = a.k;
+  float* out = a.out;
+  advise_huge_pages(out, batch * height * width);
+  int64_t root = kCpuTile;
+  while (root < std::max(height, width)) root *= 2;
+  int64_t task = 16 * kCpuTile;
+  const auto tasks_of = [&](int64_t side) {
+    return batch * ((height + side - 1) / side) * ((width + side - 1) / side);
+  };
+  while (task > kCpuTile && tasks_of(task) < 4 * int64_t(threads)) task /= 2;
+  std::vector<KnnImage> images(batch);
+  std::vector<std::vector<std::pair<Node, Candidates>>> tasks(batch);
+  parallel_for(batch, threads, [&](int64_t b) {
+    int64_t s, e;
+    image_range(offsets, b, count, &s, &e);
+    images[b] = KnnImage{e - s, height, width, k, a.max_distance, a.transform, out + b * height * width};
+    Candidates all;
+    all.reserve(e - s);
+    all.n = e - s;
+    for (int64_t i = s; i < e; ++i) {
+      all.x[i - s] = points[2 * i];
+      all.y[i - s] = points[2 * i + 1];
+    }
+    const Node top{0, 0, root};
+    if (root <= task) {
+      tasks[b].emplace_back(top, std::move(all));
+    } else {
+      split_nodes(all.x.data(), all.y.data(), all.n, top, task, images[b], tasks[b]);
+    }
+  });
+  std::vector<std::pair<int64_t, int64_t>> order;  // (image, task)
+  for (int64_t b = 0; b < batch; ++b)
+    for (size_t t = 0; t < tasks[b].size(); ++t) order.emplace_back(b, int64_t(t));
+  parallel_for(int64_t(order.size()), threads, [&](int64_t i) {
+    const auto& [b, t] = order[i];
+    const auto& [node, cands] = tasks[b][t];
+    thread_local std::vector<Candidates> levels;
+    knn_node(cands.x.data(), cands.y.data(), cands.n, node, 0, images[b], levels);
+  });
 }
 
 }  // namespace
 
-void knn_maps_cpu(const KnnArgs& a, int threads) {
-  const int64_t batch = a.points.batch, height = a.height, width = a.width;
-  const Grid grid(a.points.xy, a.points.offsets, batch, a.points.count, height, width, a.k);
-  const int64_t tiles_x = (width + kCpuTile - 1) / kCpuTile, tiles_y = (height + kCpuTile - 1) / kCpuTile;
-  parallel_for(batch * tiles_y * tiles_x, threads, [&](int64_t task) {
-    const int64_t b = task / (tiles_x * tiles_y), rest = task % (tiles_x * tiles_y);
-    const int64_t cells = grid.spec.cells();
-    const int64_t n = grid.start[(b + 1) * cells] - grid.start[b * cells];
-    knn_tile(grid, b, n, height, width, (rest % tiles_x) * kCpuTile, (rest / tiles_x) * kCpuTile, a.k, a.max_distance,
-             a.transform, a.out);
-  });
-}
+void knn_maps_cpu(const KnnArgs& a, int threads) { knn_maps_quadtree(a, threads); }
 
 void head_sigmas_cpu(const SigmaArgs& a, int threads) {
   const float* points = a.points.xy;

@@ -455,8 +455,9 @@ def test_bench_prints_a_real_table(capsys):
                        "--scipy-limit", "0"])
     out = capsys.readouterr().out
     assert status == 0
-    rows = [line for line in out.splitlines() if line.startswith("| img1024x768_n500")]
-    assert [r.split("|")[2].strip() for r in rows] == ["knn k=1", "density adaptive"]
+    rows = [line for line in out.splitlines() if line.startswith("| img1024x768_n500 |")]  # not the targets
+    assert [r.split("|")[2].strip() for r in rows] == ["knn k=1", "iknn k=1, pixel heads", "density adaptive"]
+    assert out.count("| case | map |") == 1  # the table once
     assert all(re.fullmatch(r"[0-9.]+ (s|ms|us)", r.split("|")[4].strip()) for r in rows)  # C++ measured
 
 

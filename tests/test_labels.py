@@ -551,3 +551,59 @@ def test_long_thin_maps(device, size):
     dens = mud_iknn.density_maps(torch.from_numpy(pts).to(device), size)
     ref = reference.density_maps(pts, size)
     np.testing.assert_allclose(as_np(dens), ref, atol=1e-5 * ref.max())
+
+
+# ---- the CPU search's pruning (a quadtree of each map; candidates beaten by k rivals dropped) ---
+
+def grouped_points(rng, count, height, width, groups=4, spread=6.0):
+    """(count, 2) float32 heads in tight knots (`spread` px) with empty ground between them."""
+    centres = rng.uniform([0, 0], [width, height], size=(groups, 2))
+    return (centres[rng.integers(0, groups, count)] + rng.normal(0, spread, (count, 2))).astype(np.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 7])
+def test_grouped_heads_with_empty_ground_match_reference_on_any_thread_count(threads):
+    # Nodes far from every knot keep only the knots' near sides; the thread count changes the task
+    # size the quadtree is cut into. k = 1..4 have their own instantiations of the tile rows.
+    rng = np.random.default_rng(threads)
+    pts = grouped_points(rng, 400, 300, 530)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for k, clip in [(1, None), (2, None), (3, None), (4, 40.0), (5, None), (9, 25.0)]:
+            d = mud_iknn.knn_distance_maps(pts, (300, 530), k, max_distance=clip)
+            assert_distance_close(d, reference.knn_distance_maps(pts, (300, 530), k, max_distance=clip))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_a_head_that_only_a_corner_pixel_has_as_nearest_is_kept():
+    # B is nearer than A to every pixel of the map but (0, 0): A survives only through the corner
+    # test of the pruning. Hand-worked: D(0, 0) = 0.6 sqrt(2), D(1, 1) = 0.
+    pts = np.array([[-0.6, -0.6], [1.0, 1.0]], dtype=np.float32)
+    maps = mud_iknn.knn_distance_maps(pts, (40, 40), 1)
+    d = as_np(maps)[0]
+    assert d[0, 0] == pytest.approx(0.6 * math.sqrt(2), rel=1e-6)
+    assert d[1, 1] == 0.0 and d[0, 1] == pytest.approx(1.0, rel=1e-6)
+    assert_distance_close(maps, reference.knn_distance_maps(pts, (40, 40), 1))
+
+
+def test_equidistant_heads_and_lattices_of_ties_match_reference():
+    # Heads on half-pixel lattices: many pixels are equally far from several heads, and rivals tie
+    # with the heads they would beat.
+    lattice = np.stack(np.meshgrid(np.arange(-8, 72, 16) + 7.5, np.arange(-8, 56, 16) + 7.5), -1).reshape(-1, 2)
+    fine = np.stack(np.meshgrid(np.arange(0, 64, 2.0), np.arange(0, 48, 2.0)), -1).reshape(-1, 2)
+    mirrored = np.array([[20.0, 3.0], [43.0, 3.0], [31.5, -10.0], [31.5, 60.0]])
+    for pts in (lattice, fine, np.concatenate([mirrored, mirrored])):
+        pts = pts.astype(np.float32)
+        for k in (1, 2, 3, 4, 6):
+            d = mud_iknn.knn_distance_maps(pts, (48, 64), k)
+            assert_distance_close(d, reference.knn_distance_maps(pts, (48, 64), k))
+
+
+def test_reused_output_of_several_huge_pages_equals_a_fresh_one():
+    pts = grouped_points(np.random.default_rng(4), 300, 1100, 1000)
+    fresh = mud_iknn.iknn_maps(pts, (1100, 1000), 1)
+    out = torch.full((1, 1100, 1000), math.nan)
+    assert mud_iknn.iknn_maps(pts, (1100, 1000), 1, out=out) is out
+    assert torch.equal(out, fresh)
