@@ -20,10 +20,11 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 
 // The search's hot loops compiled three times on x86-64 Linux, for AVX-512, AVX2 and the baseline ISA
 // (SSE2, all that a portable build may assume), the one the CPU runs chosen when the module loads.
-// No contraction into fused multiply-adds: every version rounds alike, so the maps do not depend on
-// the CPU.
+// No contraction into fused multiply-adds (CMakeLists.txt compiles this file with -ffp-contract=off:
+// an optimize() attribute here would keep GCC from inlining the transform's helpers into the clones):
+// every version rounds alike, so the maps do not depend on the CPU.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), optimize("fp-contract=off")))
+#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MUD_CPU_CLONES
 #endif
@@ -208,7 +209,7 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
 // (so that apply_transform's branches fold and the loop vectorises; FIDT's powers are polynomials:
 // labels.h).
 template <int kind>
-inline void transform_row(const float* sum, float scale, const MapTransform& transform, float* values) {
+MUD_CPU_CLONES void transform_row(const float* sum, float scale, const MapTransform& transform, float* values) {
   MapTransform t = transform;  // a local copy: its kind is a constant, and the row's stores cannot alias it
   t.kind = kind;
   MUD_SIMD
