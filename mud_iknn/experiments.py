@@ -7,10 +7,13 @@ head alone (``TrainConfig.map_modules=False``: the same backbone without map mod
 the count loss alone, no label maps).
 
 Every variant of a comparison gets the same data, steps, batch, patch size, learning rate and
-seeds; only the variant's own setting differs. Default scale: synthetic crowds and the small
-network, minutes on a CPU. ``--dataset NAME --root DIR`` runs on a real data set (train split for
-training, its reporting split for the results). Writes a Markdown table (mean and standard
-deviation over seeds, each seed's MAE, the machine) to ``--out`` and prints it.
+seeds; only the variant's own setting differs. Both variants of a seed see the same data, sample
+order and augmentation, so each comparison is judged by the per-seed differences (second variant
+minus first): their mean and two-sided 95% Student-t interval. Default scale: synthetic crowds and
+the small network, minutes on a CPU. ``--dataset NAME --root DIR`` runs on a real data set (train
+split for training, its reporting split for the results). Writes a Markdown table (per variant the
+mean and standard deviation over seeds and each seed's MAE; per comparison the paired difference and
+its interval; the machine) to ``--out`` and prints it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from typing import Optional, Sequence
 
 from .cli import apply_setting, mean_count_baseline
 
-__all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "format_table", "machine_info", "main"]
+__all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "paired_difference", "summarize_comparisons",
+           "format_table", "machine_info", "main"]
 
 #: Settings that define each variant, on top of the shared base configuration.
 VARIANTS = {
@@ -93,6 +97,43 @@ def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], compa
     return rows
 
 
+def paired_difference(first: Sequence[float], second: Sequence[float], confidence: float = 0.95) -> dict:
+    """The mean of the paired differences second[i] - first[i] and its two-sided Student-t interval.
+
+    Returns {"difference": mean, "ci95": [low, high], "seeds": n}; with one pair the interval is
+    [None, None] (no spread to judge it by). ValueError for lists of different or zero length.
+    """
+    from scipy import stats
+
+    if len(first) != len(second) or not first:
+        raise ValueError(f"paired values must be two lists of one length >= 1, got {len(first)} and {len(second)}")
+    differences = [b - a for a, b in zip(first, second)]
+    mean, n = statistics.fmean(differences), len(differences)
+    if n == 1:
+        return {"difference": mean, "ci95": [None, None], "seeds": 1}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(differences) / n ** 0.5
+    return {"difference": mean, "ci95": [mean - half, mean + half], "seeds": n}
+
+
+def summarize_comparisons(rows: list[dict], metric: str = "mae") -> dict:
+    """Per comparison in ``rows`` (from :func:`run_comparisons`): its two variants and the paired
+    difference of ``metric`` over the seeds both variants ran (:func:`paired_difference`)."""
+    summary = {}
+    for comparison in dict.fromkeys(r["comparison"] for r in rows if r["comparison"] in COMPARISONS):
+        first, second = COMPARISONS[comparison]
+        by_seed = {v: {r["seed"]: r[metric] for r in rows if r["comparison"] == comparison and r["variant"] == v}
+                   for v in (first, second)}
+        seeds = [s for s in by_seed[first] if s in by_seed[second]]
+        summary[comparison] = {"variants": [first, second],
+                               **paired_difference([by_seed[first][s] for s in seeds],
+                                                   [by_seed[second][s] for s in seeds])}
+    return summary
+
+
+def _interval(ci: list) -> str:
+    return "-" if ci[0] is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -100,8 +141,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def format_table(rows: list[dict], setup: dict, machine: dict) -> str:
-    """Markdown: one line per variant (mean ± sd over seeds, and each seed's MAE), then the setup
-    and the machine."""
+    """Markdown: one line per variant (mean ± sd over seeds, and each seed's MAE), one line per
+    comparison (the paired difference of MAE and its 95% interval), then the setup and the machine."""
     lines = ["| comparison | variant | MAE | RMSE | NAE | MAE per seed |", "|---|---|---|---|---|---|"]
     for comparison in dict.fromkeys(r["comparison"] for r in rows):
         for variant in dict.fromkeys(r["variant"] for r in rows if r["comparison"] == comparison):
@@ -109,6 +150,12 @@ def format_table(rows: list[dict], setup: dict, machine: dict) -> str:
             per_seed = ", ".join(f"{r['seed']}: {r['mae']:.2f}" for r in runs) if runs[0]["seed"] != "-" else ""
             stats = " | ".join(_mean_sd([r[k] for r in runs]) for k in ("mae", "rmse", "nae"))
             lines.append(f"| {comparison} | {variant} | {stats} | {per_seed} |")
+    lines += ["", "| comparison | MAE difference (second - first) | 95% interval (Student t, paired) | seeds |",
+              "|---|---|---|---|"]
+    for comparison, paired in summarize_comparisons(rows).items():
+        first, second = paired["variants"]
+        lines.append(f"| {comparison}: {second} - {first} | {paired['difference']:+.2f} | "
+                     f"{_interval(paired['ci95'])} | {paired['seeds']} |")
     lines += ["", "Setup: " + ", ".join(f"{k} = {v}" for k, v in setup.items()),
               "", "Machine: " + ", ".join(f"{k} = {v}" for k, v in machine.items())]
     return "\n".join(lines)
@@ -184,7 +231,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "setup": setup}, indent=1) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(
+            {"comparisons": summarize_comparisons(rows), "runs": [r for r in rows if r["comparison"] in COMPARISONS],
+             "reference": [r for r in rows if r["comparison"] not in COMPARISONS], "setup": setup}, indent=1) + "\n")
     return 0
 
 

@@ -561,7 +561,7 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, engin
     assert len(configs) == 6
     assert {(c.steps, c.lr, c.batch_size, c.patch_size) for c in configs} == {(5, 0.01, 8, 64)}  # equal budgets
     assert len({c.out_dir for c in configs}) == 6
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    rows = json.loads(out.with_suffix(".json").read_text())["runs"]
     mae = {(r["comparison"], r["variant"], r["seed"]): r["mae"] for r in rows}
     assert mae[("labels", "ikNN labels", 2)] == 2 and mae[("labels", "density labels", 2)] == 12
     assert mae[("map_modules", "map modules + count head", 1)] == 1
@@ -645,7 +645,7 @@ def test_experiments_run_the_map_modules_comparison_with_the_real_engine(tmp_pat
                                "--test-images", "1", "--image-size", "64", "--device", "cpu", "--work-dir", str(runs),
                                "--out", str(out)])
     assert status == 0
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    rows = json.loads(out.with_suffix(".json").read_text())["runs"]
     measured = {r["variant"]: r for r in rows if r["comparison"] == "map_modules"}
     assert set(measured) == {"map modules + count head", "count head only"}
     assert all(np.isfinite(r["mae"]) and r["seed"] == 3 for r in measured.values())
