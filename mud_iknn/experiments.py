@@ -7,10 +7,15 @@ head alone (``TrainConfig.map_modules=False``: the same backbone without map mod
 the count loss alone, no label maps).
 
 Every variant of a comparison gets the same data, steps, batch, patch size, learning rate and
-seeds; only the variant's own setting differs. Default scale: synthetic crowds and the small
-configuration (``TrainConfig.small()`` with ``--steps``), minutes on a CPU. ``--dataset NAME --root
-DIR`` runs on a real data set (train split for training, its reporting split for the results). Writes a Markdown table (mean and standard
-deviation over seeds, each seed's MAE, the machine) to ``--out`` and prints it.
+seeds; only the variant's own setting differs. Both variants of a seed see the same data, sample
+order and augmentation, so each comparison is judged by the per-seed differences (second variant
+minus first) of MAE and, where both variants have maps, of F1 at 8 px (the round(count) strongest
+peaks of the stitched ikNN map, fair to density maps too): their mean and two-sided 95% Student-t
+interval. Default scale: synthetic crowds and the small configuration (``TrainConfig.small()``,
+its lr decay at the same fraction of ``--steps``), minutes on a CPU. ``--dataset NAME --root DIR``
+runs on a real data set (train split for training, its reporting split for the results). Writes a
+Markdown table (per variant the mean and standard deviation over seeds and each seed's MAE; per
+comparison the paired differences and their intervals; the machine) to ``--out`` and prints it.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ from typing import Optional, Sequence
 
 from ._settings import apply_setting
 
-__all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "format_table", "machine_info", "main"]
+__all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "paired_difference", "summarize_comparisons",
+           "format_table", "machine_info", "main"]
 
 #: Settings that define each variant, on top of the shared base configuration.
 VARIANTS = {
@@ -62,7 +68,7 @@ def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], compa
 
     base: TrainConfig settings shared by all runs (steps, batch_size, ...; out_dir is set per run).
     Returns one row per (comparison, variant, seed): {"comparison", "variant", "seed", "mae", "rmse",
-    "nae", "seconds"}. Variants with identical settings (the full network appears in both
+    "nae", "f1_8px" (None for a count-only network), "seconds"}. Variants with identical settings (the full network appears in both
     comparisons) are trained once per seed and share their row values.
     """
     engine, evaluation = importlib.import_module("mud_iknn.train"), importlib.import_module("mud_iknn.evaluate")
@@ -78,9 +84,7 @@ def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], compa
                     config = engine.TrainConfig.from_dict(settings)
                     start = time.perf_counter()
                     model = engine.train(config, train_set, None)["model"]
-                    metrics = evaluation.evaluate(model, test_set, window=config.patch_size,
-                                                  stride=config.window_stride)
-                    done[key] = {**{k: metrics[k] for k in ("mae", "rmse", "nae")},
+                    done[key] = {**_scores(model, config, test_set, evaluation),
                                  "seconds": time.perf_counter() - start}
                 row = {"comparison": comparison, "variant": variant, "seed": seed, **done[key]}
                 log(f"{comparison} / {variant} / seed {seed}: MAE {row['mae']:.2f} RMSE {row['rmse']:.2f} "
@@ -89,22 +93,93 @@ def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], compa
     return rows
 
 
-def _mean_sd(values: list[float]) -> str:
+def _scores(model, config, test_set, evaluation) -> dict:
+    """MAE, RMSE, NAE of the test set and F1 at 8 px of the round(count) strongest peaks of each
+    image's stitched ikNN map (None without map modules)."""
+    from .localize import localize
+
+    predicted, true, located, truth = [], [], [], []
+    for sample in test_set:
+        prediction = evaluation.predict_image(model, sample.image, window=config.patch_size,
+                                              stride=config.window_stride, locate=config.map_modules)
+        predicted.append(prediction.count)
+        true.append(float(sample.count))
+        if prediction.iknn_map is not None:
+            located.append(localize(prediction.iknn_map[None], counts=[prediction.count])[0])
+            truth.append(sample.points)
+    f1 = evaluation.localization_metrics(located, truth, thresholds=(8,))["8px"]["f1"] if located else None
+    return {**evaluation.count_metrics(predicted, true), "f1_8px": f1}
+
+
+def paired_difference(first: Sequence[float], second: Sequence[float], confidence: float = 0.95) -> dict:
+    """The mean of the paired differences second[i] - first[i] and its two-sided Student-t interval.
+
+    Returns {"difference": mean, "ci95": [low, high], "seeds": n}; with one pair the interval is
+    [None, None] (no spread to judge it by). ValueError for lists of different or zero length.
+    """
+    from scipy import stats
+
+    if len(first) != len(second) or not first:
+        raise ValueError(f"paired values must be two lists of one length >= 1, got {len(first)} and {len(second)}")
+    differences = [b - a for a, b in zip(first, second)]
+    mean, n = statistics.fmean(differences), len(differences)
+    if n == 1:
+        return {"difference": mean, "ci95": [None, None], "seeds": 1}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(differences) / n ** 0.5
+    return {"difference": mean, "ci95": [mean - half, mean + half], "seeds": n}
+
+
+def summarize_comparisons(rows: list[dict]) -> dict:
+    """Per comparison in ``rows`` (from :func:`run_comparisons`): its two variants and the paired
+    difference of MAE over the seeds both variants ran (:func:`paired_difference`), and under "f1_8px"
+    that of F1 at 8 px where both variants located heads."""
+    summary = {}
+    for comparison in dict.fromkeys(r["comparison"] for r in rows if r["comparison"] in COMPARISONS):
+        first, second = COMPARISONS[comparison]
+        summary[comparison] = {"variants": [first, second], **_paired(rows, comparison, "mae")}
+        if all(r.get("f1_8px") is not None for r in rows if r["comparison"] == comparison):
+            summary[comparison]["f1_8px"] = _paired(rows, comparison, "f1_8px")
+    return summary
+
+
+def _paired(rows: list[dict], comparison: str, metric: str) -> dict:
+    first, second = COMPARISONS[comparison]
+    by_seed = {v: {r["seed"]: r[metric] for r in rows if r["comparison"] == comparison and r["variant"] == v}
+               for v in (first, second)}
+    seeds = [s for s in by_seed[first] if s in by_seed[second]]
+    return paired_difference([by_seed[first][s] for s in seeds], [by_seed[second][s] for s in seeds])
+
+
+def _interval(ci: list, digits: int = 2) -> str:
+    return "-" if ci[0] is None else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def _mean_sd(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def format_table(rows: list[dict], setup: dict, machine: dict) -> str:
-    """Markdown: one line per variant (mean ± sd over seeds, and each seed's MAE), then the setup
-    and the machine."""
-    lines = ["| comparison | variant | MAE | RMSE | NAE | MAE per seed |", "|---|---|---|---|---|---|"]
+    """Markdown: one line per variant (mean ± sd over seeds, and each seed's MAE), one line per
+    comparison (the paired difference of MAE and its 95% interval), then the setup and the machine."""
+    lines = ["| comparison | variant | MAE | RMSE | NAE | F1 at 8 px | MAE per seed |", "|---|---|---|---|---|---|---|"]
     for comparison in dict.fromkeys(r["comparison"] for r in rows):
         for variant in dict.fromkeys(r["variant"] for r in rows if r["comparison"] == comparison):
             runs = [r for r in rows if r["comparison"] == comparison and r["variant"] == variant]
             per_seed = ", ".join(f"{r['seed']}: {r['mae']:.2f}" for r in runs) if runs[0]["seed"] != "-" else ""
             stats = " | ".join(_mean_sd([r[k] for r in runs]) for k in ("mae", "rmse", "nae"))
+            f1 = [r.get("f1_8px") for r in runs]
+            stats += " | " + ("-" if None in f1 else _mean_sd(f1, 3))
             lines.append(f"| {comparison} | {variant} | {stats} | {per_seed} |")
+    lines += ["", "| comparison | metric | difference (second - first) | 95% interval (Student t, paired) | seeds |",
+              "|---|---|---|---|---|"]
+    for comparison, paired in summarize_comparisons(rows).items():
+        first, second = paired["variants"]
+        for metric, values, digits in (("MAE", paired, 2), ("F1 at 8 px", paired.get("f1_8px"), 3)):
+            if values is not None:
+                lines.append(f"| {comparison}: {second} - {first} | {metric} | {values['difference']:+.{digits}f} | "
+                             f"{_interval(values['ci95'], digits)} | {values['seeds']} |")
     lines += ["", "Setup: " + ", ".join(f"{k} = {v}" for k, v in setup.items()),
               "", "Machine: " + ", ".join(f"{k} = {v}" for k, v in machine.items())]
     return "\n".join(lines)
@@ -136,15 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=list(DATASETS), default="synthetic", metavar="NAME")
     parser.add_argument("--root", type=Path, metavar="DIR", help="the data set's folder (real data sets)")
     parser.add_argument("--fold", type=int, default=0, help="ucf_cc_50: the cross-validation fold, 0..4 (default 0)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run (default 200)")
+    # The defaults tell a 10% difference of MAE on the synthetic set within about 15 minutes on 2 cores:
+    # measured with 6 seeds of 800 steps (lr decay after 500) and 48 test scenes, the paired 95%
+    # intervals were +-2.4 (labels) and +-4.0 (map modules) at MAE 25-30 (docs/experiments.md).
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--steps", type=int, default=800,
+                        help="training steps per run (default 800; the small configuration's lr decay comes at the "
+                             "same fraction of them)")
     parser.add_argument("--full-network", action="store_true",
                         help="the paper's DenseNet-201 on 224 patches, batch 25, lr 1e-4 instead of the small CPU "
                              "configuration")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other shared TrainConfig setting (VALUE as JSON)")
     parser.add_argument("--train-images", type=int, default=96, help="synthetic: training scenes (default 96)")
-    parser.add_argument("--test-images", type=int, default=24, help="synthetic: test scenes (default 24)")
+    parser.add_argument("--test-images", type=int, default=48, help="synthetic: test scenes (default 48)")
     parser.add_argument("--image-size", type=int, default=128, help="synthetic: scene side (default 128)")
     parser.add_argument("--data-seed", type=int, default=0, help="synthetic: scene seed (default 0)")
     parser.add_argument("--device", default="auto")
@@ -156,8 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     engine = importlib.import_module("mud_iknn.train")
-    base = {} if args.full_network else engine.TrainConfig.small(checkpoint_every=0, progress=False).to_dict()
-    base.update(steps=args.steps, device=args.device)
+    if args.full_network:
+        base = {"steps": args.steps}
+    else:
+        small = engine.TrainConfig.small()
+        base = engine.TrainConfig.small(checkpoint_every=0, progress=False, steps=args.steps,
+                                        lr_step=max(1, round(args.steps * small.lr_step / small.steps))).to_dict()
+    base["device"] = args.device
     try:
         for assignment in args.set:
             apply_setting(base, assignment)
@@ -182,7 +267,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "setup": setup}, indent=1) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(
+            {"comparisons": summarize_comparisons(rows), "runs": [r for r in rows if r["comparison"] in COMPARISONS],
+             "reference": [r for r in rows if r["comparison"] not in COMPARISONS], "setup": setup}, indent=1) + "\n")
     return 0
 
 

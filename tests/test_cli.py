@@ -464,7 +464,6 @@ def test_bench_prints_a_real_table(capsys):
 # ------------------------------------------------------------------ the comparisons script
 
 def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, monkeypatch):
-    import mud_iknn.evaluate
     import mud_iknn.train
     from mud_iknn import experiments
     from mud_iknn.train import TrainConfig
@@ -476,11 +475,11 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, monke
         return {"model": config.seed + (10 if config.label.kind == "density" else 0) +
                 (100 if not config.map_modules else 0), "step": config.steps}
 
-    def evaluate(model, dataset, window=224, stride=128, **kwargs):
-        return {"mae": float(model), "rmse": model + 0.5, "nae": 0.0, "per_image": []}
+    def scores(model, config, test_set, evaluation):
+        return {"mae": float(model), "rmse": model + 0.5, "nae": 0.0, "f1_8px": 0.5 if config.map_modules else None}
 
     monkeypatch.setattr(mud_iknn.train, "train", train)
-    monkeypatch.setattr(mud_iknn.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(experiments, "_scores", scores)
     out = tmp_path / "docs" / "experiments.md"
     status = experiments.main(["--seeds", "1", "2", "--steps", "5", "--train-images", "2", "--test-images", "2",
                                "--image-size", "48", "--out", str(out), "--set", "lr=0.01"])
@@ -489,15 +488,19 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, monke
     assert len(configs) == 6
     small = TrainConfig.small()  # the shared base: the small configuration, steps and --set on top
     assert {(c.steps, c.lr, c.batch_size, c.patch_size, c.frozen_batchnorm, c.lr_step) for c in configs} == \
-        {(5, 0.01, small.batch_size, small.patch_size, small.frozen_batchnorm, small.lr_step)}  # equal budgets
+        {(5, 0.01, small.batch_size, small.patch_size, small.frozen_batchnorm,
+          round(5 * small.lr_step / small.steps))}  # equal budgets, the lr decay at the small configuration's fraction
     assert len({c.out_dir for c in configs}) == 6
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    rows = json.loads(out.with_suffix(".json").read_text())["runs"]
     mae = {(r["comparison"], r["variant"], r["seed"]): r["mae"] for r in rows}
     assert mae[("labels", "ikNN labels", 2)] == 2 and mae[("labels", "density labels", 2)] == 12
     assert mae[("map_modules", "map modules + count head", 1)] == 1
     assert mae[("map_modules", "count head only", 1)] == 101
     table = out.read_text()
-    assert "| labels | density labels | 11.50 ± 0.71 | 12.00 ± 0.71 | 0.00 ± 0.00 | 1: 11.00, 2: 12.00 |" in table
+    assert "| labels | density labels | 11.50 ± 0.71 | 12.00 ± 0.71 | 0.00 ± 0.00 | 0.500 ± 0.000 | 1: 11.00, 2: 12.00 |" \
+        in table
+    assert "| map_modules | count head only | 101.50 ± 0.71 | 102.00 ± 0.71 | 0.00 ± 0.00 | - |" in table
+    assert "| labels: density labels - ikNN labels | MAE | +10.00 | [+10.00, +10.00] | 2 |" in table
     assert "seeds = 1 2" in table and "Machine: platform = " in table and table in capsys.readouterr().out
     train_counts = SyntheticCrowds(2, size=48, seed=0, split="train").counts()
     test_counts = SyntheticCrowds(2, size=48, seed=0, split="test").counts()
@@ -579,7 +582,7 @@ def test_experiments_run_the_map_modules_comparison_with_the_real_engine(tmp_pat
                                "--test-images", "1", "--image-size", "64", "--device", "cpu", "--work-dir", str(runs),
                                "--out", str(out)])
     assert status == 0
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    rows = json.loads(out.with_suffix(".json").read_text())["runs"]
     measured = {r["variant"]: r for r in rows if r["comparison"] == "map_modules"}
     assert set(measured) == {"map modules + count head", "count head only"}
     assert all(np.isfinite(r["mae"]) and r["seed"] == 3 for r in measured.values())

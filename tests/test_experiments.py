@@ -1,0 +1,68 @@
+"""The comparisons' paired statistics (mud_iknn.experiments), against hand-worked values and scipy."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mud_iknn import experiments
+
+
+def test_paired_difference_hand_worked():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653 -> half width 4.302653 / sqrt(3)
+    paired = experiments.paired_difference([10.0, 10.0, 10.0], [11.0, 12.0, 13.0])
+    half = 4.302652729911275 / math.sqrt(3)
+    assert paired["seeds"] == 3 and paired["difference"] == pytest.approx(2.0)
+    assert paired["ci95"] == pytest.approx([2.0 - half, 2.0 + half], rel=1e-9)
+
+
+def test_paired_difference_is_scipys_paired_t_interval():
+    rng = np.random.default_rng(0)
+    first = rng.normal(30, 5, 7)
+    second = first + rng.normal(-2, 1, 7)  # a shared per-seed part: pairing narrows the interval
+    paired = experiments.paired_difference(list(first), list(second))
+    expected = stats.ttest_rel(second, first).confidence_interval(0.95)
+    assert paired["ci95"] == pytest.approx([expected.low, expected.high], rel=1e-9)
+    unpaired = stats.ttest_ind(second, first).confidence_interval(0.95)
+    assert paired["ci95"][1] - paired["ci95"][0] < 0.5 * (unpaired.high - unpaired.low)
+
+
+def test_paired_difference_edge_cases():
+    assert experiments.paired_difference([3.0], [5.0]) == {"difference": 2.0, "ci95": [None, None], "seeds": 1}
+    for first, second in (([], []), ([1.0], [1.0, 2.0])):
+        with pytest.raises(ValueError, match="paired values"):
+            experiments.paired_difference(first, second)
+
+
+def test_summaries_pair_by_seed_and_skip_the_reference_row():
+    def row(comparison, variant, seed, mae):
+        return {"comparison": comparison, "variant": variant, "seed": seed, "mae": mae, "rmse": mae, "nae": 0.1}
+
+    rows = [row("labels", "ikNN labels", s, m) for s, m in ((0, 5.0), (1, 7.0))]
+    rows += [row("labels", "density labels", s, m) for s, m in ((1, 10.0), (0, 6.0))]  # paired by seed
+    rows.append(row("reference", "mean", "-", 99.0))
+    summary = experiments.summarize_comparisons(rows)
+    assert list(summary) == ["labels"]
+    assert summary["labels"]["variants"] == ["ikNN labels", "density labels"]
+    assert summary["labels"]["difference"] == pytest.approx(2.0) and summary["labels"]["seeds"] == 2
+    table = experiments.format_table(rows, {"seeds": "0 1"}, {"cores": 2})
+    low, high = summary["labels"]["ci95"]
+    assert f"| labels: density labels - ikNN labels | MAE | +2.00 | [{low:+.2f}, {high:+.2f}] | 2 |" in table
+    assert "F1 at 8 px" not in table.split("| comparison | metric")[1]  # no F1 measured: no F1 line
+
+
+def test_f1_is_paired_only_where_both_variants_located_heads():
+    def row(variant, seed, mae, f1):
+        comparison = "labels" if variant in ("ikNN labels", "density labels") else "map_modules"
+        return {"comparison": comparison, "variant": variant, "seed": seed, "mae": mae, "rmse": mae, "nae": 0.1,
+                "f1_8px": f1}
+
+    rows = [row("ikNN labels", 0, 5.0, 0.70), row("ikNN labels", 1, 6.0, 0.80),
+            row("density labels", 0, 6.0, 0.60), row("density labels", 1, 8.0, 0.60),
+            row("map modules + count head", 0, 5.0, 0.70), row("count head only", 0, 4.0, None)]
+    summary = experiments.summarize_comparisons(rows)
+    assert summary["labels"]["f1_8px"]["difference"] == pytest.approx(-0.15)
+    assert "f1_8px" not in summary["map_modules"] and summary["map_modules"]["difference"] == pytest.approx(-1.0)
+    table = experiments.format_table(rows, {}, {})
+    assert "| labels: density labels - ikNN labels | F1 at 8 px | -0.150 |" in table
+    assert "| map_modules | count head only | 4.00 | 4.00 | 0.10 | - |" in table
