@@ -211,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=list(DATASETS), default="synthetic", metavar="NAME")
     parser.add_argument("--root", type=Path, metavar="DIR", help="the data set's folder (real data sets)")
     parser.add_argument("--fold", type=int, default=0, help="ucf_cc_50: the cross-validation fold, 0..4 (default 0)")
-    # The defaults tell a 10% difference of MAE on the synthetic set within about 15 minutes on 2 cores:
-    # measured with 6 seeds of 800 steps (lr decay after 500) and 48 test scenes, the paired 95%
-    # intervals were +-2.4 (labels) and +-4.0 (map modules) at MAE 25-30 (docs/experiments.md).
+    # Defaults: 6 seeds of 800 steps, 48 test scenes: 6 minutes on one thread of the 2-core machine;
+    # the labels comparison's paired 95% interval came out +-2.9 MAE at MAE 28, narrow enough for a
+    # 10% difference; the map modules one +-10.6 (docs/experiments.md says why and what it needs).
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--steps", type=int, default=800,
                         help="training steps per run (default 800; the small configuration's lr decay comes at the "
