@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "labels.h"
+#include "parallel.h"
 
 namespace mud_iknn {
 namespace {
@@ -16,20 +17,6 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 #define MUD_SIMD_REDUCE_MAX(v) MUD_PRAGMA(omp simd reduction(max : v))
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
 #define MUD_SIMD_REDUCE_AND2(a, b) MUD_PRAGMA(omp simd reduction(& : a, b))
-
-// Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
-template <class Fn>
-void parallel_for(int64_t tasks, int threads, Fn fn) {
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, tasks));
-  std::atomic<int64_t> next{0};
-  auto run = [&]() {
-    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) fn(t);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < workers; ++i) pool.emplace_back(run);
-  run();
-  for (auto& th : pool) th.join();
-}
 
 // Points bucketed by cell (counting sort), for every image: image b's cell c holds
 // xy[start[b * G + c], start[b * G + c + 1]).
