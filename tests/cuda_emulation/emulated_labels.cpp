@@ -8,10 +8,13 @@
 #include "cuda_emulation.h"
 #include "label_bindings.h"
 #include "labels.h"
+#include "point_loss_bindings.h"
 
 PYBIND11_MODULE(emulated_labels, m) {
   m.doc() = "mud_iknn's CUDA label kernels on the CPU emulator (tests)";
   mud_iknn::bind::structs(m, true);
   mud_iknn::bind::cuda_entry_points(m);
+  mud_iknn::bind::point_loss_structs(m, true);
+  mud_iknn::bind::point_loss_cuda_entry_points(m);
   m.attr("WITH_CUDA") = true;
 }
