@@ -1,6 +1,6 @@
-// pybind11 bindings of mud_iknn._C: each kernel takes its argument struct (label_bindings.h; raw
-// pointers as integers: tensor.data_ptr()), nothing is returned but sizes. No libtorch: one build
-// serves every torch version.
+// pybind11 bindings of mud_iknn._C: each kernel takes its argument struct (label_bindings.h,
+// point_loss_bindings.h; raw pointers as integers: tensor.data_ptr()), nothing is returned but
+// sizes. No libtorch: one build serves every torch version.
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
@@ -8,11 +8,10 @@
 
 #include "label_bindings.h"
 #include "labels.h"
+#include "point_loss_bindings.h"
 
 namespace py = pybind11;
 using namespace mud_iknn;
-
-void bind_point_losses(py::module_& m);  // point_losses_bindings.cpp
 
 namespace {
 
@@ -28,7 +27,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "mud-iknn label engine kernels (C++ CPU and CUDA)";
   bind::structs(m, false);
   bind::cpu_entry_points(m);
-  bind_point_losses(m);
+  bind::point_loss_structs(m, false);
+  bind::point_loss_cpu_entry_points(m);
 #ifdef MUD_IKNN_WITH_CUDA
   m.attr("WITH_CUDA") = true;
   py::list archs;
@@ -40,6 +40,7 @@ PYBIND11_MODULE(_C, m) {
   }
   m.attr("CUDA_ARCHS") = archs;
   bind::cuda_entry_points(m);
+  bind::point_loss_cuda_entry_points(m);
 #else
   m.attr("WITH_CUDA") = false;
   m.attr("CUDA_ARCHS") = py::list();
@@ -47,6 +48,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(#op "_cuda", [](py::args, py::kwargs) { no_cuda(); });        \
   m.def(#op "_workspace_bytes", [](py::args, py::kwargs) { no_cuda(); });
   MUD_IKNN_OPS(MUD_IKNN_NO_CUDA)
+  MUD_IKNN_POINT_LOSS_OPS(MUD_IKNN_NO_CUDA)
 #undef MUD_IKNN_NO_CUDA
 #endif
 }

@@ -105,22 +105,19 @@ inline void structs(py::module_& m, bool local) {
 #define MUD_IKNN_OPS(fn) fn(knn_maps, KnnArgs) fn(head_sigmas, SigmaArgs) fn(density_maps, DensityArgs) \
   fn(count_maps, CountArgs)
 
-inline void cpu_entry_points(py::module_& m) {
+// An op's entry points in module `m`: <op>_cpu(Args, threads), and <op>_cuda(Args, CudaCall) with
+// <op>_workspace_bytes(Args); point_loss_bindings.h binds its ops with them too.
 #define MUD_IKNN_BIND_CPU(op, Args) \
   m.def(#op "_cpu", [](const Args& a, int threads) { op##_cpu(a, threads); }, py::call_guard<py::gil_scoped_release>());
-  MUD_IKNN_OPS(MUD_IKNN_BIND_CPU)
-#undef MUD_IKNN_BIND_CPU
-}
-
-#ifdef MUD_IKNN_WITH_CUDA
-inline void cuda_entry_points(py::module_& m) {
 #define MUD_IKNN_BIND_CUDA(op, Args)                                                                             \
   m.def(#op "_cuda", [](const Args& a, const CudaCall& call) { op##_cuda(a, call); },                            \
         py::call_guard<py::gil_scoped_release>());                                                             \
   m.def(#op "_workspace_bytes", [](const Args& a) { return op##_workspace_bytes(a); });
-  MUD_IKNN_OPS(MUD_IKNN_BIND_CUDA)
-#undef MUD_IKNN_BIND_CUDA
-}
+
+inline void cpu_entry_points(py::module_& m) { MUD_IKNN_OPS(MUD_IKNN_BIND_CPU) }
+
+#ifdef MUD_IKNN_WITH_CUDA
+inline void cuda_entry_points(py::module_& m) { MUD_IKNN_OPS(MUD_IKNN_BIND_CUDA) }
 #endif
 
 }  // namespace bind

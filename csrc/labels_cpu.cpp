@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "labels.h"
+#include "parallel.h"
 
 namespace mud_iknn {
 namespace {
@@ -28,20 +29,6 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 #else
 #define MUD_CPU_CLONES
 #endif
-
-// Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
-template <class Fn>
-void parallel_for(int64_t tasks, int threads, Fn fn) {
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, tasks));
-  std::atomic<int64_t> next{0};
-  auto run = [&]() {
-    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) fn(t);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < workers; ++i) pool.emplace_back(run);
-  run();
-  for (auto& th : pool) th.join();
-}
 
 // Points bucketed by cell (counting sort), for every image: image b's cell c holds
 // xy[start[b * G + c], start[b * G + c + 1]).

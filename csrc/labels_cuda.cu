@@ -13,16 +13,13 @@
 //      whose threads add, in registers, the Gaussians that reach their pixels in packed order
 //      (deterministic, no atomics);
 //   5. count maps: a thread per head adds one to its cell (sums of ones: deterministic).
-#ifdef MUD_IKNN_CUDA_EMULATION
-#include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
-#else
-#include <cuda_runtime.h>
-
+#ifndef MUD_IKNN_CUDA_EMULATION  // (tests/cuda_emulation runs this file's kernels on the CPU)
 #include <cub/device/device_scan.cuh>
 #endif
 #include <stdexcept>
 #include <string>
 
+#include "cuda_launch.h"
 #include "labels.h"
 
 namespace mud_iknn {
@@ -35,36 +32,6 @@ constexpr int kTileW = 32;      // tile width in pixels (one warp per row of thr
 #ifndef MUD_IKNN_CUDA_MAX_GRID_Y
 #define MUD_IKNN_CUDA_MAX_GRID_Y 65535
 #endif
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("mud_iknn: CUDA error in ") + what + ": " + cudaGetErrorString(err));
-}
-
-// kernel<<<grid, block, 0, stream>>>(args...), then a check for launch errors naming `what`.
-template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const char* what,
-            Args... args) {
-#ifdef MUD_IKNN_CUDA_EMULATION
-  cuda_emulation::launch(grid, block, [&] { kernel(args...); });
-#else
-  kernel<<<grid, block, 0, stream>>>(args...);
-#endif
-  check(cudaGetLastError(), what);
-}
-
-// Makes `device` current for the scope of a call, restoring the caller's device after.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
 
 // The grid of every image in one workspace; each array 256-byte aligned.
 struct GridBuffers {

@@ -27,13 +27,11 @@ constexpr double kSinkhornStop = 1e-9;       // its stopThr
 constexpr int kSinkhornEvalEvery = 10;       // its eval_freq
 constexpr int kBayesianChunks = 64;          // cell-row chunks of an image whose expected counts are summed apart
 
-// The heads of a batch and the cell map they are compared with.
+// The heads of a batch (labels.h's PackedPoints) and the cell map they are compared with.
 struct PointMap {
-  const float* points;     // count x 2
-  const int64_t* offsets;  // batch + 1
-  int64_t batch, count;
-  int64_t height, width;   // cells
-  int stride;              // input pixels per cell
+  PackedPoints points;
+  int64_t height = 0, width = 0;  // cells
+  int stride = 1;                 // input pixels per cell
 };
 
 MUD_HD bool finite_d(double v) {
@@ -75,40 +73,51 @@ inline int64_t max_window(int64_t n, int stride, double scale, double cut) {
   return cells >= double(n) ? n : int64_t(cells);
 }
 
+// ---- entry points ------------------------------------------------------------------------------
+// Each kernel takes one argument struct, declared here once and bound once (point_loss_bindings.h),
+// and for CUDA labels.h's CudaCall; pointers are host pointers for *_cpu, device pointers for *_cuda.
+
+// The Bayesian loss of Gaussian width sigma (input pixels); rows are indexed as `expected`.
+// bayesian_expected: expected[i] (i < count) <- head i's expected count, sum over cells of density *
+// posterior; expected[count + b] <- image b's background row (0 without one), or for an image
+// without heads the sum of its density.
+// bayesian_backward, the transpose: grad[b, cell] <- sum over the image's rows of weights[row] *
+// posterior[row, cell]; an image without heads gets weights[count + b] everywhere.
 struct BayesianArgs {
   PointMap map;
-  double sigma;
-  const double* background;  // batch distances d (the background row's), or nullptr: no background row
+  double sigma = 8.0;
+  const double* background = nullptr;  // (batch) distances d (the background row's), or null: no background row
+  const float* density = nullptr;      // bayesian_expected: (batch, h, w) in
+  double* expected = nullptr;          // bayesian_expected: (count + batch) out
+  const double* weights = nullptr;     // bayesian_backward: (count + batch) in
+  float* grad = nullptr;               // bayesian_backward: (batch, h, w) out
 };
 
+// Sinkhorn-Knopp between uniform mass on each image's heads and `normed`, as bregman_pytorch.py:
+// beta <- reg * log(v + 1e-16) and wasserstein[b] <- sum C * P. Images without heads get beta 0 and
+// wasserstein 0.
 struct SinkhornArgs {
   PointMap map;
-  double reg;
-  int iterations;
-  double scale, shift;  // coordinates (points and centres) mapped by v -> v * scale + shift first
+  double reg = 10.0;
+  int iterations = 100;
+  double scale = 1.0, shift = 0.0;  // coordinates (points and centres) mapped by v -> v * scale + shift first
+  const float* normed = nullptr;    // (batch, h, w) in
+  double* beta = nullptr;           // (batch, h, w) out
+  double* wasserstein = nullptr;    // (batch) out
 };
 
-// expected[i] (i < count): head i's expected count, sum over cells of density * posterior;
-// expected[count + b]: image b's background row (0 without one), or for an image without heads the
-// sum of its density. density: batch x h x w.
-void bayesian_expected_cpu(const BayesianArgs& args, const float* density, double* expected, int threads);
-// The transpose: grad[b, cell] = sum over the image's rows of weights[row] * posterior[row, cell]
-// (rows indexed as `expected`); an image without heads gets weights[count + b] everywhere.
-void bayesian_backward_cpu(const BayesianArgs& args, const double* weights, float* grad, int threads);
-// Sinkhorn-Knopp between uniform mass on each image's heads and `normed` (batch x h x w), as
-// bregman_pytorch.py: beta = reg * log(v + 1e-16) (batch x h x w) and wasserstein[b] = sum C * P.
-// Images without heads get beta 0 and wasserstein 0.
-void sinkhorn_cpu(const SinkhornArgs& args, const float* normed, double* beta, double* wasserstein, int threads);
+void bayesian_expected_cpu(const BayesianArgs& a, int threads);
+void bayesian_backward_cpu(const BayesianArgs& a, int threads);
+void sinkhorn_cpu(const SinkhornArgs& a, int threads);
 
 #ifdef MUD_IKNN_WITH_CUDA
-int64_t bayesian_workspace_bytes(const BayesianArgs& args);
-void bayesian_expected_cuda(const BayesianArgs& args, const float* density, double* expected, void* workspace,
-                            int64_t workspace_bytes, void* stream, int device);
-void bayesian_backward_cuda(const BayesianArgs& args, const double* weights, float* grad, void* workspace,
-                            int64_t workspace_bytes, void* stream, int device);
-int64_t sinkhorn_workspace_bytes(const SinkhornArgs& args);
-void sinkhorn_cuda(const SinkhornArgs& args, const float* normed, double* beta, double* wasserstein,
-                   void* workspace, int64_t workspace_bytes, void* stream, int device);
+// Bytes of device workspace each CUDA kernel needs for these arguments.
+int64_t bayesian_expected_workspace_bytes(const BayesianArgs& a);
+int64_t bayesian_backward_workspace_bytes(const BayesianArgs& a);
+int64_t sinkhorn_workspace_bytes(const SinkhornArgs& a);
+void bayesian_expected_cuda(const BayesianArgs& a, const CudaCall& call);
+void bayesian_backward_cuda(const BayesianArgs& a, const CudaCall& call);
+void sinkhorn_cuda(const SinkhornArgs& a, const CudaCall& call);
 #endif
 
 }  // namespace mud_iknn

@@ -1,29 +1,14 @@
 // CPU point losses: the Bayesian loss's posteriors found cell by cell with the labels.h grid search,
 // and DM-Count's Sinkhorn-Knopp on the nonzero part of its kernel, on a pool of threads.
 #include <algorithm>
-#include <atomic>
 #include <limits>
-#include <thread>
 #include <vector>
 
+#include "parallel.h"
 #include "point_losses.h"
 
 namespace mud_iknn {
 namespace {
-
-// Runs fn(task) for task in [0, tasks) on up to `threads` threads (the caller's included).
-template <class Fn>
-void parallel_for(int64_t tasks, int threads, Fn fn) {
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, tasks));
-  std::atomic<int64_t> next{0};
-  auto run = [&]() {
-    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) fn(t);
-  };
-  std::vector<std::thread> pool;
-  for (int64_t i = 1; i < workers; ++i) pool.emplace_back(run);
-  run();
-  for (auto& th : pool) th.join();
-}
 
 // ---- Bayesian loss ----------------------------------------------------------------------------
 
@@ -43,7 +28,7 @@ HeadGrid build_grid(const PointMap& m, int64_t begin, int64_t end) {
   std::vector<int64_t> cell_of_head(n);
   g.start.assign(g.spec.cells() + 1, 0);
   for (int64_t i = 0; i < n; ++i) {
-    const float x = m.points[2 * (begin + i)], y = m.points[2 * (begin + i) + 1];
+    const float x = m.points.xy[2 * (begin + i)], y = m.points.xy[2 * (begin + i) + 1];
     cell_of_head[i] = int64_t(cell_of(y, g.spec.cell, g.spec.gy)) * g.spec.gx + cell_of(x, g.spec.cell, g.spec.gx);
     ++g.start[cell_of_head[i] + 1];
   }
@@ -53,8 +38,8 @@ HeadGrid build_grid(const PointMap& m, int64_t begin, int64_t end) {
   g.index.resize(n);
   for (int64_t i = 0; i < n; ++i) {  // in head order within a cell: the sums below are fixed
     const int64_t at = fill[cell_of_head[i]]++;
-    g.xy[2 * at] = m.points[2 * (begin + i)];
-    g.xy[2 * at + 1] = m.points[2 * (begin + i) + 1];
+    g.xy[2 * at] = m.points.xy[2 * (begin + i)];
+    g.xy[2 * at + 1] = m.points.xy[2 * (begin + i) + 1];
     g.index[at] = begin + i;
   }
   return g;
@@ -147,21 +132,23 @@ void posterior_of(const HeadGrid& hg, const BayesianArgs& a, int64_t b, double p
 
 }  // namespace
 
-void bayesian_expected_cpu(const BayesianArgs& a, const float* density, double* expected, int threads) {
+void bayesian_expected_cpu(const BayesianArgs& a, int threads) {
+  const float* density = a.density;
+  double* expected = a.expected;
   const PointMap& m = a.map;
-  const int64_t rows = m.count + m.batch, cells = m.height * m.width;
-  std::vector<HeadGrid> grids(m.batch);
-  parallel_for(m.batch, threads, [&](int64_t b) {
+  const int64_t rows = m.points.count + m.points.batch, cells = m.height * m.width;
+  std::vector<HeadGrid> grids(m.points.batch);
+  parallel_for(m.points.batch, threads, [&](int64_t b) {
     int64_t begin, end;
-    image_range(m.offsets, b, m.count, &begin, &end);
+    image_range(m.points.offsets, b, m.points.count, &begin, &end);
     grids[b] = build_grid(m, begin, end);
   });
   const int64_t chunks = std::min<int64_t>(kBayesianChunks, m.height);
   std::vector<double> partial(chunks * rows, 0.0);  // chunk k of every image adds into partial[k]
-  parallel_for(m.batch * chunks, threads, [&](int64_t task) {
+  parallel_for(m.points.batch * chunks, threads, [&](int64_t task) {
     const int64_t b = task / chunks, k = task % chunks;
     int64_t begin, end;
-    image_range(m.offsets, b, m.count, &begin, &end);
+    image_range(m.points.offsets, b, m.points.count, &begin, &end);
     double* sums = partial.data() + k * rows;
     const float* d = density + b * cells;
     Posterior post;
@@ -169,13 +156,13 @@ void bayesian_expected_cpu(const BayesianArgs& a, const float* density, double* 
       for (int64_t c = 0; c < m.width; ++c) {
         const double value = d[r * m.width + c];
         if (begin == end) {
-          sums[m.count + b] += value;
+          sums[m.points.count + b] += value;
           continue;
         }
         if (value == 0.0) continue;  // adds exactly 0
         posterior_of(grids[b], a, b, cell_centre(c, m.stride), cell_centre(r, m.stride), post);
         for (size_t i = 0; i < post.heads.size(); ++i) sums[post.heads[i]] += value * post.prob[i];
-        sums[m.count + b] += value * post.background;
+        sums[m.points.count + b] += value * post.background;
       }
   });
   parallel_for(rows, threads, [&](int64_t row) {
@@ -185,27 +172,29 @@ void bayesian_expected_cpu(const BayesianArgs& a, const float* density, double* 
   });
 }
 
-void bayesian_backward_cpu(const BayesianArgs& a, const double* weights, float* grad, int threads) {
+void bayesian_backward_cpu(const BayesianArgs& a, int threads) {
+  const double* weights = a.weights;
+  float* grad = a.grad;
   const PointMap& m = a.map;
-  std::vector<HeadGrid> grids(m.batch);
-  parallel_for(m.batch, threads, [&](int64_t b) {
+  std::vector<HeadGrid> grids(m.points.batch);
+  parallel_for(m.points.batch, threads, [&](int64_t b) {
     int64_t begin, end;
-    image_range(m.offsets, b, m.count, &begin, &end);
+    image_range(m.points.offsets, b, m.points.count, &begin, &end);
     grids[b] = build_grid(m, begin, end);
   });
-  parallel_for(m.batch * m.height, threads, [&](int64_t task) {
+  parallel_for(m.points.batch * m.height, threads, [&](int64_t task) {
     const int64_t b = task / m.height, r = task % m.height;
     int64_t begin, end;
-    image_range(m.offsets, b, m.count, &begin, &end);
+    image_range(m.points.offsets, b, m.points.count, &begin, &end);
     float* out = grad + task * m.width;
     Posterior post;
     for (int64_t c = 0; c < m.width; ++c) {
       if (begin == end) {
-        out[c] = float(weights[m.count + b]);
+        out[c] = float(weights[m.points.count + b]);
         continue;
       }
       posterior_of(grids[b], a, b, cell_centre(c, m.stride), cell_centre(r, m.stride), post);
-      double g = weights[m.count + b] * post.background;
+      double g = weights[m.points.count + b] * post.background;
       for (size_t i = 0; i < post.heads.size(); ++i) g += weights[post.heads[i]] * post.prob[i];
       out[c] = float(g);
     }
@@ -270,8 +259,8 @@ SparseKernel build_kernel(const SinkhornArgs& a, int64_t begin, int64_t end) {
   K.r0.resize(K.n);
   K.nr.resize(K.n);
   for (int64_t i = 0; i < K.n; ++i) {
-    axis_window(a.map.points[2 * (begin + i)], K.width, a.map.stride, a.scale, a.shift, K.cut, &K.c0[i], &K.nc[i]);
-    axis_window(a.map.points[2 * (begin + i) + 1], K.height, a.map.stride, a.scale, a.shift, K.cut, &K.r0[i],
+    axis_window(a.map.points.xy[2 * (begin + i)], K.width, a.map.stride, a.scale, a.shift, K.cut, &K.c0[i], &K.nc[i]);
+    axis_window(a.map.points.xy[2 * (begin + i) + 1], K.height, a.map.stride, a.scale, a.shift, K.cut, &K.r0[i],
                 &K.nr[i]);
     if (K.nc[i] == 0 || K.nr[i] == 0) K.nc[i] = K.nr[i] = 0;
     K.wmax = std::max(K.wmax, K.nc[i]);
@@ -283,8 +272,8 @@ SparseKernel build_kernel(const SinkhornArgs& a, int64_t begin, int64_t end) {
   K.ey.assign(K.n * K.hmax, 0.0);
   K.row_start.assign(K.height + 1, 0);
   for (int64_t i = 0; i < K.n; ++i) {
-    const double x = double(a.map.points[2 * (begin + i)]) * a.scale + a.shift;
-    const double y = double(a.map.points[2 * (begin + i) + 1]) * a.scale + a.shift;
+    const double x = double(a.map.points.xy[2 * (begin + i)]) * a.scale + a.shift;
+    const double y = double(a.map.points.xy[2 * (begin + i) + 1]) * a.scale + a.shift;
     for (int64_t k = 0; k < K.nc[i]; ++k) {
       const double d = (cell_centre(K.c0[i] + k, a.map.stride) * a.scale + a.shift) - x;
       K.dx2[i * K.wmax + k] = d * d;
@@ -318,7 +307,7 @@ void sinkhorn_image(const SinkhornArgs& a, int64_t b, const float* normed, doubl
   const PointMap& m = a.map;
   const int64_t cells = m.height * m.width;
   int64_t begin, end;
-  image_range(m.offsets, b, m.count, &begin, &end);
+  image_range(m.points.offsets, b, m.points.count, &begin, &end);
   double* beta_b = beta + b * cells;
   if (begin == end) {
     std::fill(beta_b, beta_b + cells, 0.0);
@@ -385,16 +374,19 @@ void sinkhorn_image(const SinkhornArgs& a, int64_t b, const float* normed, doubl
 
 }  // namespace
 
-void sinkhorn_cpu(const SinkhornArgs& a, const float* normed, double* beta, double* wasserstein, int threads) {
-  if (a.map.batch >= threads) {  // an image per thread
-    parallel_for(a.map.batch, threads, [&](int64_t b) {
+void sinkhorn_cpu(const SinkhornArgs& a, int threads) {
+  const float* normed = a.normed;
+  double* beta = a.beta;
+  double* wasserstein = a.wasserstein;
+  if (a.map.points.batch >= threads) {  // an image per thread
+    parallel_for(a.map.points.batch, threads, [&](int64_t b) {
       sinkhorn_image(a, b, normed, beta, wasserstein, [](int64_t tasks, auto fn) {
         for (int64_t t = 0; t < tasks; ++t) fn(t);
       });
     });
     return;
   }
-  for (int64_t b = 0; b < a.map.batch; ++b)
+  for (int64_t b = 0; b < a.map.points.batch; ++b)
     sinkhorn_image(a, b, normed, beta, wasserstein,
                    [threads](int64_t tasks, auto fn) { parallel_for(tasks, threads, fn); });
 }

@@ -13,14 +13,10 @@
 // K v per head, a per-image check for NaN/inf and, every 10 iterations, the constraint error; an
 // image whose loop has ended (bregman_pytorch.py's break) sets a device flag that the later
 // launches of the fixed sequence read and skip on.
-#ifdef MUD_IKNN_CUDA_EMULATION
-#include "cuda_emulation.h"  // tests/cuda_emulation: this file's kernels run on the CPU, for the tests
-#else
-#include <cuda_runtime.h>
-#endif
 #include <stdexcept>
 #include <string>
 
+#include "cuda_launch.h"  // (tests/cuda_emulation runs this file's kernels on the CPU)
 #include "point_losses.h"
 
 namespace mud_iknn {
@@ -29,34 +25,6 @@ namespace {
 constexpr int kTile = 16;                  // cells per side of a block's tile
 constexpr int kThreads = kTile * kTile;    // a thread per cell of the tile; also the head chunk
 constexpr int kHeadThreads = 128;
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("mud_iknn: CUDA error in ") + what + ": " + cudaGetErrorString(err));
-}
-
-template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const char* what,
-            Args... args) {
-#ifdef MUD_IKNN_CUDA_EMULATION
-  cuda_emulation::launch(grid, block, [&] { kernel(args...); });
-#else
-  kernel<<<grid, block, 0, stream>>>(args...);
-#endif
-  check(cudaGetLastError(), what);
-}
-
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
 
 // Arrays carved out of one workspace, each 256-byte aligned; with a null base it only counts bytes.
 struct Carver {
@@ -167,12 +135,12 @@ struct BayesianCells {  // forward workspace, per cell of the batch, and per til
 };
 
 BayesianCells carve_bayesian(Carver& w, const PointMap& m) {
-  const int64_t cells = m.batch * m.height * m.width;
+  const int64_t cells = m.points.batch * m.height * m.width;
   BayesianCells c;
   c.top = w.take<double>(cells);
   c.z = w.take<double>(cells);
   c.background = w.take<double>(cells);
-  c.tile_best = w.take<double>(m.batch * tile_grid(m).tiles());
+  c.tile_best = w.take<double>(m.points.batch * tile_grid(m).tiles());
   return c;
 }
 
@@ -186,10 +154,10 @@ __global__ void __launch_bounds__(kThreads) bayesian_cells_kernel(PointMap m, do
   const TileCell tc = tile_cell(m, tiles_x);
   const int64_t cell = (b * m.height + tc.r) * m.width + tc.c;
   int64_t begin, end;
-  image_range(m.offsets, b, m.count, &begin, &end);
+  image_range(m.points.offsets, b, m.points.count, &begin, &end);
   if (begin == end) {
     if (!tc.valid) return;
-    if (weights) grad[cell] = float(weights[m.count + b]);
+    if (weights) grad[cell] = float(weights[m.points.count + b]);
     else out.background[cell] = density[cell];
     return;
   }
@@ -200,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) bayesian_cells_kernel(PointMap m, do
   // Every cell's best squared distance is at most the nearest head's to the tile's farthest cell.
   double upper = INFINITY;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const double x = m.points[2 * i], y = m.points[2 * i + 1];
+    const double x = m.points.xy[2 * i], y = m.points.xy[2 * i + 1];
     const double fx = fmax(fabs(x - xa), fabs(x - xb)), fy = fmax(fabs(y - ya), fabs(y - yb));
     upper = fmin(upper, fx * fx + fy * fy);
   }
@@ -213,8 +181,8 @@ __global__ void __launch_bounds__(kThreads) bayesian_cells_kernel(PointMap m, do
       bool keep = false;
       double x = 0.0, y = 0.0;
       if (i < end) {
-        x = m.points[2 * i];
-        y = m.points[2 * i + 1];
+        x = m.points.xy[2 * i];
+        y = m.points.xy[2 * i + 1];
         keep = rect_gap2(x, y, xa, xb, ya, yb) < limit;
       }
       int total;
@@ -259,7 +227,7 @@ __global__ void __launch_bounds__(kThreads) bayesian_cells_kernel(PointMap m, do
   }
   if (!tc.valid) return;
   if (weights) {
-    grad[cell] = float(weights[m.count + b] * (bg / z) + g);
+    grad[cell] = float(weights[m.points.count + b] * (bg / z) + g);
   } else {
     out.top[cell] = top;
     out.z[cell] = z;
@@ -272,10 +240,10 @@ __global__ void __launch_bounds__(kHeadThreads) bayesian_heads_kernel(PointMap m
                                                                      BayesianCells cells, double* expected,
                                                                      int tiles_x, int tiles_y) {
   const int64_t i = int64_t(blockIdx.x) * kHeadThreads + threadIdx.x;
-  if (i >= m.count) return;
-  const int64_t b = image_of(m.offsets, m.batch, i);
+  if (i >= m.points.count) return;
+  const int64_t b = image_of(m.points.offsets, m.points.batch, i);
   const double inv = 1.0 / (2.0 * sigma * sigma);
-  const double x = m.points[2 * i], y = m.points[2 * i + 1];
+  const double x = m.points.xy[2 * i], y = m.points.xy[2 * i + 1];
   double e = 0.0;
   for (int ty = 0; ty < tiles_y; ++ty)
     for (int tx = 0; tx < tiles_x; ++tx) {
@@ -323,35 +291,35 @@ SinkhornState carve_sinkhorn(Carver& w, const SinkhornArgs& a) {
   SinkhornState s;
   s.wmax = max_window(m.width, m.stride, a.scale, cut);
   s.hmax = max_window(m.height, m.stride, a.scale, cut);
-  s.c0 = w.take<int64_t>(m.count);
-  s.nc = w.take<int64_t>(m.count);
-  s.r0 = w.take<int64_t>(m.count);
-  s.nr = w.take<int64_t>(m.count);
-  s.dx2 = w.take<double>(m.count * s.wmax);
-  s.ex = w.take<double>(m.count * s.wmax);
-  s.dy2 = w.take<double>(m.count * s.hmax);
-  s.ey = w.take<double>(m.count * s.hmax);
-  s.u = w.take<double>(m.count);
-  s.upre = w.take<double>(m.count);
-  s.v = w.take<double>(m.batch * m.height * m.width);
-  s.vpre = w.take<double>(m.batch * m.height * m.width);
-  s.tile_err = w.take<double>(m.batch * tile_grid(m).tiles());
-  s.done = w.take<int>(m.batch);
+  s.c0 = w.take<int64_t>(m.points.count);
+  s.nc = w.take<int64_t>(m.points.count);
+  s.r0 = w.take<int64_t>(m.points.count);
+  s.nr = w.take<int64_t>(m.points.count);
+  s.dx2 = w.take<double>(m.points.count * s.wmax);
+  s.ex = w.take<double>(m.points.count * s.wmax);
+  s.dy2 = w.take<double>(m.points.count * s.hmax);
+  s.ey = w.take<double>(m.points.count * s.hmax);
+  s.u = w.take<double>(m.points.count);
+  s.upre = w.take<double>(m.points.count);
+  s.v = w.take<double>(m.points.batch * m.height * m.width);
+  s.vpre = w.take<double>(m.points.batch * m.height * m.width);
+  s.tile_err = w.take<double>(m.points.batch * tile_grid(m).tiles());
+  s.done = w.take<int>(m.points.batch);
   return s;
 }
 
 __device__ int64_t head_count(const PointMap& m, int64_t b) {
   int64_t begin, end;
-  image_range(m.offsets, b, m.count, &begin, &end);
+  image_range(m.points.offsets, b, m.points.count, &begin, &end);
   return end - begin;
 }
 
 __global__ void __launch_bounds__(kHeadThreads) sinkhorn_heads_setup(SinkhornArgs a, SinkhornState s) {
   const PointMap& m = a.map;
   const int64_t i = int64_t(blockIdx.x) * kHeadThreads + threadIdx.x;
-  if (i >= m.count) return;
+  if (i >= m.points.count) return;
   const double cut = a.reg * kFloat32ExpCut;
-  const double x = m.points[2 * i], y = m.points[2 * i + 1];
+  const double x = m.points.xy[2 * i], y = m.points.xy[2 * i + 1];
   int64_t c0, nc, r0, nr;
   axis_window(x, m.width, m.stride, a.scale, a.shift, cut, &c0, &nc);
   axis_window(y, m.height, m.stride, a.scale, a.shift, cut, &r0, &nr);
@@ -371,14 +339,14 @@ __global__ void __launch_bounds__(kHeadThreads) sinkhorn_heads_setup(SinkhornArg
     s.dy2[i * s.hmax + k] = d * d;
     s.ey[i * s.hmax + k] = exp(-d * d / a.reg);
   }
-  s.u[i] = 1.0 / double(head_count(m, image_of(m.offsets, m.batch, i)));
+  s.u[i] = 1.0 / double(head_count(m, image_of(m.points.offsets, m.points.batch, i)));
 }
 
 __global__ void __launch_bounds__(kThreads) sinkhorn_cells_setup(SinkhornArgs a, SinkhornState s) {
   const PointMap& m = a.map;
   const int64_t cells = m.height * m.width, at = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (at < m.batch * cells) s.v[at] = 1.0 / double(cells);
-  if (at < m.batch) s.done[at] = head_count(m, at) == 0;
+  if (at < m.points.batch * cells) s.v[at] = 1.0 / double(cells);
+  if (at < m.points.batch) s.done[at] = head_count(m, at) == 0;
 }
 
 // K^T u over a tile: with update, v = b / (K^T u + eps) (keeping the old v in vpre); else the
@@ -392,7 +360,7 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_ktu_kernel(SinkhornArgs a, 
   const TileCell tc = tile_cell(m, tiles_x);
   const double cut = a.reg * kFloat32ExpCut;
   int64_t begin, end;
-  image_range(m.offsets, b, m.count, &begin, &end);
+  image_range(m.points.offsets, b, m.points.count, &begin, &end);
   double acc = 0.0;
   for (int64_t base = begin; base < end; base += kThreads) {
     const int64_t i = base + threadIdx.x;
@@ -445,8 +413,8 @@ __device__ double head_sum(const SinkhornArgs& a, const SinkhornState& s, int64_
 __global__ void __launch_bounds__(kHeadThreads) sinkhorn_kv_kernel(SinkhornArgs a, SinkhornState s, int cost) {
   const PointMap& m = a.map;
   const int64_t i = int64_t(blockIdx.x) * kHeadThreads + threadIdx.x;
-  if (i >= m.count) return;
-  const int64_t b = image_of(m.offsets, m.batch, i);
+  if (i >= m.points.count) return;
+  const int64_t b = image_of(m.points.offsets, m.points.batch, i);
   if (cost) {
     s.upre[i] = s.u[i] * head_sum(a, s, i, b, true);
     return;
@@ -464,7 +432,7 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_check_kernel(SinkhornArgs a
   const int64_t b = blockIdx.x, cells = m.height * m.width;
   if (s.done[b]) return;
   int64_t begin, end;
-  image_range(m.offsets, b, m.count, &begin, &end);
+  image_range(m.points.offsets, b, m.points.count, &begin, &end);
   if (finite_only) {
     double bad = 0.0;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) bad += finite_d(s.u[i]) ? 0.0 : 1.0;
@@ -485,7 +453,7 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_check_kernel(SinkhornArgs a
 __global__ void __launch_bounds__(kThreads) sinkhorn_beta_kernel(SinkhornArgs a, SinkhornState s, double* beta) {
   const PointMap& m = a.map;
   const int64_t cells = m.height * m.width, at = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (at >= m.batch * cells) return;
+  if (at >= m.points.batch * cells) return;
   beta[at] = head_count(m, at / cells) == 0 ? 0.0 : a.reg * log(s.v[at] + kSinkhornEps);
 }
 
@@ -493,7 +461,7 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_distance_kernel(SinkhornArg
                                                                     double* wasserstein) {
   const int64_t b = blockIdx.x;
   int64_t begin, end;
-  image_range(a.map.offsets, b, a.map.count, &begin, &end);
+  image_range(a.map.points.offsets, b, a.map.points.count, &begin, &end);
   double sum = 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) sum += s.upre[i];
   sum = block_reduce<Reduce::kSum>(sum);
@@ -510,43 +478,43 @@ void require_workspace(int64_t needed, int64_t given, const char* what) {
 
 }  // namespace
 
-int64_t bayesian_workspace_bytes(const BayesianArgs& a) {
+int64_t bayesian_expected_workspace_bytes(const BayesianArgs& a) {
   Carver w{nullptr};
   carve_bayesian(w, a.map);
   return w.used;
 }
 
-void bayesian_expected_cuda(const BayesianArgs& a, const float* density, double* expected, void* workspace,
-                            int64_t workspace_bytes, void* stream, int device) {
+void bayesian_expected_cuda(const BayesianArgs& a, const CudaCall& call) {
   const PointMap& m = a.map;
-  if (m.batch == 0 || m.height * m.width == 0) return;
-  require_workspace(bayesian_workspace_bytes(a), workspace_bytes, "Bayesian loss");
-  DeviceScope scope(device);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  Carver w{static_cast<char*>(workspace)};
+  const float* density = a.density;
+  double* expected = a.expected;
+  if (m.points.batch == 0 || m.height * m.width == 0) return;
+  require_workspace(bayesian_expected_workspace_bytes(a), call.workspace_bytes, "Bayesian loss");
+  DeviceScope scope(call.device);
+  cudaStream_t st = static_cast<cudaStream_t>(call.stream);
+  Carver w{static_cast<char*>(call.workspace)};
   const BayesianCells cells = carve_bayesian(w, m);
   const TileGrid tg = tile_grid(m);
-  launch(bayesian_cells_kernel, dim3(unsigned(tg.tiles()), unsigned(m.batch)), dim3(kThreads), st,
+  launch(bayesian_cells_kernel, dim3(unsigned(tg.tiles()), unsigned(m.points.batch)), dim3(kThreads), st,
          "bayesian_cells_kernel", m, a.sigma, a.background, density, cells, static_cast<const double*>(nullptr),
          static_cast<float*>(nullptr), tg.tiles_x);
-  if (m.count > 0)
-    launch(bayesian_heads_kernel, dim3(blocks_for(m.count, kHeadThreads)), dim3(kHeadThreads), st,
+  if (m.points.count > 0)
+    launch(bayesian_heads_kernel, dim3(blocks_for(m.points.count, kHeadThreads)), dim3(kHeadThreads), st,
            "bayesian_heads_kernel", m, a.sigma, density, cells, expected, tg.tiles_x, tg.tiles_y);
-  launch(image_sum_kernel, dim3(unsigned(m.batch)), dim3(kThreads), st, "image_sum_kernel",
-         static_cast<const double*>(cells.background), m.height * m.width, expected + m.count);
+  launch(image_sum_kernel, dim3(unsigned(m.points.batch)), dim3(kThreads), st, "image_sum_kernel",
+         static_cast<const double*>(cells.background), m.height * m.width, expected + m.points.count);
 }
 
-void bayesian_backward_cuda(const BayesianArgs& a, const double* weights, float* grad, void* workspace,
-                            int64_t workspace_bytes, void* stream, int device) {
-  (void)workspace;
-  (void)workspace_bytes;
+int64_t bayesian_backward_workspace_bytes(const BayesianArgs&) { return 0; }  // recomputes the posteriors
+
+void bayesian_backward_cuda(const BayesianArgs& a, const CudaCall& call) {
   const PointMap& m = a.map;
-  if (m.batch == 0 || m.height * m.width == 0) return;
-  DeviceScope scope(device);
+  if (m.points.batch == 0 || m.height * m.width == 0) return;
+  DeviceScope scope(call.device);
   const TileGrid tg = tile_grid(m);
-  launch(bayesian_cells_kernel, dim3(unsigned(tg.tiles()), unsigned(m.batch)), dim3(kThreads),
-         static_cast<cudaStream_t>(stream), "bayesian_cells_kernel", m, a.sigma, a.background,
-         static_cast<const float*>(nullptr), BayesianCells{}, weights, grad, tg.tiles_x);
+  launch(bayesian_cells_kernel, dim3(unsigned(tg.tiles()), unsigned(m.points.batch)), dim3(kThreads),
+         static_cast<cudaStream_t>(call.stream), "bayesian_cells_kernel", m, a.sigma, a.background,
+         static_cast<const float*>(nullptr), BayesianCells{}, a.weights, a.grad, tg.tiles_x);
 }
 
 int64_t sinkhorn_workspace_bytes(const SinkhornArgs& a) {
@@ -555,36 +523,36 @@ int64_t sinkhorn_workspace_bytes(const SinkhornArgs& a) {
   return w.used;
 }
 
-void sinkhorn_cuda(const SinkhornArgs& a, const float* normed, double* beta, double* wasserstein, void* workspace,
-                   int64_t workspace_bytes, void* stream, int device) {
+void sinkhorn_cuda(const SinkhornArgs& a, const CudaCall& call) {
   const PointMap& m = a.map;
-  if (m.batch == 0 || m.height * m.width == 0) return;
-  require_workspace(sinkhorn_workspace_bytes(a), workspace_bytes, "Sinkhorn");
-  DeviceScope scope(device);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  Carver w{static_cast<char*>(workspace)};
+  const float* normed = a.normed;
+  if (m.points.batch == 0 || m.height * m.width == 0) return;
+  require_workspace(sinkhorn_workspace_bytes(a), call.workspace_bytes, "Sinkhorn");
+  DeviceScope scope(call.device);
+  cudaStream_t st = static_cast<cudaStream_t>(call.stream);
+  Carver w{static_cast<char*>(call.workspace)};
   const SinkhornState s = carve_sinkhorn(w, a);
   const TileGrid tg = tile_grid(m);
-  const dim3 tiles(unsigned(tg.tiles()), unsigned(m.batch));
-  const unsigned head_blocks = blocks_for(m.count, kHeadThreads);
-  const unsigned cell_blocks = blocks_for(std::max(m.batch * m.height * m.width, m.batch), kThreads);
-  if (m.count > 0) launch(sinkhorn_heads_setup, dim3(head_blocks), dim3(kHeadThreads), st, "sinkhorn_heads_setup", a, s);
+  const dim3 tiles(unsigned(tg.tiles()), unsigned(m.points.batch));
+  const unsigned head_blocks = blocks_for(m.points.count, kHeadThreads);
+  const unsigned cell_blocks = blocks_for(std::max(m.points.batch * m.height * m.width, m.points.batch), kThreads);
+  if (m.points.count > 0) launch(sinkhorn_heads_setup, dim3(head_blocks), dim3(kHeadThreads), st, "sinkhorn_heads_setup", a, s);
   launch(sinkhorn_cells_setup, dim3(cell_blocks), dim3(kThreads), st, "sinkhorn_cells_setup", a, s);
-  for (int it = 1; it <= a.iterations && m.count > 0; ++it) {
+  for (int it = 1; it <= a.iterations && m.points.count > 0; ++it) {
     launch(sinkhorn_ktu_kernel, tiles, dim3(kThreads), st, "sinkhorn_ktu_kernel", a, s, normed, tg.tiles_x, 1);
     launch(sinkhorn_kv_kernel, dim3(head_blocks), dim3(kHeadThreads), st, "sinkhorn_kv_kernel", a, s, 0);
-    launch(sinkhorn_check_kernel, dim3(unsigned(m.batch)), dim3(kThreads), st, "sinkhorn_check_kernel", a, s,
+    launch(sinkhorn_check_kernel, dim3(unsigned(m.points.batch)), dim3(kThreads), st, "sinkhorn_check_kernel", a, s,
            tg.tiles(), 0, 1);
     if (it % kSinkhornEvalEvery == 0) {
       launch(sinkhorn_ktu_kernel, tiles, dim3(kThreads), st, "sinkhorn_ktu_kernel", a, s, normed, tg.tiles_x, 0);
-      launch(sinkhorn_check_kernel, dim3(unsigned(m.batch)), dim3(kThreads), st, "sinkhorn_check_kernel", a, s,
+      launch(sinkhorn_check_kernel, dim3(unsigned(m.points.batch)), dim3(kThreads), st, "sinkhorn_check_kernel", a, s,
              tg.tiles(), 1, 0);
     }
   }
-  launch(sinkhorn_beta_kernel, dim3(cell_blocks), dim3(kThreads), st, "sinkhorn_beta_kernel", a, s, beta);
-  if (m.count > 0) launch(sinkhorn_kv_kernel, dim3(head_blocks), dim3(kHeadThreads), st, "sinkhorn_kv_kernel", a, s, 1);
-  launch(sinkhorn_distance_kernel, dim3(unsigned(m.batch)), dim3(kThreads), st, "sinkhorn_distance_kernel", a, s,
-         wasserstein);
+  launch(sinkhorn_beta_kernel, dim3(cell_blocks), dim3(kThreads), st, "sinkhorn_beta_kernel", a, s, a.beta);
+  if (m.points.count > 0) launch(sinkhorn_kv_kernel, dim3(head_blocks), dim3(kHeadThreads), st, "sinkhorn_kv_kernel", a, s, 1);
+  launch(sinkhorn_distance_kernel, dim3(unsigned(m.points.batch)), dim3(kThreads), st, "sinkhorn_distance_kernel", a, s,
+         a.wasserstein);
 }
 
 }  // namespace mud_iknn

@@ -4,7 +4,8 @@ One schema per op (the ``torch.library`` custom ops below, usable under torch.co
 implementation per backend: :data:`BACKENDS` maps a device type to the :class:`Backend` that runs
 it (the C++ kernels for "cpu", the CUDA kernels for "cuda"; a test may put another backend object
 there, e.g. the CUDA kernels built on the CPU emulator). Each kernel takes one struct declared in
-csrc/labels.h and bound in csrc/label_bindings.h, filled here field by field.
+csrc/labels.h and bound in csrc/label_bindings.h, filled here field by field; the point losses
+(:mod:`mud_iknn.point_losses`, csrc/point_losses.h) run through the same backends.
 
 Inputs arrive validated by :mod:`mud_iknn.labels` (float32 (P, 2) points, int64 (B + 1) offsets,
 contiguous, one device).
@@ -48,7 +49,7 @@ class CudaBackend(Backend):
     def run(self, op: str, args, device: torch.device) -> None:
         if not self.module.WITH_CUDA:
             raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
-                               "(MUD_IKNN_CUDA=ON) to run the label engine on CUDA tensors")
+                               "(MUD_IKNN_CUDA=ON) to run its kernels on CUDA tensors")
         workspace = self.workspace(getattr(self.module, f"{op}_workspace_bytes")(args), device)
         call = _fill(self.module.CudaCall(), workspace=workspace.data_ptr(), workspace_bytes=workspace.numel(),
                      stream=self.stream(device), device=self.device_index(device))

@@ -24,41 +24,21 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import _C
+from . import _ops
 from .labels import PointsLike, _check_positive, count_maps, pack_points
 
 __all__ = ["BayesianLoss", "OTLoss", "DMCountLoss"]
 
 
 # ---- the extension boundary ----------------------------------------------------------------------
+# The kernels run through mud_iknn._ops' backends (BACKENDS by device type), each filling its
+# argument struct of csrc/point_losses.h.
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
-
-
-def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
-    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
-
-
-def _uses_cuda(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
-def _launch(name: str, args: tuple, device: torch.device, workspace_bytes) -> None:
-    """``_C.<name>_cpu(*args, threads)``, or on a CUDA device ``_C.<name>_cuda(*args, workspace,
-    bytes, stream, device index)`` with ``workspace_bytes()`` of scratch memory from torch."""
-    if not _uses_cuda(device):
-        getattr(_C, name + "_cpu")(*args, _threads())
-        return
-    if not _C.WITH_CUDA:
-        raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
-                           "(MUD_IKNN_CUDA=ON) to run the point losses on CUDA tensors")
-    workspace = _workspace(workspace_bytes(), device)
-    getattr(_C, name + "_cuda")(*args, workspace.data_ptr(), workspace.numel(), _stream(device), device.index)
+def _point_map(module, points: torch.Tensor, offsets: torch.Tensor, cells: torch.Tensor, stride: int):
+    """The PointMap of ``points`` (P, 2) / ``offsets`` (B + 1) against ``cells`` (B, h, w)."""
+    _, height, width = cells.shape
+    return _ops._fill(module.PointMap(), points=_ops._points(module, points, offsets), height=height, width=width,
+                      stride=stride)
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -94,11 +74,6 @@ def _points_for(density: torch.Tensor, points: PointsLike, offsets) -> tuple[tor
     return packed, offs
 
 
-def _geometry(points: torch.Tensor, offsets: torch.Tensor, density: torch.Tensor, stride: int) -> tuple:
-    batch, height, width = density.shape
-    return (points.data_ptr(), offsets.data_ptr(), batch, points.shape[0], height, width, stride)
-
-
 # ---- Bayesian loss -----------------------------------------------------------------------------
 
 class _BayesianExpected(torch.autograd.Function):
@@ -109,10 +84,10 @@ class _BayesianExpected(torch.autograd.Function):
     def forward(ctx, density, points, offsets, stride, sigma, background):
         batch, height, width = density.shape
         expected = torch.empty(points.shape[0] + batch, dtype=torch.float64, device=density.device)
-        geometry = _geometry(points, offsets, density, stride)
         bg = background.data_ptr() if background is not None else 0
-        _launch("bayesian_expected", (*geometry, sigma, bg, density.data_ptr(), expected.data_ptr()),
-                density.device, lambda: _C.bayesian_workspace_bytes(*geometry[2:], background is not None))
+        _ops._run("bayesian_expected", density.device, lambda module: _ops._fill(
+            module.BayesianArgs(), map=_point_map(module, points, offsets, density, stride), sigma=sigma,
+            background=bg, density=density.data_ptr(), expected=expected.data_ptr()))
         ctx.save_for_backward(points, offsets, background)
         ctx.shape, ctx.stride, ctx.sigma = density.shape, stride, sigma
         return expected
@@ -123,10 +98,10 @@ class _BayesianExpected(torch.autograd.Function):
         points, offsets, background = ctx.saved_tensors
         weights = grad_expected.to(torch.float64).contiguous()
         grad = torch.empty(ctx.shape, dtype=torch.float32, device=weights.device)
-        geometry = _geometry(points, offsets, grad, ctx.stride)
         bg = background.data_ptr() if background is not None else 0
-        _launch("bayesian_backward", (*geometry, ctx.sigma, bg, weights.data_ptr(), grad.data_ptr()),
-                grad.device, lambda: 0)  # recomputes the posteriors: no workspace
+        _ops._run("bayesian_backward", grad.device, lambda module: _ops._fill(
+            module.BayesianArgs(), map=_point_map(module, points, offsets, grad, ctx.stride), sigma=ctx.sigma,
+            background=bg, weights=weights.data_ptr(), grad=grad.data_ptr()))
         return grad, None, None, None, None, None
 
 
@@ -190,10 +165,10 @@ class _OTLossFunction(torch.autograd.Function):
         batch = density.shape[0]
         beta = torch.empty(density.shape, dtype=torch.float64, device=density.device)
         wasserstein = torch.empty(batch, dtype=torch.float64, device=density.device)
-        geometry = _geometry(points, offsets, density, stride)
-        _launch("sinkhorn", (*geometry, reg, iterations, scale, shift, normed.data_ptr(), beta.data_ptr(),
-                             wasserstein.data_ptr()),
-                density.device, lambda: _C.sinkhorn_workspace_bytes(*geometry[2:], reg, scale))
+        _ops._run("sinkhorn", density.device, lambda module: _ops._fill(
+            module.SinkhornArgs(), map=_point_map(module, points, offsets, density, stride), reg=reg,
+            iterations=iterations, scale=scale, shift=shift, normed=normed.data_ptr(), beta=beta.data_ptr(),
+            wasserstein=wasserstein.data_ptr()))
         d = density.to(torch.float64)
         count = d.sum(dim=(1, 2), keepdim=True)
         denom = count * count + 1e-8

@@ -1,11 +1,13 @@
-"""csrc/labels_cuda.cu on the CPU: built with the host C++ compiler against the CUDA emulator
-(tests/cuda_emulation) as the Python module ``emulated_labels`` (the argument structs and CUDA
-entry points of ``mud_iknn._C``, bound by the same code), and plugged into mud_iknn as a backend
-object (:class:`EmulatedBackend`, ``mud_iknn._ops.BACKENDS``): the public API then runs the CUDA
-path, from the ops' argument structs to the kernels, for CPU tensors on any machine.
+"""csrc/labels_cuda.cu and csrc/point_losses_cuda.cu on the CPU: built with the host C++ compiler
+against the CUDA emulator (tests/cuda_emulation) as the Python module ``emulated_labels`` (the
+argument structs and CUDA entry points of ``mud_iknn._C``, bound by the same code), and plugged into
+mud_iknn as a backend object (:class:`EmulatedBackend`, ``mud_iknn._ops.BACKENDS``): the public API
+(label maps and point losses) then runs the CUDA path, from the ops' argument structs to the
+kernels, for CPU tensors on any machine.
 
 This checks the kernels' logic (grid build, tile passes, chunking, scans, barriers) on every
-machine; speed and the hardware's memory model still need a GPU (bench/gpu_check.sh).
+machine; speed and the hardware's memory model still need a GPU (bench/gpu_check.sh,
+bench/gpu_point_losses.py).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "tests/cuda_emulation/emulated_labels.cpp", ROOT / "tests/cuda_emulation/emulator_selftest.cpp",
-           ROOT / "csrc/labels_cuda.cu"]
+           ROOT / "csrc/labels_cuda.cu", ROOT / "csrc/point_losses_cuda.cu"]
 _ERROR_BYTES = 512
 MODULE = "emulated_labels"
 
@@ -31,32 +33,32 @@ def compiler() -> str | None:
 
 
 def build(out_dir: Path) -> ctypes.CDLL:
-    """Compiles the emulated CUDA label engine into out_dir and loads it (a few seconds). Extra
+    """Compiles the emulated CUDA kernels into out_dir and loads it (a few seconds). Extra
     flags from $MUD_IKNN_EMULATION_FLAGS, e.g. the CUDA build's tuning macros
     ("-DMUD_IKNN_CUDA_THREAD_ROWS=2"), check that variant's logic."""
     return load(compile_library(out_dir, ("-O2", *shlex.split(os.environ.get("MUD_IKNN_EMULATION_FLAGS", "")))))
 
 
 def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
-    """out_dir/emulated_labels<ext>: the emulated CUDA label engine, a Python extension module built
-    with these extra flags."""
+    """out_dir/emulated_labels<ext>: the emulated CUDA kernels (label engine and point losses), a
+    Python extension module built with these extra flags."""
     import pybind11
 
     library = out_dir / f"{MODULE}{sysconfig.get_config_var('EXT_SUFFIX')}"
     command = [compiler(), "-std=c++17", *flags, "-shared", "-fPIC", "-fvisibility=hidden",
                "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA", f"-I{ROOT / 'csrc'}",
                f"-I{ROOT / 'tests/cuda_emulation'}", f"-I{pybind11.get_include()}",
-               f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES[:2]), "-x", "c++", str(SOURCES[2]),
+               f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES[:2]), "-x", "c++", *map(str, SOURCES[2:]),
                "-o", str(library)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"building the emulated CUDA label engine failed:\n{' '.join(command)}\n{done.stderr}")
+        raise RuntimeError(f"building the emulated CUDA kernels failed:\n{' '.join(command)}\n{done.stderr}")
     return library
 
 
 def load(library: Path) -> ctypes.CDLL:
     """The built library: its emulator controls and self-tests through ctypes (argument types
-    declared), and as ``.module`` the Python module of its label kernels."""
+    declared), and as ``.module`` the Python module of its kernels."""
     spec = importlib.util.spec_from_file_location(MODULE, library)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -109,14 +111,23 @@ def _poison(pointer: int, nbytes: int) -> None:
         ctypes.memset(pointer, 0xFF, nbytes)
 
 
-def output_bytes(op: str, args) -> int:
-    """Bytes of the output of ``op`` for its argument struct ``args`` (csrc/labels.h)."""
+def outputs(op: str, args) -> list[tuple[int, int]]:
+    """(address, bytes) of each output of ``op`` for its argument struct ``args`` (csrc/labels.h,
+    csrc/point_losses.h)."""
+    if op in POINT_LOSS_OPS:
+        m = args.map
+        p, cells = m.points, m.points.batch * m.height * m.width
+        if op == "bayesian_expected":
+            return [(args.expected, 8 * (p.count + p.batch))]
+        if op == "bayesian_backward":
+            return [(args.grad, 4 * cells)]
+        return [(args.beta, 8 * cells), (args.wasserstein, 8 * p.batch)]
     p = args.points
     if op == "head_sigmas":
-        return 4 * p.count
+        return [(args.out, 4 * p.count)]
     if op == "count_maps":
-        return 4 * p.batch * (-(-args.height // args.stride)) * (-(-args.width // args.stride))
-    return 4 * p.batch * args.height * args.width
+        return [(args.out, 4 * p.batch * (-(-args.height // args.stride)) * (-(-args.width // args.stride)))]
+    return [(args.out, 4 * p.batch * args.height * args.width)]
 
 
 def backend(module):
@@ -129,7 +140,8 @@ def backend(module):
 
     class EmulatedBackend(_ops.CudaBackend):
         def run(self, op, args, device):
-            _poison(args.out, output_bytes(op, args))
+            for pointer, nbytes in outputs(op, args):
+                _poison(pointer, nbytes)
             super().run(op, args, device)
 
         def workspace(self, nbytes, device):
@@ -146,5 +158,7 @@ def backend(module):
     return EmulatedBackend(module)
 
 
+#: the point losses' ops (csrc/point_losses.h)
+POINT_LOSS_OPS = ["bayesian_expected", "bayesian_backward", "sinkhorn"]
 #: the ops the emulated module serves (as mud_iknn._C's CUDA entry points)
-BINDINGS = ["knn_maps", "head_sigmas", "density_maps", "count_maps"]
+BINDINGS = ["knn_maps", "head_sigmas", "density_maps", "count_maps", *POINT_LOSS_OPS]

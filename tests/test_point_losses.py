@@ -12,7 +12,6 @@ from mud_iknn import reference
 from mud_iknn.loss import BayesianLoss, DMCountLoss, OTLoss
 
 import emulated_cuda
-import emulated_point_losses
 
 STRIDE = 8
 
@@ -20,18 +19,11 @@ STRIDE = 8
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda), "emulated"])
 def device(request, monkeypatch):
     """The point losses' backends: C++ CPU, CUDA where a GPU is visible, and the CUDA kernels run
-    on the CPU emulator (emulated_point_losses.install; tensors stay on the CPU)."""
+    on the CPU emulator (emulated_cuda.install; tensors stay on the CPU)."""
     if request.param == "emulated":
-        emulated_point_losses.install(request.getfixturevalue("emulated_point_losses_library"), monkeypatch)
+        emulated_cuda.install(request.getfixturevalue("emulated_cuda_library"), monkeypatch)
         return torch.device("cpu")
     return torch.device(request.param)
-
-
-@pytest.fixture(scope="session")
-def emulated_point_losses_library(tmp_path_factory):
-    if emulated_point_losses.compiler() is None:
-        pytest.skip("no host C++ compiler to build the emulated CUDA point losses")
-    return emulated_point_losses.build(tmp_path_factory.mktemp("emulated_point_losses"))
 
 
 def _layout(rng, kind, n, height, width):
@@ -186,12 +178,12 @@ def test_ot_matches_dense(device, layouts, seed, height, width, reg, normalize, 
     _close_grad(normed_grad, ref_normed_grad)
 
 
-def test_emulated_cuda_on_several_tiles_and_head_chunks(emulated_point_losses_library, monkeypatch):
+def test_emulated_cuda_on_several_tiles_and_head_chunks(emulated_cuda_library, monkeypatch):
     """Maps of several 16 x 16 tiles and more heads than a block stages at once: equal to the
     references, and bit for bit the same whether the emulated threads run in order or warps run
     ahead with the blocks last first (no race, no order-dependent sum)."""
-    library = emulated_point_losses_library
-    emulated_point_losses.install(library, monkeypatch)
+    library = emulated_cuda_library
+    emulated_cuda.install(library, monkeypatch)
     rng = np.random.default_rng(6)
     height, width = 20, 37
     points = [torch.cat([_layout(rng, "cluster", 200, height, width), _layout(rng, "outside", 150, height, width)]),
