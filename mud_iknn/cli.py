@@ -574,14 +574,15 @@ def _overlay_targets(overlay: Path, images: Sequence[Path]) -> dict:
 
 def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, clock=time.perf_counter):
     """Trains up to ``config.steps`` steps, stopping early after the chunk of steps that crosses
-    ``seconds`` (by ``clock``); the chunks resume each other exactly. Prints a line per chunk;
-    returns the engine's last result."""
+    ``seconds`` (by ``clock``); the chunks resume each other exactly, the localization is
+    calibrated once, after the last. Prints a line per chunk; returns the engine's last result."""
     import dataclasses
 
     start, done, result = clock(), 0, None
     while done < config.steps:
         done = min(done + chunk, config.steps)
-        result = engine.train(dataclasses.replace(config, steps=done), train_set, None, resume=result is not None)
+        result = engine.train(dataclasses.replace(config, steps=done, calibrate_images=0), train_set, None,
+                              resume=result is not None)
         loss = (result.get("train") or {}).get("loss")
         elapsed = clock() - start
         print(f"step {done:>5}/{config.steps}  loss {loss if loss is None else f'{loss:.4g}'}  {elapsed:.0f} s",
@@ -589,6 +590,8 @@ def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, cl
         if elapsed > seconds and done < config.steps:
             print(f"stopping after {done} steps: the {seconds:.0f} s training budget is spent", file=sys.stderr)
             break
+    if config.calibrate_images:  # no step more: the engine calibrates and checkpoints
+        result = engine.train(dataclasses.replace(config, steps=done), train_set, None, resume=True)
     return result
 
 

@@ -429,7 +429,9 @@ def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, tmp_
     data = SyntheticCrowds(2, size=64)
     result = cli._train_within(engine, _small(tmp_path / "a", steps=100, log_every=10), data, seconds=50,
                                clock=clock)
-    assert result["step"] == 40 and engine.read_checkpoint(tmp_path / "a" / "checkpoint.pt")["step"] == 40
+    state = engine.read_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert result["step"] == 40 and state["step"] == 40
+    assert state["localization"] == result["model"].localization and result["model"].localization is not None
     out, err = capsys.readouterr()
     assert "stopping after 40 steps" in err and "step    20/100  loss " in out
     result = cli._train_within(engine, _small(tmp_path / "b", steps=45, log_every=10), data, seconds=1e9,
