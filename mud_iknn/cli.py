@@ -459,6 +459,7 @@ def _cmd_eval(args) -> int:
     if not args.no_check:
         _check_or_fail(args, [dataset], annotations=labels)
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    _override_localization(model, args)
     metrics = evaluation.evaluate(model, dataset, window=window, stride=stride, progress=args.json != "-",
                                   localization=args.localization or bool(args.export_points), labels=labels)
     if args.export:
@@ -507,6 +508,7 @@ def _cmd_count(args) -> int:
         model, window, stride = deploy.load_onnx(args.model, args.device, args.window, args.stride)
     else:
         model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    _override_localization(model, args)
     if videos:
         return _count_video(args, model, videos[0], window, stride)
     results = []
@@ -654,6 +656,23 @@ def _add_window_args(parser) -> None:
                         help="sliding window stride (default: the checkpoint's validation stride, 4/7 of the window)")
 
 
+def _add_locate_args(parser) -> None:
+    parser.add_argument("--threshold", type=float, metavar="V",
+                        help="localize: map value a located head must exceed (default: the checkpoint's "
+                             "calibrated one, else 0.2)")
+    parser.add_argument("--min-distance", type=int, metavar="PX",
+                        help="localize: located heads more than PX pixels apart (default: the checkpoint's "
+                             "calibrated one, else 1)")
+
+
+def _override_localization(model, args) -> None:
+    """--threshold / --min-distance over the model's calibrated localization settings."""
+    given = {key: value for key, value in (("threshold", args.threshold), ("min_distance", args.min_distance))
+             if value is not None}
+    if given:
+        model.localization = {**(getattr(model, "localization", None) or {}), **given}
+
+
 def _add_no_check(parser) -> None:
     parser.add_argument("--no-check", action="store_true",
                         help="skip reading every image header and annotation before the first step ('mud-iknn "
@@ -757,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write NWPU-Crowd's localization submission: one line '<id> <n> x1 y1 ... xn yn' "
                                "(integer pixels) per image")
     _add_window_args(evaluate)
+    _add_locate_args(evaluate)
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     _add_no_check(evaluate)
     evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
@@ -790,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the counts as CSV: image,count for images; frame,time_s,count for a video")
     count.add_argument("--every", type=int, metavar="N", help="a video: count every N-th frame only (default 1)")
     _add_window_args(count)
+    _add_locate_args(count)
     count.add_argument("--json", action="store_true",
                        help="print JSON instead of lines: per image 'count' and 'points' (the located heads, "
                             "[x, y] image pixels)")
