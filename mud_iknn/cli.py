@@ -459,6 +459,7 @@ def _cmd_eval(args) -> int:
     if not args.no_check:
         _check_or_fail(args, [dataset], annotations=labels)
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    _override_localization(model, args)
     metrics = evaluation.evaluate(model, dataset, window=window, stride=stride, progress=args.json != "-",
                                   localization=args.localization or bool(args.export_points), labels=labels)
     if args.export:
@@ -507,6 +508,7 @@ def _cmd_count(args) -> int:
         model, window, stride = deploy.load_onnx(args.model, args.device, args.window, args.stride)
     else:
         model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
+    _override_localization(model, args)
     if videos:
         return _count_video(args, model, videos[0], window, stride)
     results = []
@@ -574,14 +576,15 @@ def _overlay_targets(overlay: Path, images: Sequence[Path]) -> dict:
 
 def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, clock=time.perf_counter):
     """Trains up to ``config.steps`` steps, stopping early after the chunk of steps that crosses
-    ``seconds`` (by ``clock``); the chunks resume each other exactly. Prints a line per chunk;
-    returns the engine's last result."""
+    ``seconds`` (by ``clock``); the chunks resume each other exactly, the localization is
+    calibrated once, after the last. Prints a line per chunk; returns the engine's last result."""
     import dataclasses
 
     start, done, result = clock(), 0, None
     while done < config.steps:
         done = min(done + chunk, config.steps)
-        result = engine.train(dataclasses.replace(config, steps=done), train_set, None, resume=result is not None)
+        result = engine.train(dataclasses.replace(config, steps=done, calibrate_images=0), train_set, None,
+                              resume=result is not None)
         loss = (result.get("train") or {}).get("loss")
         elapsed = clock() - start
         print(f"step {done:>5}/{config.steps}  loss {loss if loss is None else f'{loss:.4g}'}  {elapsed:.0f} s",
@@ -589,6 +592,8 @@ def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, cl
         if elapsed > seconds and done < config.steps:
             print(f"stopping after {done} steps: the {seconds:.0f} s training budget is spent", file=sys.stderr)
             break
+    if config.calibrate_images:  # no step more: the engine calibrates and checkpoints
+        result = engine.train(dataclasses.replace(config, steps=done), train_set, None, resume=True)
     return result
 
 
@@ -649,6 +654,23 @@ def _add_window_args(parser) -> None:
                         help="sliding window side (default: the checkpoint's training patch size)")
     parser.add_argument("--stride", type=int, metavar="PX",
                         help="sliding window stride (default: the checkpoint's validation stride, 4/7 of the window)")
+
+
+def _add_locate_args(parser) -> None:
+    parser.add_argument("--threshold", type=float, metavar="V",
+                        help="localize: map value a located head must exceed (default: the checkpoint's "
+                             "calibrated one, else 0.2)")
+    parser.add_argument("--min-distance", type=int, metavar="PX",
+                        help="localize: located heads more than PX pixels apart (default: the checkpoint's "
+                             "calibrated one, else 1)")
+
+
+def _override_localization(model, args) -> None:
+    """--threshold / --min-distance over the model's calibrated localization settings."""
+    given = {key: value for key, value in (("threshold", args.threshold), ("min_distance", args.min_distance))
+             if value is not None}
+    if given:
+        model.localization = {**(getattr(model, "localization", None) or {}), **given}
 
 
 def _add_no_check(parser) -> None:
@@ -754,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write NWPU-Crowd's localization submission: one line '<id> <n> x1 y1 ... xn yn' "
                                "(integer pixels) per image")
     _add_window_args(evaluate)
+    _add_locate_args(evaluate)
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     _add_no_check(evaluate)
     evaluate.set_defaults(run=_cmd_eval, command_parser=evaluate)
@@ -787,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the counts as CSV: image,count for images; frame,time_s,count for a video")
     count.add_argument("--every", type=int, metavar="N", help="a video: count every N-th frame only (default 1)")
     _add_window_args(count)
+    _add_locate_args(count)
     count.add_argument("--json", action="store_true",
                        help="print JSON instead of lines: per image 'count' and 'points' (the located heads, "
                             "[x, y] image pixels)")

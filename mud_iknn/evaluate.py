@@ -25,7 +25,8 @@ from .localize import DEFAULT_MIN_DISTANCE, DEFAULT_THRESHOLD, localize
 __all__ = ["window_starts", "Prediction", "predict_image", "count_metrics", "mean_count_baseline", "game_errors",
            "GAME_LEVELS",
            "match_counts", "localization_counts", "localization_metrics", "head_thresholds", "evaluate",
-           "nwpu_image_id", "check_nwpu_ids", "write_nwpu_counts", "write_nwpu_points"]
+           "nwpu_image_id", "check_nwpu_ids", "write_nwpu_counts", "write_nwpu_points",
+           "CALIBRATION_THRESHOLDS", "CALIBRATION_MIN_DISTANCES", "choose_localization", "calibrate_localization"]
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -57,15 +58,18 @@ class Prediction(NamedTuple):
 
 @torch.no_grad()
 def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stride: int = 128,
-                  batch_size: int = 16, *, locate: bool = True, threshold: float = DEFAULT_THRESHOLD,
-                  min_distance: int = DEFAULT_MIN_DISTANCE) -> Prediction:
+                  batch_size: int = 16, *, locate: bool = True, threshold: Optional[float] = None,
+                  min_distance: Optional[int] = None) -> Prediction:
     """Counts and locates the heads of one whole image with sliding windows (:class:`Prediction`).
 
     model: returns (maps (B, C, h, w), counts (B,)) for (B, 3, window, window) uint8 images (a
     :class:`mud_iknn.model.MapNetwork`; maps coarser than the window are upsampled to it,
     nearest); it is run in eval mode on its own device and put back in the mode it was in.
     image: (3, H, W) uint8. locate: stitch the maps and locate the heads (False: the count and
-    its density only). threshold, min_distance: passed to :func:`mud_iknn.localize`.
+    its density only). threshold, min_distance: passed to :func:`mud_iknn.localize`; None takes
+    the model's calibrated ones (``model.localization``, a dict with "threshold" and
+    "min_distance", as :func:`mud_iknn.train.load_checkpoint` sets it from
+    :func:`calibrate_localization`), else ``DEFAULT_THRESHOLD`` / ``DEFAULT_MIN_DISTANCE``.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image))}")
@@ -107,6 +111,9 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
     iknn_map = points = None
     if map_total is not None:
         iknn_map = map_total / cover.float()
+        calibrated = getattr(model, "localization", None) or {}
+        threshold = calibrated.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
+        min_distance = calibrated.get("min_distance", DEFAULT_MIN_DISTANCE) if min_distance is None else min_distance
         points = localize(iknn_map[None], threshold=threshold, min_distance=min_distance)[0]
     return Prediction(float(density.sum()), density.float(), iknn_map, points)
 
@@ -408,3 +415,62 @@ def localization_metrics(predicted: Sequence, truth: Sequence, thresholds: Seque
     """
     totals = localization_counts(predicted, truth, thresholds, boxes).sum(0)
     return {_threshold_name(t): _scores(*row) for t, row in zip(thresholds, totals.tolist())}
+
+
+CALIBRATION_THRESHOLDS = tuple(round(0.06 + 0.02 * k, 2) for k in range(18))
+"""The map thresholds :func:`choose_localization` tries: 0.06, 0.08, ..., 0.40."""
+
+CALIBRATION_MIN_DISTANCES = (1, 2, 3)
+"""The min_distance values (pixels, Chebyshev) :func:`choose_localization` tries."""
+
+
+def choose_localization(maps: Sequence[torch.Tensor], truth: Sequence, *,
+                        thresholds: Sequence[float] = CALIBRATION_THRESHOLDS,
+                        min_distances: Sequence[int] = CALIBRATION_MIN_DISTANCES, radius: float = 8) -> dict:
+    """The :func:`mud_iknn.localize` settings that locate the true heads best on these maps.
+
+    maps: B (H_b, W_b) ikNN maps (e.g. :class:`Prediction`'s ``iknn_map``); truth: B (N_b, 2)
+    (x, y) true heads in the maps' pixels. Every (threshold, min_distance) of the grid locates
+    the heads of every map; the F1 at ``radius`` pixels (:func:`localization_metrics`, tp / fp /
+    fn summed over the maps) decides; of equal F1s the larger threshold, then the smaller
+    min_distance wins. Returns {"threshold", "min_distance", "f1_8px"} ("f1_<radius>px" in
+    general; 0.0 where no setting matches any head).
+    """
+    maps, truth = list(maps), list(truth)
+    if not maps or len(maps) != len(truth):
+        raise ValueError(f"maps and truth must be non-empty and of the same length, got {len(maps)} and {len(truth)}")
+    if not thresholds or not min_distances:
+        raise ValueError("thresholds and min_distances must not be empty")
+    name = _threshold_name(radius)
+    best = None
+    for threshold in sorted(thresholds, reverse=True):
+        for min_distance in sorted(min_distances):
+            located = [localize(m[None], threshold=threshold, min_distance=min_distance)[0] for m in maps]
+            f1 = localization_metrics(located, truth, (radius,))[name]["f1"]
+            f1 = 0.0 if math.isnan(f1) else f1
+            if best is None or f1 > best[f"f1_{name}"]:
+                best = {"threshold": float(threshold), "min_distance": int(min_distance), f"f1_{name}": float(f1)}
+    return best
+
+
+def calibrate_localization(model: nn.Module, dataset, window: int = 224, stride: int = 128, limit: int = 16,
+                           batch_size: int = 16) -> dict:
+    """:func:`choose_localization` on the stitched ikNN maps (:func:`predict_image`) of ``limit``
+    images of ``dataset`` (a sequence of CrowdSample) spread evenly over it (all of them when it
+    holds fewer; deterministic), at 8 px. ValueError for a model without map modules.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("calibrate_localization needs at least one labelled image")
+    indices = sorted({i * n // min(limit, n) for i in range(min(limit, n))})
+    maps, truth = [], []
+    for i in indices:
+        sample = dataset[i]
+        prediction = predict_image(model, sample.image, window, stride, batch_size)
+        if prediction.iknn_map is None:
+            raise ValueError("calibrate_localization needs a model with map modules (this one predicts counts only)")
+        maps.append(prediction.iknn_map)
+        truth.append(sample.points)
+    return choose_localization(maps, truth)

@@ -19,7 +19,8 @@ DEFAULT_THRESHOLD = 0.2
 heads on the stitched maps of ``TrainConfig.small()`` models trained on ``SyntheticCrowds``
 (bench/measure_localize_threshold.py; its table is in bench/RESULTS.md): trained maps peak well
 below 1 at their heads, so the threshold sits low. On an exact ikNN map a head is 1 and a pixel
-4 px from every head 0.2."""
+4 px from every head 0.2. A trained checkpoint carries its own, calibrated on its training images
+(:func:`mud_iknn.evaluate.calibrate_localization`); these are for maps without one."""
 
 DEFAULT_MIN_DISTANCE = 1
 """Peaks are kept more than this many pixels apart (Chebyshev): a 3 x 3 window, the best of 1 to 5

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -38,7 +39,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import _settings, label_kinds
-from .evaluate import evaluate
+from .evaluate import calibrate_localization, evaluate
 from .label_kinds import IknnLabel, LabelKind
 from .loss import MUDLoss
 from .model import MUDIKNN
@@ -83,6 +84,10 @@ class TrainConfig:
     count head alone; no label maps are made, ``label`` and ``map_weight`` are then unused).
     Configurations saved without this field load with True.
     progress: a progress bar on rank 0.
+    calibrate_images: training ends by choosing the localize threshold and min_distance on this many
+    training images (:func:`mud_iknn.evaluate.calibrate_localization`), stored in the checkpoint;
+    0 keeps the fixed defaults. Networks without map modules skip it. Configurations saved without
+    this field load with 16.
     """
 
     steps: int = 300_000
@@ -115,6 +120,7 @@ class TrainConfig:
     frozen_batchnorm: bool = True
     map_modules: bool = True
     progress: bool = True
+    calibrate_images: int = 16
 
     def __post_init__(self):
         if isinstance(self.label, dict):
@@ -132,7 +138,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "patch_size", "lr_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("checkpoint_every", "eval_every", "log_every", "num_workers"):
+        for name in ("checkpoint_every", "eval_every", "log_every", "num_workers", "calibrate_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.patch_size % 32:
@@ -223,11 +229,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, model: torch.nn.Module, config: TrainConfig, *, optimizer=None, scheduler=None,
-                    scaler=None, step: int = 0, metrics: Optional[dict] = None) -> Path:
+                    scaler=None, step: int = 0, metrics: Optional[dict] = None,
+                    localization: Optional[dict] = None) -> Path:
     """Writes a checkpoint atomically (a temporary file in the same folder, fsync, os.replace).
 
     Holds the model, optimiser, scheduler and gradient-scaler states, the step, the RNG states
-    (torch, CUDA, numpy, python), the config as a dict and ``metrics``; everything loads with
+    (torch, CUDA, numpy, python), the config as a dict, ``metrics`` and, where given, the
+    calibrated ``localization`` settings ({"threshold", "min_distance", "f1_8px"} of
+    :func:`mud_iknn.evaluate.calibrate_localization`); everything loads with
     ``torch.load(weights_only=True)``. Returns the path.
     """
     path = Path(path)
@@ -239,6 +248,8 @@ def save_checkpoint(path, model: torch.nn.Module, config: TrainConfig, *, optimi
              "scheduler": scheduler.state_dict() if scheduler is not None else None,
              "scaler": scaler.state_dict() if scaler is not None else None,
              "rng": _rng_state(), "metrics": json.loads(json.dumps(metrics or {}))}
+    if localization is not None:
+        state["localization"] = json.loads(json.dumps(localization))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -278,6 +289,13 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         TrainConfig.from_dict(state["config"])
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from None
+    localization = state.get("localization")  # optional: checkpoints before calibration lack it
+    if localization is not None and not (
+            isinstance(localization, dict) and isinstance(localization.get("threshold"), (int, float))
+            and math.isfinite(localization["threshold"]) and isinstance(localization.get("min_distance"), int)
+            and localization["min_distance"] >= 0):
+        raise ValueError(f"{path} is a damaged mud_iknn checkpoint: its localization settings are "
+                         f"{localization!r}")
     return state
 
 
@@ -288,7 +306,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
     """(model, config, extra) from a checkpoint written by :func:`save_checkpoint`.
 
     The model is rebuilt from the saved config (no weights download) in eval mode on
-    ``map_location``; ``extra`` holds "step", "metrics", "optimizer", "scheduler", "scaler", "rng".
+    ``map_location``; ``extra`` holds "step", "metrics", "optimizer", "scheduler", "scaler", "rng"
+    and "localization" (the calibrated settings, None for a checkpoint without them), which is
+    also set as ``model.localization`` (:func:`mud_iknn.evaluate.predict_image` then uses it).
     Raises FileNotFoundError for a missing file and ValueError naming the file for anything else.
     """
     state = read_checkpoint(path, map_location)
@@ -302,6 +322,7 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
                          f"{config.backbone}, patch_size {config.patch_size}): {lines[-1][:300]}") from None
     model.to(map_location).eval()
     extra = {key: state[key] for key in _CHECKPOINT_KEYS if key not in ("config", "model")}
+    extra["localization"] = model.localization = state.get("localization")
     return model, config, extra
 
 
@@ -415,7 +436,7 @@ def _append(path: Path, record: dict) -> None:
 #: The settings a resumed run may change: how long it runs, how it logs, checkpoints and validates,
 #: and where; everything else must equal the checkpoint's (the run would silently be another one).
 RESUMABLE = ("steps", "checkpoint_every", "eval_every", "log_every", "eval_stride", "eval_limit", "num_workers",
-             "device", "out_dir", "progress", "deterministic")
+             "device", "out_dir", "progress", "deterministic", "calibrate_images")
 
 
 def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -525,8 +546,8 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
         from tqdm.auto import tqdm
         progress = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
-    def save(val) -> None:  # a checkpoint of the steps trained so far
-        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, val, ctx=ctx)
+    def save(val, localization=None) -> None:  # a checkpoint of the steps trained so far
+        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, val, localization, ctx=ctx)
 
     model.train()
     batches = iter(loader)
@@ -575,7 +596,10 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
                 on_step(step, record)
         if val_set is not None:
             last_val = _validate(model, val_set, config, ctx, step, log_path, lambda: save(last_val))
-        save(last_val)
+        if ctx.is_main and model.map_channels and config.calibrate_images:
+            model.localization = calibrate_localization(model, train_set, window=config.patch_size,
+                                                        stride=config.window_stride, limit=config.calibrate_images)
+        save(last_val, getattr(model, "localization", None))
     finally:
         if progress is not None:
             progress.close()
@@ -610,9 +634,10 @@ def _validate(model, val_set, config, ctx, step, log_path, save_on_failure) -> O
     return metrics
 
 
-def _checkpoint(path, model, config, optimizer, scheduler, scaler, step, last_val, *, ctx) -> None:
+def _checkpoint(path, model, config, optimizer, scheduler, scaler, step, last_val, localization=None, *,
+                ctx) -> None:
     if ctx.is_main:
         save_checkpoint(path, model, config, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                        step=step, metrics={"val": last_val})
+                        step=step, metrics={"val": last_val}, localization=localization)
     if ctx.world_size > 1:
         dist.barrier()

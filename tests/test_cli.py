@@ -244,6 +244,20 @@ def test_count_prints_counts_and_writes_overlays(capsys, tmp_path, checkpoint):
     assert entry["count"] == pytest.approx(expected.count, rel=1e-6)
     np.testing.assert_allclose(np.reshape(entry["points"], (-1, 2)), expected.points.numpy(), atol=5e-3)  # heads, 0.01 px
     assert (tmp_path / "one.png").is_file()
+    # --threshold / --min-distance over the checkpoint's calibrated settings
+    from mud_iknn.data import load_image
+    from mud_iknn.evaluate import predict_image
+    from mud_iknn.train import load_checkpoint
+    model, config, extra = load_checkpoint(checkpoint)
+    assert extra["localization"] is not None
+    status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--threshold", "0.05")
+    chosen = predict_image(model, load_image(a), config.patch_size, config.window_stride, threshold=0.05).points
+    assert status == 0 and len(json.loads(out)[0]["points"]) == len(chosen) != len(_expected(checkpoint, a).points)
+    status, out, _ = run(capsys, "count", a, "--checkpoint", checkpoint, "--json", "--threshold", "0.3",
+                         "--min-distance", "0")
+    chosen = predict_image(model, load_image(a), config.patch_size, config.window_stride, threshold=0.3,
+                           min_distance=0).points
+    assert status == 0 and np.reshape(json.loads(out)[0]["points"], (-1, 2)).shape == chosen.shape
     # images of one name from two folders get an overlay each
     (tmp_path / "d2").mkdir()
     a2 = tmp_path / "d2" / "a.png"
@@ -429,7 +443,9 @@ def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, tmp_
     data = SyntheticCrowds(2, size=64)
     result = cli._train_within(engine, _small(tmp_path / "a", steps=100, log_every=10), data, seconds=50,
                                clock=clock)
-    assert result["step"] == 40 and engine.read_checkpoint(tmp_path / "a" / "checkpoint.pt")["step"] == 40
+    state = engine.read_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert result["step"] == 40 and state["step"] == 40
+    assert state["localization"] == result["model"].localization and result["model"].localization is not None
     out, err = capsys.readouterr()
     assert "stopping after 40 steps" in err and "step    20/100  loss " in out
     result = cli._train_within(engine, _small(tmp_path / "b", steps=45, log_every=10), data, seconds=1e9,
