@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
@@ -34,7 +35,7 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("maps", "counts")
 #: File name endings read as videos by ``count`` (anything else is read as an image).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
-_META = "mud_iknn."  # prefix of the metadata keys export_onnx writes: window, stride
+_META = "mud_iknn."  # prefix of the metadata keys export_onnx writes: window, stride, localization
 
 
 def require(module: str, purpose: str):
@@ -90,6 +91,9 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], *, window: Opti
     for key, value in (("window", window), ("stride", stride)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = _META + key, str(value)
+    if getattr(model, "localization", None):  # the checkpoint's calibrated localize settings travel along
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _META + "localization", json.dumps(model.localization)
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -162,6 +166,8 @@ class OnnxModel(nn.Module):
         self.window = self._check_signature()
         meta = self.session.get_modelmeta().custom_metadata_map
         self.stride = int(meta[_META + "stride"]) if (_META + "stride") in meta else None
+        # the calibrated localize settings of the exported checkpoint, used by predict_image (None: the defaults)
+        self.localization = json.loads(meta[_META + "localization"]) if (_META + "localization") in meta else None
 
     def _check_signature(self) -> int:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

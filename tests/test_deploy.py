@@ -94,6 +94,21 @@ def test_export_has_the_contract_and_matches_the_checkpoint(exported):
     assert metadata["mud_iknn.window"] == "64" and metadata["mud_iknn.stride"] == "40"
 
 
+def test_export_carries_the_calibrated_localization(tmp_path):
+    model, config = small_network()
+    calibrated = {"threshold": 0.14, "min_distance": 2, "f1_8px": 0.8}
+    checkpoint = save_checkpoint(tmp_path / "checkpoint.pt", model, config, localization=calibrated)
+    deploy.export_checkpoint(checkpoint, tmp_path / "model.onnx")
+    onnx_model, window, stride = deploy.load_onnx(tmp_path / "model.onnx", "cpu")
+    loaded, _, _ = load_checkpoint(checkpoint)
+    assert onnx_model.localization == loaded.localization == calibrated
+    image = random_image(90, 120, 3)
+    expected, got = predict_image(loaded, image, window, stride), predict_image(onnx_model, image, window, stride)
+    default = predict_image(onnx_model, image, window, stride, threshold=0.2, min_distance=1)
+    assert torch.allclose(got.points, expected.points, atol=1e-3)
+    assert got.points.shape != default.points.shape or not torch.equal(got.points, default.points)
+
+
 def test_export_refuses_what_is_not_a_network(capsys, tmp_path):
     with pytest.raises(TypeError, match="MapNetwork"):
         deploy.export_onnx(torch.nn.Conv2d(3, 1, 1), tmp_path / "x.onnx")
