@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mud_iknn import cli
 from mud_iknn.data import check_dataset, open_dataset
 from mud_iknn.data.check import BadFile, check_files
 from test_data_formats import write_image, write_shanghaitech_gt
+from cli_runner import run
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the shared CI cores
@@ -119,14 +119,6 @@ def test_jhu_and_nwpu_annotations_in_their_formats(tmp_path):
     assert set(found) == {"0002.json", "0003.json"}
     assert "invalid JSON" in found["0002.json"] and "human_num is 5" in found["0003.json"]
 
-
-def run(capsys, *argv):
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_check_command_lists_every_bad_file_and_exits_1(capsys, broken_shanghaitech):

@@ -18,19 +18,11 @@ from PIL import Image
 
 from mud_iknn import _settings, cli
 from mud_iknn.data import SyntheticCrowds, open_dataset
+from cli_runner import run
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the shared CI cores
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of ``mud-iknn argv``; argparse's SystemExit becomes a status."""
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def write_shanghaitech(root: Path, heads: dict, size=(12, 16)):

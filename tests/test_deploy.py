@@ -23,16 +23,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from mud_iknn import deploy, video  # noqa: E402  (after the skips)
+from cli_runner import run
 
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of ``mud-iknn argv``."""
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def small_network():

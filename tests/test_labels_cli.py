@@ -10,15 +10,8 @@ import mud_iknn
 import mud_iknn.reference
 from mud_iknn import cli
 from mud_iknn.label_kinds import KINDS, CountLabel, FidtLabel
+from cli_runner import run
 
-
-def run(capsys, *argv):
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exit:
-        status = exit.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 SYNTHETIC = ["--dataset", "synthetic", "--num-images", "2", "--image-size", "48", "--split", "val"]
