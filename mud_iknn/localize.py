@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from . import _C
+
 __all__ = ["localize", "DEFAULT_THRESHOLD", "DEFAULT_MIN_DISTANCE"]
 
 DEFAULT_THRESHOLD = 0.2
@@ -42,7 +44,7 @@ def _check_maps(maps) -> torch.Tensor:
         if maps.shape[1] == 0:
             raise ValueError(f"maps have no channels: shape {tuple(maps.shape)}")
         maps = maps.mean(1)
-    maps = maps.float()
+    maps = maps.float().contiguous()
     if maps.numel() and not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
         raise ValueError("maps hold NaN or infinite values")
     return maps
@@ -68,6 +70,23 @@ def _chunked(fn, count: int, width: int, device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=device)
 
 
+def _cpu_candidates(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(K,) int64 flat indices, ascending, of the pixels of the contiguous (B, H, W) float32 CPU
+    ``maps`` above ``threshold`` that are >= each of their 4 neighbours (the C++ pass of peaks.h;
+    a second pass only where they outnumber a first guess, as on large plateaus)."""
+    batch, height, width = maps.shape
+    args = _C.PeakArgs()
+    args.maps, args.batch, args.height, args.width, args.threshold = maps.data_ptr(), batch, height, width, threshold
+    threads = max(1, torch.get_num_threads())
+    out = torch.empty(min(maps.numel(), 1 << 16), dtype=torch.int64)
+    while True:
+        args.out, args.capacity = out.data_ptr(), out.numel()
+        found = _C.peak_candidates(args, threads)
+        if found <= out.numel():
+            return out[:found]
+        out = torch.empty(found, dtype=torch.int64)
+
+
 def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
     """(b, i, j) of the pixels above ``threshold`` that are the maximum of their (2 radius + 1)^2
     window, one per plateau (of equal maxima within a window, the highest raster index), and,
@@ -76,8 +95,11 @@ def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
     windows, then the survivors' plateaus."""
     shape, flat = maps.shape, maps.reshape(-1)
     height, width = shape[1:]
-    linear = (flat > threshold).nonzero().squeeze(1)
-    if radius:  # a window's maximum is >= its 4 neighbours: that test first, on flat indices
+    if radius and maps.device.type == "cpu":  # a window's maximum is >= its 4 neighbours: one C++ pass
+        linear = _cpu_candidates(maps, threshold)
+    else:
+        linear = (flat > threshold).nonzero().squeeze(1)
+    if radius and maps.device.type != "cpu":  # the same test in torch ops, on flat indices
         centre, col, row = flat[linear], linear % width, linear // width % height
         ok = torch.ones_like(linear, dtype=torch.bool)
         for step, along, edge in ((-1, col, 0), (1, col, width - 1), (-width, row, 0), (width, row, height - 1)):

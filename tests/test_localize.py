@@ -103,3 +103,21 @@ def test_integer_maps_and_device():
 def test_bad_input(maps, kwargs, error, match):
     with pytest.raises(error, match=match):
         localize(maps, **kwargs)
+
+
+def test_the_cpu_candidate_pass_is_a_plain_four_neighbour_test():
+    # the C++ pass (peaks.h) against numpy: above the threshold and >= every neighbour inside the map,
+    # on maps with plateaus (values on a coarse grid), borders and one constant map that needs the
+    # second pass (more candidates than the first guess of 2^16)
+    import importlib
+
+    located = importlib.import_module("mud_iknn.localize")
+    rng = np.random.default_rng(5)
+    for maps in (np.round(rng.random((3, 37, 41)) * 4) / 4, rng.random((2, 1, 9)), np.full((1, 300, 300), 0.5)):
+        maps = maps.astype(np.float32)
+        padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+        centre = padded[:, 1:-1, 1:-1]
+        expected = (centre > 0.25) & (centre >= padded[:, :-2, 1:-1]) & (centre >= padded[:, 2:, 1:-1]) \
+            & (centre >= padded[:, 1:-1, :-2]) & (centre >= padded[:, 1:-1, 2:])
+        got = located._cpu_candidates(torch.from_numpy(maps), 0.25)
+        assert got.tolist() == np.flatnonzero(expected).tolist()
