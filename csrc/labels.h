@@ -28,7 +28,9 @@ namespace mud_iknn {
 // A NaN argument yields the second operand.
 MUD_HD float min_f(float a, float b) { return a < b ? a : b; }
 MUD_HD float max_f(float a, float b) { return a > b ? a : b; }
-MUD_HD bool finite_f(float v) {
+// isfinite on the host and the device, for float and double.
+template <class T>
+MUD_HD bool is_finite(T v) {
 #ifdef __CUDA_ARCH__
   return isfinite(v);
 #else
@@ -297,7 +299,7 @@ constexpr float kMaxSigma = 1e7f;  // widest Gaussian a density kernel stamps (k
 // non-finite coordinates, sigma outside [0, kMaxSigma] or NaN, or a kernel that misses the map
 // (which also keeps the integer casts of the coordinates in range).
 MUD_HD int stamp_radius(float x, float y, float sigma, float truncate, int height, int width) {
-  if (!(finite_f(x) && finite_f(y) && sigma >= 0.0f && sigma <= kMaxSigma)) return -1;
+  if (!(is_finite(x) && is_finite(y) && sigma >= 0.0f && sigma <= kMaxSigma)) return -1;
   const int r = gaussian_radius(sigma, truncate);
   if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r)) return -1;
   return r;

@@ -34,14 +34,6 @@ struct PointMap {
   int stride = 1;                 // input pixels per cell
 };
 
-MUD_HD bool finite_d(double v) {
-#ifdef __CUDA_ARCH__
-  return isfinite(v);
-#else
-  return std::isfinite(v);
-#endif
-}
-
 MUD_HD double cell_centre(int64_t index, int stride) { return double(index) * stride + 0.5 * stride; }
 
 // The cells [*lo, *lo + *count) of an axis of n cells whose mapped centre lies within sqrt(cut) of

@@ -435,8 +435,8 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_check_kernel(SinkhornArgs a
   image_range(m.points.offsets, b, m.points.count, &begin, &end);
   if (finite_only) {
     double bad = 0.0;
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) bad += finite_d(s.u[i]) ? 0.0 : 1.0;
-    for (int64_t c = threadIdx.x; c < cells; c += kThreads) bad += finite_d(s.v[b * cells + c]) ? 0.0 : 1.0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) bad += is_finite(s.u[i]) ? 0.0 : 1.0;
+    for (int64_t c = threadIdx.x; c < cells; c += kThreads) bad += is_finite(s.v[b * cells + c]) ? 0.0 : 1.0;
     if (block_reduce<Reduce::kSum>(bad) == 0.0) return;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) s.u[i] = s.upre[i];
     for (int64_t c = threadIdx.x; c < cells; c += kThreads) s.v[b * cells + c] = s.vpre[b * cells + c];
