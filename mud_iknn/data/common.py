@@ -7,6 +7,8 @@ own annotations, which are used as stored (no half-pixel shift).
 """
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -48,37 +50,35 @@ def load_image(path) -> torch.Tensor:
     is ignored: annotations refer to the pixels as stored. Raises FileNotFoundError / ValueError
     naming the file.
     """
+    with _open_image(path) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256.0).clip(0, 255).astype(np.uint8))
+        rgb = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # a copy: PIL's array is read-only
+
+
+@contextlib.contextmanager
+def _open_image(path):
+    """The PIL image at ``path``, open for the with block; FileNotFoundError for a missing file,
+    ValueError naming the file for one PIL cannot read (or that the block fails on) or a
+    floating-point image (no convention says what range its values mean: refused, never guessed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            _check_mode(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256.0).clip(0, 255).astype(np.uint8))
-            rgb = np.asarray(img.convert("RGB"))
+            if img.mode == "F":
+                raise ValueError("a floating-point image (PIL mode F); save it as 8 or 16 bits")
+            yield img
     except Exception as err:  # PIL's errors (decoding, DecompressionBombError, ...) share no base class
         raise ValueError(f"cannot read image {path}: {err}") from None
-    return torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # a copy: PIL's array is read-only
-
-
-def _check_mode(img) -> None:
-    if img.mode == "F":  # no convention says what range its values mean: refuse, never guess
-        raise ValueError("a floating-point image (PIL mode F); save it as 8 or 16 bits")
 
 
 def image_size(path) -> tuple[int, int]:
     """(H, W) of the image file at ``path`` from its header alone (no decoding); the errors of
     :func:`load_image` for a missing file, an unreadable header or an image it refuses."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            _check_mode(img)
-            return img.height, img.width
-    except Exception as err:  # PIL's errors share no base class
-        raise ValueError(f"cannot read image {path}: {err}") from None
+    with _open_image(path) as img:
+        return img.height, img.width
 
 
 def load_mat(path) -> dict:
