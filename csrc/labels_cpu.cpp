@@ -537,9 +537,11 @@ void density_maps_cpu(const DensityArgs& a, int threads) {
 
 void count_maps_cpu(const CountArgs& a, int threads) {
   // An image per task: each writes only its own map, adding ones in packed order (deterministic).
+  // A thread per million cells and heads at most: a batch of small maps is quicker on one.
   const int64_t s = a.stride, rows = (a.height + s - 1) / s, cols = (a.width + s - 1) / s;
   const float fh = float(a.height), fw = float(a.width);
-  parallel_for(a.points.batch, threads, [&](int64_t b) {
+  const int workers = threads_for(a.points.batch * rows * cols + a.points.count, int64_t(1) << 20, threads);
+  parallel_for(a.points.batch, workers, [&](int64_t b) {
     float* map = a.out + b * rows * cols;
     std::fill(map, map + rows * cols, 0.0f);
     int64_t begin, end;

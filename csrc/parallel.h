@@ -23,4 +23,10 @@ void parallel_for(int64_t tasks, int threads, Fn fn) {
   for (auto& th : pool) th.join();
 }
 
+// The threads worth starting for `work` units when one thread should get at least `per_thread` of
+// them (starting one costs tens of microseconds): between 1 and `threads`.
+inline int threads_for(int64_t work, int64_t per_thread, int threads) {
+  return int(std::max<int64_t>(1, std::min<int64_t>(threads, work / per_thread)));
+}
+
 }  // namespace mud_iknn
