@@ -54,11 +54,17 @@ def crop(sample: CrowdSample, top: int, left: int, height: int, width: int) -> C
 
 
 def hflip(sample: CrowdSample) -> CrowdSample:
-    """Mirror left-right: column j -> W - 1 - j, x -> W - 1 - x. The count is unchanged."""
-    width = sample.image.shape[-1]
+    """Mirror left-right: column j -> W - 1 - j, x -> W - 1 - x (pixel centres at integers).
+
+    The count follows the heads that the mirror moves across the count rule's borders (x in
+    (-1, 0) comes in at (W - 1, W), x in (W - 1, W) goes out), so that it stays the count of
+    :func:`count_inside`, which the maps' pixel rule shares, plus what it held beyond that.
+    """
+    height, width = sample.image.shape[-2:]
     points = sample.points.to(torch.float32).clone()
     points[:, 0] = (width - 1) - points[:, 0]
-    return _with(sample, sample.image.flip(-1), points, sample.count)
+    count = sample.count - count_inside(sample.points, height, width) + count_inside(points, height, width)
+    return _with(sample, sample.image.flip(-1), points, count)
 
 
 def rescale(sample: CrowdSample, factor: float) -> CrowdSample:

@@ -57,6 +57,17 @@ def test_hflip_maps_x_to_w_minus_1_minus_x():
     assert torch.equal(hflip(f).points, s.points)
 
 
+def test_hflip_count_follows_heads_across_the_count_borders():
+    # width 4: x = -0.5 is outside (x < 0) and comes in at 3.5; x = 3.25 is inside and goes out at
+    # -0.25; x = 1.0 stays inside; the sample's count holds one head more than its points say
+    s = CrowdSample(torch.zeros(3, 2, 4, dtype=torch.uint8), torch.tensor([[-0.5, 0.0], [3.25, 1.0], [1.0, 1.0],
+                                                                             [-0.75, 0.5]]), count=3)
+    f = hflip(s)
+    assert f.points[:, 0].tolist() == [3.5, -0.25, 2.0, 3.75]
+    assert count_inside(f.points, 2, 4) == 3 and f.count == 4  # -0.5 and -0.75 in, 3.25 out
+    assert hflip(f).count == s.count
+
+
 def test_rescale_keeps_heads_on_their_content():
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
     image[:, 2:4, 4:6] = 255  # a 2x2 block centred at (x, y) = (4.5, 2.5)
