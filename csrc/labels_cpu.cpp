@@ -18,6 +18,7 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 #define MUD_PRAGMA(x) _Pragma(#x)
 #define MUD_SIMD MUD_PRAGMA(omp simd)
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
+#define MUD_SIMD_REDUCE_AND(v) MUD_PRAGMA(omp simd reduction(& : v))
 
 // The search's hot loops compiled three times on x86-64 Linux, for AVX-512, AVX2 and the baseline ISA
 // (SSE2, all that a portable build may assume), the one the CPU runs chosen when the module loads.
@@ -228,7 +229,14 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
   const float inv_used = 1.0f / float(used);
   float slots[(K > 0 ? K : kMaxK) * kCpuTile];
   float* kth = slots + (k - 1) * kCpuTile;
-  for (int ty = 0; ty < th; ++ty) {
+  // A row whose every distance is clipped (FIDT's zeroed reach, say) takes its value from the
+  // transform once (the sum of `used` clips, as the rows add them) rather than per pixel; without
+  // candidates (every head beyond clip of the tile) the rows are alike: the first, copied.
+  float clipped_sum = 0.0f;
+  for (int i = 0; i < used; ++i) clipped_sum += clip;
+  const float clipped_value = apply_transform(clipped_sum * inv_used, transform);
+  const int rows = m == 0 ? 1 : th;
+  for (int ty = 0; ty < rows; ++ty) {
     std::fill(slots, slots + k * kCpuTile, INFINITY);
     const float py = float(y0 + ty);
     for (int64_t c = 0; c < m; ++c) {
@@ -259,12 +267,19 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
       MUD_SIMD
       for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slots[i * kCpuTile + tx]), clip);
     }
+    int all_clipped = 1;
+    MUD_SIMD_REDUCE_AND(all_clipped)
+    for (int tx = 0; tx < kCpuTile; ++tx) all_clipped &= sum[tx] == clipped_sum;
     float values[kCpuTile];
-    switch (transform.kind) {
-      case kInverse: transform_row<kInverse>(sum, inv_used, transform, values); break;
-      case kInverseSqrt: transform_row<kInverseSqrt>(sum, inv_used, transform, values); break;
-      case kFidt: transform_row<kFidt>(sum, inv_used, transform, values); break;
-      default: transform_row<kDistance>(sum, inv_used, transform, values);
+    if (all_clipped) {
+      std::fill(values, values + kCpuTile, clipped_value);
+    } else {
+      switch (transform.kind) {
+        case kInverse: transform_row<kInverse>(sum, inv_used, transform, values); break;
+        case kInverseSqrt: transform_row<kInverseSqrt>(sum, inv_used, transform, values); break;
+        case kFidt: transform_row<kFidt>(sum, inv_used, transform, values); break;
+        default: transform_row<kDistance>(sum, inv_used, transform, values);
+      }
     }
     float* row = map + (y0 + ty) * width + x0;
     if (tw == kCpuTile) {
@@ -273,6 +288,7 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
       std::copy(values, values + tw, row);
     }
   }
+  for (int ty = rows; ty < th; ++ty) std::copy(map + y0 * width + x0, map + y0 * width + x0 + tw, map + (y0 + ty) * width + x0);
 }
 
 // One kCpuTile x kCpuTile tile of one image's kNN map from its candidate heads (hx, hy)[0, m);
