@@ -290,14 +290,45 @@ def fidt_maps(points: PointsLike, size, *, alpha: float = 0.02, beta: float = 0.
     I = 1 / (D^(alpha * D + beta) + c), D the exact distance (pixels) from each pixel centre to the
     nearest head: subpixel heads, duplicates and heads outside the map count as heads; no heads
     gives 0. The defaults are FIDTM's; ``zero_below=0.01`` also zeroes the values below 0.01, as
-    FIDTM does. alpha, beta >= 0, c > 0. Computed in the kNN kernels (k = 1) as their transform.
+    FIDTM does (and lets the kernels skip the pixels beyond the distance where that starts). alpha, beta >= 0, c > 0. Computed in the kNN kernels (k = 1) as their transform.
     ``out``: see the module docstring.
     """
     alpha = _check_non_negative(alpha, "alpha")
     beta = _check_non_negative(beta, "beta")
     c = _check_positive(c, "c")
     zero_below = _check_non_negative(zero_below, "zero_below")
-    return _knn(points, size, 1, offsets, None, "fidt", validate, out, (alpha, beta, c, zero_below))
+    return _knn(points, size, 1, offsets, _fidt_reach(alpha, beta, c, zero_below), "fidt", validate, out,
+                (alpha, beta, c, zero_below))
+
+
+def _fidt_reach(alpha: float, beta: float, c: float, zero_below: float) -> Optional[float]:
+    """A distance (px) from which every FIDT value is below ``zero_below``, or None.
+
+    Clipping the distances there changes no value of the map (they are zeroed either way), and the
+    kernels skip the heads and tiles beyond it. I(D) decreases for D >= 1 (alpha, beta >= 0, not both
+    0); the reach is where it falls below zero_below by a relative margin of 1e-4, far above the
+    float32 kernels' error.
+    """
+    if zero_below <= 0.0 or alpha + beta <= 0.0:
+        return None
+    target = zero_below * (1.0 - 1e-4)
+
+    def value(d: float) -> float:
+        power = (alpha * d + beta) * math.log(d)
+        return 0.0 if power > 700.0 else 1.0 / (math.exp(power) + c)
+
+    low, high = 1.0, 1.0
+    while value(high) > target:
+        low, high = high, 2.0 * high
+        if high > _MAX_REACH:
+            return None
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if value(middle) <= target else (middle, high)
+    return high * (1.0 + 1e-6)
+
+
+_MAX_REACH = 2.0**30  # beyond any map's distances: no reach worth clipping at
 
 
 def _knn(points, size, k, offsets, max_distance, transform, validate, out, params=_NO_PARAMS) -> torch.Tensor:

@@ -49,6 +49,22 @@ def test_fidt_matches_reference_on_adversarial_layouts(device, params):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("params", [dict(zero_below=0.01), dict(alpha=0.0, beta=1.0, c=0.5, zero_below=0.2),
+                                    dict(alpha=0.1, beta=0.0, c=3.0, zero_below=1e-6), dict(c=0.01, zero_below=0.9)])
+def test_fidt_zero_below_is_the_map_cut_bit_for_bit(device, params):
+    # The kernels clip the distances at FIDT's reach and skip what lies beyond it; the values must be
+    # those of the uncut map, zeroed below zero_below, to the last bit (sparse groups leave tiles
+    # without a head in reach, and tiles half in it; the map's edge cuts tiles).
+    rng = np.random.default_rng(21)
+    groups = [rng.normal(centre, 4.0, (30, 2)) for centre in ([20, 30], [150, 40], [90, 160])]
+    pts = torch.from_numpy(np.concatenate(groups + [[[-70.0, 5.0]]]).astype(np.float32)).to(device)
+    cut = params["zero_below"]
+    full = mud_iknn.fidt_maps(pts, (181, 203), **{**params, "zero_below": 0.0})
+    got = mud_iknn.fidt_maps(pts, (181, 203), **params)
+    assert torch.equal(got, torch.where(full >= cut, full, torch.zeros((), device=device)))
+    assert (got == 0).float().mean() > 0.3 or cut > 0.5
+
+
 def test_fidt_hand_worked_values(device):
     pts = torch.tensor([[1.0, 2.0]], device=device)  # on the centre of pixel (row 2, col 1)
     m = mud_iknn.fidt_maps(pts, (3, 5))[0].cpu()
