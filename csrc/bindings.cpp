@@ -30,17 +30,19 @@ PYBIND11_MODULE(_C, m) {
   bind::cpu_entry_points(m);
   bind::point_loss_structs(m, false);
   bind::point_loss_cpu_entry_points(m);
-  {  // localize's CPU candidate pass (peaks.h; CPU only, hence no "_cpu" name: the emulator serves the _cpu ops)
+  {  // localize's CPU peaks (peaks.h; CPU only, hence no "_cpu" name: the emulator serves the _cpu ops)
     py::class_<PeakArgs> peaks(m, "PeakArgs");
     peaks.def(py::init<>())
         .def_readwrite("batch", &PeakArgs::batch)
         .def_readwrite("height", &PeakArgs::height)
         .def_readwrite("width", &PeakArgs::width)
         .def_readwrite("threshold", &PeakArgs::threshold)
+        .def_readwrite("radius", &PeakArgs::radius)
+        .def_readwrite("strict", &PeakArgs::strict)
         .def_readwrite("capacity", &PeakArgs::capacity);
     bind::pointer_field(peaks, "maps", &PeakArgs::maps);
     bind::pointer_field(peaks, "out", &PeakArgs::out);
-    m.def("peak_candidates", &peak_candidates, py::call_guard<py::gil_scoped_release>());
+    m.def("find_peaks", &find_peaks, py::call_guard<py::gil_scoped_release>());
   }
 #ifdef MUD_IKNN_WITH_CUDA
   m.attr("WITH_CUDA") = true;

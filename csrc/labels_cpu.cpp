@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_clones.h"
 #include "labels.h"
 #include "parallel.h"
 
@@ -19,17 +20,6 @@ constexpr int kCpuTile = 16;  // pixels per side of the tile that shares candida
 #define MUD_SIMD MUD_PRAGMA(omp simd)
 #define MUD_SIMD_REDUCE_OR(v) MUD_PRAGMA(omp simd reduction(| : v))
 #define MUD_SIMD_REDUCE_AND(v) MUD_PRAGMA(omp simd reduction(& : v))
-
-// The search's hot loops compiled three times on x86-64 Linux, for AVX-512, AVX2 and the baseline ISA
-// (SSE2, all that a portable build may assume), the one the CPU runs chosen when the module loads.
-// No contraction into fused multiply-adds (CMakeLists.txt compiles this file with -ffp-contract=off:
-// an optimize() attribute here would keep GCC from inlining the transform's helpers into the clones):
-// every version rounds alike, so the maps do not depend on the CPU.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define MUD_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MUD_CPU_CLONES
-#endif
 
 // Points bucketed by cell (counting sort), for every image: image b's cell c holds
 // xy[start[b * G + c], start[b * G + c + 1]).

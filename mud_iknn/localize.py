@@ -29,8 +29,9 @@ DEFAULT_MIN_DISTANCE = 1
 in that measurement (dense crowds: wider windows merge neighbouring heads)."""
 
 
-def _check_maps(maps) -> torch.Tensor:
-    """(B, H, W) floating maps from (B, H, W) or (B, C, H, W) ``maps`` (channels averaged)."""
+def _check_maps(maps, finite: bool = True) -> torch.Tensor:
+    """(B, H, W) floating maps from (B, H, W) or (B, C, H, W) ``maps`` (channels averaged); with
+    ``finite``, refused where a value is NaN or infinite (else the caller checks)."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
     if maps.dim() not in (3, 4):
@@ -45,9 +46,13 @@ def _check_maps(maps) -> torch.Tensor:
             raise ValueError(f"maps have no channels: shape {tuple(maps.shape)}")
         maps = maps.mean(1)
     maps = maps.float().contiguous()
-    if maps.numel() and not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
-        raise ValueError("maps hold NaN or infinite values")
+    if finite and maps.numel() and not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
+        raise _not_finite()
     return maps
+
+
+def _not_finite() -> ValueError:
+    return ValueError("maps hold NaN or infinite values")
 
 
 _GATHER_ELEMENTS = 1 << 22  # candidates x window pixels gathered at once
@@ -70,18 +75,22 @@ def _chunked(fn, count: int, width: int, device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=device)
 
 
-def _cpu_candidates(maps: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(K,) int64 flat indices, ascending, of the pixels of the contiguous (B, H, W) float32 CPU
-    ``maps`` above ``threshold`` that are >= each of their 4 neighbours (the C++ pass of peaks.h;
-    a second pass only where they outnumber a first guess, as on large plateaus)."""
+def _cpu_peaks(maps: torch.Tensor, threshold: float, radius: int, strict: bool) -> torch.Tensor:
+    """(K,) int64 flat indices, ascending, of the peaks of the contiguous (B, H, W) float32 CPU
+    ``maps`` as :func:`_peaks` defines them (radius >= 1), by the C++ pass of peaks.h (a second
+    call only where they outnumber a first guess, as on large plateaus); ValueError where a value
+    is NaN or infinite."""
     batch, height, width = maps.shape
     args = _C.PeakArgs()
-    args.maps, args.batch, args.height, args.width, args.threshold = maps.data_ptr(), batch, height, width, threshold
+    args.maps, args.batch, args.height, args.width = maps.data_ptr(), batch, height, width
+    args.threshold, args.radius, args.strict = threshold, radius, strict
     threads = max(1, torch.get_num_threads())
     out = torch.empty(min(maps.numel(), 1 << 16), dtype=torch.int64)
     while True:
         args.out, args.capacity = out.data_ptr(), out.numel()
-        found = _C.peak_candidates(args, threads)
+        found = _C.find_peaks(args, threads)
+        if found < 0:
+            raise _not_finite()
         if found <= out.numel():
             return out[:found]
         out = torch.empty(found, dtype=torch.int64)
@@ -90,16 +99,23 @@ def _cpu_candidates(maps: torch.Tensor, threshold: float) -> torch.Tensor:
 def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
     """(b, i, j) of the pixels above ``threshold`` that are the maximum of their (2 radius + 1)^2
     window, one per plateau (of equal maxima within a window, the highest raster index), and,
-    unless ``flat_ok``, above the window's minimum. Dense work is one comparison and one nonzero;
-    the rest runs on the candidates: first against their 4 neighbours, then on the survivors'
-    windows, then the survivors' plateaus."""
+    unless ``flat_ok``, above the window's minimum. On the CPU (radius >= 1) one C++ pass; elsewhere
+    torch ops whose dense work is one comparison and one nonzero, the rest running on the
+    candidates: first against their 4 neighbours, then on the survivors' windows, then the
+    survivors' plateaus."""
+    if radius and maps.device.type == "cpu":
+        height, width = maps.shape[1:]
+        linear = _cpu_peaks(maps, threshold, radius, strict=not flat_ok)
+        return linear // (height * width), linear % (height * width) // width, linear % width
+    return _torch_peaks(maps, threshold, radius, flat_ok)
+
+
+def _torch_peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
+    """:func:`_peaks` in torch ops, on any device."""
     shape, flat = maps.shape, maps.reshape(-1)
     height, width = shape[1:]
-    if radius and maps.device.type == "cpu":  # a window's maximum is >= its 4 neighbours: one C++ pass
-        linear = _cpu_candidates(maps, threshold)
-    else:
-        linear = (flat > threshold).nonzero().squeeze(1)
-    if radius and maps.device.type != "cpu":  # the same test in torch ops, on flat indices
+    linear = (flat > threshold).nonzero().squeeze(1)
+    if radius:  # a window's maximum is >= its 4 neighbours
         centre, col, row = flat[linear], linear % width, linear // width % height
         ok = torch.ones_like(linear, dtype=torch.bool)
         for step, along, edge in ((-1, col, 0), (1, col, width - 1), (-width, row, 0), (width, row, height - 1)):
@@ -170,9 +186,10 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
     Raises ValueError for a wrong rank, NaN/infinite maps, a negative ``min_distance``, a
     non-finite threshold or ``counts`` of the wrong length or with negative/NaN entries.
     """
-    maps = _check_maps(maps)
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or min_distance < 0:
         raise ValueError(f"min_distance must be a non-negative integer, got {min_distance!r}")
+    native = min_distance > 0 and isinstance(maps, torch.Tensor) and maps.device.type == "cpu"
+    maps = _check_maps(maps, finite=not native)  # find_peaks checks as it goes
     batch, height, width = maps.shape
     if counts is not None:
         counts = torch.as_tensor(counts, dtype=torch.float64).detach().cpu().reshape(-1)

@@ -105,19 +105,50 @@ def test_bad_input(maps, kwargs, error, match):
         localize(maps, **kwargs)
 
 
-def test_the_cpu_candidate_pass_is_a_plain_four_neighbour_test():
-    # the C++ pass (peaks.h) against numpy: above the threshold and >= every neighbour inside the map,
-    # on maps with plateaus (values on a coarse grid), borders and one constant map that needs the
-    # second pass (more candidates than the first guess of 2^16)
+def _numpy_peaks(maps, threshold, radius, strict):
+    """Flat indices of the peaks, pixel by pixel: above the threshold, >= every pixel of the window
+    inside the map (and, if strict, above the least of them); of equal peaks within a window the
+    last in raster order."""
+    batch, height, width = maps.shape
+
+    def window(b, i, j):
+        return maps[b, max(i - radius, 0):i + radius + 1, max(j - radius, 0):j + radius + 1]
+
+    def peak(b, i, j):
+        v, w = maps[b, i, j], window(b, i, j)
+        return v > threshold and (w <= v).all() and (not strict or (w < v).any())
+
+    found = []
+    for b in range(batch):
+        for i in range(height):
+            for j in range(width):
+                if not peak(b, i, j):
+                    continue
+                later = [(ii, jj) for ii in range(i, min(i + radius, height - 1) + 1)
+                         for jj in range(max(j - radius, 0), min(j + radius, width - 1) + 1) if (ii, jj) > (i, j)]
+                if not any(peak(b, ii, jj) for ii, jj in later):
+                    found.append((b * height + i) * width + j)
+    return found
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_cpu_peaks_are_a_plain_window_test(radius, strict):
+    # the C++ pass (peaks.h) and the torch ops of the other devices (run here on the CPU) against a
+    # pixel-by-pixel numpy reference, on maps with plateaus (values on a coarse grid), a constant map,
+    # borders, and a map that needs the second call (more peaks than the first guess of 2^16)
     import importlib
 
     located = importlib.import_module("mud_iknn.localize")
-    rng = np.random.default_rng(5)
-    for maps in (np.round(rng.random((3, 37, 41)) * 4) / 4, rng.random((2, 1, 9)), np.full((1, 300, 300), 0.5)):
+    rng = np.random.default_rng(5 + radius)
+    cases = [np.round(rng.random((3, 23, 29)) * 4) / 4, rng.random((2, 1, 9)), np.full((1, 6, 7), 0.5)]
+    for maps in cases:
         maps = maps.astype(np.float32)
-        padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-        centre = padded[:, 1:-1, 1:-1]
-        expected = (centre > 0.25) & (centre >= padded[:, :-2, 1:-1]) & (centre >= padded[:, 2:, 1:-1]) \
-            & (centre >= padded[:, 1:-1, :-2]) & (centre >= padded[:, 1:-1, 2:])
-        got = located._cpu_candidates(torch.from_numpy(maps), 0.25)
-        assert got.tolist() == np.flatnonzero(expected).tolist()
+        want = _numpy_peaks(maps, 0.25, radius, strict)
+        got = located._cpu_peaks(torch.from_numpy(maps), 0.25, radius, strict)
+        assert got.tolist() == want
+        b, i, j = located._torch_peaks(torch.from_numpy(maps), 0.25, radius, not strict)
+        assert sorted(((b * maps.shape[1] + i) * maps.shape[2] + j).tolist()) == want
+    grid = np.zeros((1, 600, 600), np.float32)
+    grid[0, ::2, ::2] = 1.0  # 90000 isolated peaks
+    assert located._cpu_peaks(torch.from_numpy(grid), 0.25, 1, strict).tolist() == np.flatnonzero(grid).tolist()
