@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 from ._settings import apply_setting
 
-__all__ = ["VARIANTS", "COMPARISONS", "run_comparisons", "paired_difference", "summarize_comparisons",
+__all__ = ["VARIANTS", "COMPARISONS", "DEFAULT_SEEDS", "run_comparisons", "paired_difference", "summarize_comparisons",
            "format_table", "machine_info", "main"]
 
 #: Settings that define each variant, on top of the shared base configuration.
@@ -62,35 +62,83 @@ def machine_info() -> dict:
     return info
 
 
-def run_comparisons(train_set, test_set, base: dict, seeds: Sequence[int], comparisons: Sequence[str],
-                    work_dir: Path, log=print) -> list[dict]:
+#: Default seeds per comparison (``--seeds`` replaces them for all), chosen by measurement on the
+#: 2-core machine (docs/experiments.md): the paired 95% interval of MAE came out near +-10% of
+#: the MAE with these counts, the count-only network's spread over seeds being the larger.
+DEFAULT_SEEDS = {"labels": list(range(6)), "map_modules": list(range(48))}
+
+
+def run_comparisons(train_set, test_set, base: dict, seeds, comparisons: Sequence[str],
+                    work_dir: Path, log=print, jobs: int = 1) -> list[dict]:
     """Trains and evaluates every variant of ``comparisons`` for every seed.
 
     base: TrainConfig settings shared by all runs (steps, batch_size, ...; out_dir is set per run).
+    seeds: a sequence for every comparison, or a dict comparison -> sequence.
+    jobs: runs trained at once, each in a process of its own with the machine's torch threads
+    shared out (1: in this process, with its threads). A run's result does not depend on ``jobs``
+    when each process has one thread (as with jobs = the cores).
     Returns one row per (comparison, variant, seed): {"comparison", "variant", "seed", "mae", "rmse",
-    "nae", "f1_8px" (None for a count-only network), "seconds"}. Variants with identical settings (the full network appears in both
-    comparisons) are trained once per seed and share their row values.
+    "nae", "f1_8px" (None for a count-only network), "seconds"}. Variants with identical settings (the
+    full network appears in both comparisons) are trained once per seed and share their row values.
     """
-    engine, evaluation = importlib.import_module("mud_iknn.train"), importlib.import_module("mud_iknn.evaluate")
-    rows, done = [], {}
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    plan, runs = [], {}  # (comparison, variant, seed, key); key -> the run's settings
     for comparison in comparisons:
         for variant in COMPARISONS[comparison]:
-            overrides = VARIANTS[variant]
-            for seed in seeds:
-                settings = {**base, **overrides, "seed": seed}
+            for seed in (seeds[comparison] if isinstance(seeds, dict) else seeds):
+                settings = {**base, **VARIANTS[variant], "seed": seed}
                 key = json.dumps(settings, sort_keys=True, default=str)
-                if key not in done:
-                    settings["out_dir"] = str(work_dir / f"run{len(done):03d}")
-                    config = engine.TrainConfig.from_dict(settings)
-                    start = time.perf_counter()
-                    model = engine.train(config, train_set, None)["model"]
-                    done[key] = {**_scores(model, config, test_set, evaluation),
-                                 "seconds": time.perf_counter() - start}
-                row = {"comparison": comparison, "variant": variant, "seed": seed, **done[key]}
-                log(f"{comparison} / {variant} / seed {seed}: MAE {row['mae']:.2f} RMSE {row['rmse']:.2f} "
-                    f"({row['seconds']:.0f} s)")
-                rows.append(row)
-    return rows
+                runs.setdefault(key, {**settings, "out_dir": str(work_dir / f"run{len(runs):03d}")})
+                plan.append((comparison, variant, seed, key))
+    names = {}
+    for comparison, variant, seed, key in plan:
+        names.setdefault(key, f"{' = '.join(dict.fromkeys(v for c, v, s, k in plan if k == key))} / seed {seed}")
+    results = {}
+
+    def done(key, result):
+        results[key] = result
+        log(f"{names[key]}: MAE {result['mae']:.2f} RMSE {result['rmse']:.2f} ({result['seconds']:.0f} s; "
+            f"{len(results)} of {len(runs)} runs)")
+
+    if jobs == 1:
+        for key, settings in runs.items():
+            done(key, _train_and_score(settings, train_set, test_set))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
+
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                                 initargs=(train_set, test_set, threads)) as pool:
+            futures = {pool.submit(_worker_run, settings): key for key, settings in runs.items()}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    return [{"comparison": c, "variant": v, "seed": s, **results[k]} for c, v, s, k in plan]
+
+
+def _train_and_score(settings: dict, train_set, test_set) -> dict:
+    engine, evaluation = importlib.import_module("mud_iknn.train"), importlib.import_module("mud_iknn.evaluate")
+    config = engine.TrainConfig.from_dict(settings)
+    start = time.perf_counter()
+    model = engine.train(config, train_set, None)["model"]
+    return {**_scores(model, config, test_set, evaluation), "seconds": time.perf_counter() - start}
+
+
+_WORKER = {}  # a worker process's data sets
+
+
+def _worker_start(train_set, test_set, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(train=train_set, test=test_set)
+
+
+def _worker_run(settings: dict) -> dict:
+    return _train_and_score(settings, _WORKER["train"], _WORKER["test"])
 
 
 def _scores(model, config, test_set, evaluation) -> dict:
@@ -211,10 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=list(DATASETS), default="synthetic", metavar="NAME")
     parser.add_argument("--root", type=Path, metavar="DIR", help="the data set's folder (real data sets)")
     parser.add_argument("--fold", type=int, default=0, help="ucf_cc_50: the cross-validation fold, 0..4 (default 0)")
-    # Defaults: 6 seeds of 800 steps, 48 test scenes: 6 minutes on one thread of the 2-core machine;
-    # the labels comparison's paired 95% interval came out +-2.9 MAE at MAE 28, narrow enough for a
-    # 10% difference; the map modules one +-10.6 (docs/experiments.md says why and what it needs).
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="the seeds of every comparison (default: DEFAULT_SEEDS, "
+                             + ", ".join(f"{c} 0-{max(s)}" for c, s in DEFAULT_SEEDS.items()) + ")")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, in processes of their own sharing the torch threads (default 1)")
     parser.add_argument("--steps", type=int, default=800,
                         help="training steps per run (default 800; the small configuration's lr decay comes at the "
                              "same fraction of them)")
@@ -243,7 +292,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base = engine.TrainConfig.small(checkpoint_every=0, progress=False, steps=args.steps,
                                         lr_step=max(1, round(args.steps * small.lr_step / small.steps))).to_dict()
     base["device"] = args.device
+    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS
     try:
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be a positive integer, got {args.jobs}")
         for assignment in args.set:
             apply_setting(base, assignment)
         train_set, test_set = _datasets(args)
@@ -252,14 +304,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="mud_iknn_experiments_") as scratch:
         work_dir = args.work_dir or Path(scratch)
-        rows = run_comparisons(train_set, test_set, base, args.seeds, args.comparisons, work_dir,
-                               log=lambda line: print(line, file=sys.stderr, flush=True))
+        rows = run_comparisons(train_set, test_set, base, seeds, args.comparisons, work_dir,
+                               log=lambda line: print(line, file=sys.stderr, flush=True), jobs=args.jobs)
     evaluation = importlib.import_module("mud_iknn.evaluate")
     baseline = evaluation.mean_count_baseline(train_set.counts(), test_set.counts())
     rows.append({"comparison": "reference", "variant": f"mean training count ({baseline['prediction']:.1f})",
                  "seed": "-", **{k: baseline[k] for k in ("mae", "rmse", "nae")}})
     setup = {"data": f"{args.dataset} ({len(train_set)} train / {len(test_set)} test images)",
-             "seeds": " ".join(map(str, args.seeds)),
+             "seeds": " ".join(map(str, seeds)) if args.seeds is not None else
+             "; ".join(f"{c}: {len(DEFAULT_SEEDS[c])} (0-{max(DEFAULT_SEEDS[c])})" for c in args.comparisons),
+             "jobs": args.jobs,
              **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "lr_step", "backbone",
                                                       "frozen_batchnorm")}}
     table = format_table(rows, setup, machine_info())

@@ -66,3 +66,39 @@ def test_f1_is_paired_only_where_both_variants_located_heads():
     table = experiments.format_table(rows, {}, {})
     assert "| labels: density labels - ikNN labels | F1 at 8 px | -0.150 |" in table
     assert "| map_modules | count head only | 4.00 | 4.00 | 0.10 | - |" in table
+
+
+def test_runs_in_worker_processes_give_the_runs_of_one_process(tmp_path):
+    # jobs=2 (a process per run, one torch thread each) against jobs=1 on one thread: the same rows,
+    # per-comparison seeds, the full network trained once for both comparisons
+    import torch
+
+    from mud_iknn.data import SyntheticCrowds
+    from mud_iknn.train import TrainConfig
+
+    train_set = SyntheticCrowds(4, size=48, seed=1, split="train", max_count=30)
+    test_set = SyntheticCrowds(2, size=48, seed=1, split="test", max_count=30)
+    base = TrainConfig.small(steps=2, lr_step=1, patch_size=32, batch_size=2, checkpoint_every=0,
+                             progress=False).to_dict()
+    seeds = {"labels": [0], "map_modules": [0, 1]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = experiments.run_comparisons(train_set, test_set, base, seeds, ["labels", "map_modules"],
+                                            tmp_path / "one", log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    lines = []
+    pooled = experiments.run_comparisons(train_set, test_set, base, seeds, ["labels", "map_modules"],
+                                         tmp_path / "two", log=lines.append, jobs=2)
+    assert len(lines) == 5  # ikNN seeds 0 (both comparisons) and 1, density seed 0, count head only seeds 0 and 1
+    assert any(line.startswith("ikNN labels = map modules + count head / seed 0: MAE") for line in lines)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in alone]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in pooled] == strip
+    assert [(r["comparison"], r["variant"], r["seed"]) for r in alone] == [
+        ("labels", "ikNN labels", 0), ("labels", "density labels", 0), ("map_modules", "map modules + count head", 0),
+        ("map_modules", "map modules + count head", 1), ("map_modules", "count head only", 0),
+        ("map_modules", "count head only", 1)]
+    assert alone[0]["mae"] == alone[2]["mae"]  # one run serves both comparisons
+    with pytest.raises(ValueError, match="jobs"):
+        experiments.run_comparisons(train_set, test_set, base, seeds, ["labels"], tmp_path, jobs=0)
