@@ -262,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="the seeds of every comparison (default: DEFAULT_SEEDS, "
                              + ", ".join(f"{c} 0-{max(s)}" for c, s in DEFAULT_SEEDS.items()) + ")")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained at once, in processes of their own sharing the torch threads (default 1)")
+    parser.add_argument("--jobs", type=int,
+                        help="runs trained at once, in processes of their own sharing the torch threads (default: "
+                             "the CPU cores where the runs train on the CPU, else 1)")
     parser.add_argument("--steps", type=int, default=800,
                         help="training steps per run (default 800; the small configuration's lr decay comes at the "
                              "same fraction of them)")
@@ -293,6 +294,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                         lr_step=max(1, round(args.steps * small.lr_step / small.steps))).to_dict()
     base["device"] = args.device
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS
+    if args.jobs is None:
+        import torch
+
+        on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+        args.jobs = (os.cpu_count() or 1) if on_cpu else 1
     try:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be a positive integer, got {args.jobs}")
