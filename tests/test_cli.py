@@ -490,7 +490,7 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, monke
     monkeypatch.setattr(experiments, "_scores", scores)
     out = tmp_path / "docs" / "experiments.md"
     status = experiments.main(["--seeds", "1", "2", "--steps", "5", "--train-images", "2", "--test-images", "2",
-                               "--image-size", "48", "--out", str(out), "--set", "lr=0.01"])
+                               "--image-size", "48", "--out", str(out), "--set", "lr=0.01", "--jobs", "1"])
     assert status == 0
     # ikNN (shared by both comparisons), density, count-head-only: 3 distinct runs x 2 seeds
     assert len(configs) == 6
@@ -588,7 +588,7 @@ def test_experiments_run_the_map_modules_comparison_with_the_real_engine(tmp_pat
     out, runs = tmp_path / "b.md", tmp_path / "runs"
     status = experiments.main(["--comparisons", "map_modules", "--seeds", "3", "--steps", "2", "--train-images", "2",
                                "--test-images", "1", "--image-size", "64", "--device", "cpu", "--work-dir", str(runs),
-                               "--out", str(out)])
+                               "--out", str(out), "--jobs", "1"])
     assert status == 0
     rows = json.loads(out.with_suffix(".json").read_text())["runs"]
     measured = {r["variant"]: r for r in rows if r["comparison"] == "map_modules"}
