@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         settings = [(t, d) for t in THRESHOLDS for d in MIN_DISTANCES] + [("counts", d) for d in MIN_DISTANCES]
         for threshold, distance in settings:
             if threshold == "counts":
-                found = [localize(m, min_distance=distance, counts=[p.count])[0] for m, p in zip(maps, predictions)]
+                found = [localize(m, min_distance=distance, counts=[max(p.count, 0.0)])[0] for m, p in zip(maps, predictions)]
             else:
                 found = [localize(m, threshold=threshold, min_distance=distance)[0] for m in maps]
             m = localization_metrics(found, truth, (4, 8))

@@ -153,7 +153,8 @@ def _scores(model, config, test_set, evaluation) -> dict:
         predicted.append(prediction.count)
         true.append(float(sample.count))
         if prediction.iknn_map is not None:
-            located.append(localize(prediction.iknn_map[None], counts=[prediction.count])[0])
+            # a negative predicted count (an empty scene's count branch) locates no head
+            located.append(localize(prediction.iknn_map[None], counts=[max(prediction.count, 0.0)])[0])
             truth.append(sample.points)
     f1 = evaluation.localization_metrics(located, truth, thresholds=(8,))["8px"]["f1"] if located else None
     return {**evaluation.count_metrics(predicted, true), "f1_8px": f1}
