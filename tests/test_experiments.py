@@ -102,3 +102,26 @@ def test_runs_in_worker_processes_give_the_runs_of_one_process(tmp_path):
     assert alone[0]["mae"] == alone[2]["mae"]  # one run serves both comparisons
     with pytest.raises(ValueError, match="jobs"):
         experiments.run_comparisons(train_set, test_set, base, seeds, ["labels"], tmp_path, jobs=0)
+
+
+def test_scores_of_a_negative_predicted_count_locate_no_head():
+    # an empty scene's count branch may say -3.5: no head is located there, and the F1 still counts
+    # the true heads it missed (here none: one empty scene and one with a head found)
+    import types
+
+    import torch
+
+    from mud_iknn import evaluate
+    from mud_iknn.sample import CrowdSample
+
+    peak = torch.zeros(9, 9)
+    peak[4, 4] = 1.0
+    predictions = iter([evaluate.Prediction(-3.5, torch.zeros(9, 9), peak, None),
+                        evaluate.Prediction(1.2, torch.zeros(9, 9), peak, None)])
+    fake = types.SimpleNamespace(predict_image=lambda *a, **k: next(predictions),
+                                 localization_metrics=evaluate.localization_metrics, count_metrics=evaluate.count_metrics)
+    config = types.SimpleNamespace(patch_size=9, window_stride=9, map_modules=True)
+    scenes = [CrowdSample(torch.zeros(3, 9, 9, dtype=torch.uint8), torch.zeros(0, 2)),
+              CrowdSample(torch.zeros(3, 9, 9, dtype=torch.uint8), torch.tensor([[4.0, 4.0]]))]
+    scores = experiments._scores(None, config, scenes, fake)
+    assert scores["f1_8px"] == 1.0 and scores["mae"] == pytest.approx((3.5 + 0.2) / 2)
