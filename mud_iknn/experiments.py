@@ -65,7 +65,7 @@ def machine_info() -> dict:
 #: Default seeds per comparison (``--seeds`` replaces them for all), chosen by measurement on the
 #: 2-core machine (docs/experiments.md): the paired 95% interval of MAE came out near +-10% of
 #: the MAE with these counts, the count-only network's spread over seeds being the larger.
-DEFAULT_SEEDS = {"labels": list(range(10)), "map_modules": list(range(40))}
+DEFAULT_SEEDS = {"labels": list(range(10)), "map_modules": list(range(20))}
 
 
 def run_comparisons(train_set, test_set, base: dict, seeds, comparisons: Sequence[str],
@@ -266,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int,
                         help="runs trained at once, in processes of their own sharing the torch threads (default: "
                              "the CPU cores where the runs train on the CPU, else 1)")
-    parser.add_argument("--steps", type=int, default=400,
-                        help="training steps per run (default 400 of the small configuration's batch of 16; its lr "
-                             "decay comes at the same fraction of them)")
+    parser.add_argument("--steps", type=int, default=800,
+                        help="training steps per run (default 800; the small configuration's lr decay comes at the "
+                             "same fraction of them)")
     parser.add_argument("--full-network", action="store_true",
                         help="the paper's DenseNet-201 on 224 patches, batch 25, lr 1e-4 instead of the small CPU "
                              "configuration")
