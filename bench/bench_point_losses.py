@@ -23,6 +23,8 @@ import time
 import numpy as np
 import torch
 
+from mud_iknn import reference
+
 
 def crowd(rng, count, height, width):
     """(count, 2) float32 heads: Gaussian clusters plus 10% scattered, a few past the border."""
@@ -61,24 +63,6 @@ def dense_bayesian(density, points, stride=8, sigma=8.0, background_ratio=1.0):
     return loss / batch
 
 
-def dense_sinkhorn(a, b, C, reg, iterations, stop=1e-9, eval_freq=10):
-    u = torch.ones_like(a) / len(a)
-    v = torch.ones_like(b) / len(b)
-    K = torch.exp(C / -reg)
-    it, err = 1, 1.0
-    while err > stop and it <= iterations:
-        upre, vpre = u, v
-        v = b / (u @ K + 1e-16)
-        u = a / (K @ v + 1e-16)
-        if not (torch.isfinite(u).all() and torch.isfinite(v).all()):
-            u, v = upre, vpre
-            break
-        if it % eval_freq == 0:
-            err = float(((b - (u @ K) * v) ** 2).sum())
-        it += 1
-    return u, v, K
-
-
 def dense_ot(normed, density, points, stride=8, reg=10.0, iterations=100):
     _, _, height, width = density.shape
     loss, objective, wd = 0, 0, 0.0
@@ -86,7 +70,8 @@ def dense_ot(normed, density, points, stride=8, reg=10.0, iterations=100):
         dis = _dense_distances(pts, height, width, stride)
         source = normed[i][0].reshape(-1).detach()
         target = torch.ones(len(pts), device=pts.device) / len(pts)
-        u, v, K = dense_sinkhorn(target, source, dis, reg, iterations)
+        K = torch.exp(dis / -reg)
+        u, v = reference.sinkhorn_iterations(target, source, K, iterations)
         beta = reg * torch.log(v + 1e-16)
         objective = objective + (normed[i] * beta.reshape(1, height, width)).sum()
         d = density[i][0].reshape(-1).detach()

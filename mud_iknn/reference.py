@@ -205,11 +205,19 @@ def sinkhorn_knopp(a, b, C, reg: float, iterations: int = 100, stop_threshold: f
                    eval_freq: int = 10):
     """bregman_pytorch.py's sinkhorn_knopp in float64, K zero where float32 exp underflows:
     returns (u, v, K) with the transport plan u[:, None] * K * v[None, :]."""
-    eps = 1e-16
     scaled = C / reg
     K = _torch.where(scaled > FLOAT32_EXP_CUT, _torch.zeros_like(scaled), _torch.exp(-scaled))
-    u = _torch.full((C.shape[0],), 1.0 / C.shape[0], dtype=_torch.float64)
-    v = _torch.full((C.shape[1],), 1.0 / C.shape[1], dtype=_torch.float64)
+    a, b = (_torch.as_tensor(x, dtype=_torch.float64) for x in (a, b))
+    return (*sinkhorn_iterations(a, b, K, iterations, stop_threshold, eval_freq), K)
+
+
+def sinkhorn_iterations(a, b, K, iterations: int = 100, stop_threshold: float = 1e-9, eval_freq: int = 10):
+    """bregman_pytorch.py's Sinkhorn-Knopp loop on the kernel K (N, M) between a (N,) and b (M,), in
+    their dtype and on their device: (u, v) from uniform ones, v = b / (K^T u + 1e-16), u = a / (K v +
+    1e-16), the error every eval_freq iterations, the previous iterate kept on NaN/inf."""
+    eps = 1e-16
+    u = _torch.ones_like(a) / len(a)
+    v = _torch.ones_like(b) / len(b)
     it, err = 1, 1.0
     while err > stop_threshold and it <= iterations:
         upre, vpre = u, v
@@ -221,7 +229,7 @@ def sinkhorn_knopp(a, b, C, reg: float, iterations: int = 100, stop_threshold: f
         if it % eval_freq == 0:
             err = float(((b - (u @ K) * v) ** 2).sum())
         it += 1
-    return u, v, K
+    return u, v
 
 
 def ot_loss(normed_density, density, points, stride: int = 8, reg: float = 10.0, iterations: int = 100,
