@@ -29,9 +29,9 @@ DEFAULT_MIN_DISTANCE = 1
 in that measurement (dense crowds: wider windows merge neighbouring heads)."""
 
 
-def _check_maps(maps, finite: bool = True) -> torch.Tensor:
-    """(B, H, W) floating maps from (B, H, W) or (B, C, H, W) ``maps`` (channels averaged); with
-    ``finite``, refused where a value is NaN or infinite (else the caller checks)."""
+def _check_maps(maps) -> torch.Tensor:
+    """(B, H, W) floating maps from (B, H, W) or (B, C, H, W) ``maps`` (channels averaged); NaN and
+    infinite values are refused by :func:`_peaks`, which reads every value anyway."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
     if maps.dim() not in (3, 4):
@@ -45,10 +45,7 @@ def _check_maps(maps, finite: bool = True) -> torch.Tensor:
         if maps.shape[1] == 0:
             raise ValueError(f"maps have no channels: shape {tuple(maps.shape)}")
         maps = maps.mean(1)
-    maps = maps.float().contiguous()
-    if finite and maps.numel() and not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
-        raise _not_finite()
-    return maps
+    return maps.float().contiguous()
 
 
 def _not_finite() -> ValueError:
@@ -102,11 +99,13 @@ def _peaks(maps: torch.Tensor, threshold: float, radius: int, flat_ok: bool):
     unless ``flat_ok``, above the window's minimum. On the CPU (radius >= 1) one C++ pass; elsewhere
     torch ops whose dense work is one comparison and one nonzero, the rest running on the
     candidates: first against their 4 neighbours, then on the survivors' windows, then the
-    survivors' plateaus."""
-    if radius and maps.device.type == "cpu":
+    survivors' plateaus. ValueError where a value is NaN or infinite (non-empty maps)."""
+    if radius and maps.device.type == "cpu":  # the C++ pass checks the values as it reads them
         height, width = maps.shape[1:]
         linear = _cpu_peaks(maps, threshold, radius, strict=not flat_ok)
         return linear // (height * width), linear % (height * width) // width, linear % width
+    if not all(math.isfinite(v) for v in torch.aminmax(maps)):  # NaN propagates
+        raise _not_finite()
     return _torch_peaks(maps, threshold, radius, flat_ok)
 
 
@@ -188,8 +187,7 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
     """
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or min_distance < 0:
         raise ValueError(f"min_distance must be a non-negative integer, got {min_distance!r}")
-    native = min_distance > 0 and isinstance(maps, torch.Tensor) and maps.device.type == "cpu"
-    maps = _check_maps(maps, finite=not native)  # find_peaks checks as it goes
+    maps = _check_maps(maps)
     batch, height, width = maps.shape
     if counts is not None:
         counts = torch.as_tensor(counts, dtype=torch.float64).detach().cpu().reshape(-1)

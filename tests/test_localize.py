@@ -92,6 +92,7 @@ def test_integer_maps_and_device():
     (torch.zeros(8, 8), {}, ValueError, "shape"),
     (torch.zeros(1, 1, 1, 8, 8), {}, ValueError, "shape"),
     (torch.full((1, 8, 8), float("nan")), {}, ValueError, "NaN"),
+    (torch.full((1, 8, 8), float("nan")), {"min_distance": 0}, ValueError, "NaN"),  # the torch path
     (torch.zeros(1, 3, 8, 8).index_fill_(1, torch.tensor([1]), float("inf")), {}, ValueError, "NaN"),
     (np.zeros((1, 8, 8)), {}, TypeError, "torch.Tensor"),
     (torch.zeros(1, 8, 8, dtype=torch.bool), {}, TypeError, "real"),
