@@ -84,23 +84,21 @@ def run_comparisons(train_set, test_set, base: dict, seeds, comparisons: Sequenc
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    plan, runs = [], {}  # (comparison, variant, seed, key); key -> the run's settings
+    plan, runs, variants = [], {}, {}  # (comparison, variant, seed, key); key -> settings; key -> variants
     for comparison in comparisons:
         for variant in COMPARISONS[comparison]:
             for seed in (seeds[comparison] if isinstance(seeds, dict) else seeds):
                 settings = {**base, **VARIANTS[variant], "seed": seed}
                 key = json.dumps(settings, sort_keys=True, default=str)
                 runs.setdefault(key, {**settings, "out_dir": str(work_dir / f"run{len(runs):03d}")})
+                variants.setdefault(key, {})[variant] = None  # an ordered set
                 plan.append((comparison, variant, seed, key))
-    names = {}
-    for comparison, variant, seed, key in plan:
-        names.setdefault(key, f"{' = '.join(dict.fromkeys(v for c, v, s, k in plan if k == key))} / seed {seed}")
     results = {}
 
     def done(key, result):
         results[key] = result
-        log(f"{names[key]}: MAE {result['mae']:.2f} RMSE {result['rmse']:.2f} ({result['seconds']:.0f} s; "
-            f"{len(results)} of {len(runs)} runs)")
+        log(f"{' = '.join(variants[key])} / seed {runs[key]['seed']}: MAE {result['mae']:.2f} "
+            f"RMSE {result['rmse']:.2f} ({result['seconds']:.0f} s; {len(results)} of {len(runs)} runs)")
 
     if jobs == 1:
         for key, settings in runs.items():
