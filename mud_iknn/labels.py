@@ -31,6 +31,7 @@ Conventions (shared by every function here and by :mod:`mud_iknn.reference`):
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional, Sequence, Union
@@ -290,8 +291,9 @@ def fidt_maps(points: PointsLike, size, *, alpha: float = 0.02, beta: float = 0.
     I = 1 / (D^(alpha * D + beta) + c), D the exact distance (pixels) from each pixel centre to the
     nearest head: subpixel heads, duplicates and heads outside the map count as heads; no heads
     gives 0. The defaults are FIDTM's; ``zero_below=0.01`` also zeroes the values below 0.01, as
-    FIDTM does (and lets the kernels skip the pixels beyond the distance where that starts). alpha, beta >= 0, c > 0. Computed in the kNN kernels (k = 1) as their transform.
-    ``out``: see the module docstring.
+    FIDTM does (and lets the kernels skip the pixels beyond the distance where that starts).
+    alpha, beta >= 0, c > 0. Computed in the kNN kernels (k = 1) as their transform. ``out``: see
+    the module docstring.
     """
     alpha = _check_non_negative(alpha, "alpha")
     beta = _check_non_negative(beta, "beta")
@@ -301,6 +303,7 @@ def fidt_maps(points: PointsLike, size, *, alpha: float = 0.02, beta: float = 0.
                 (alpha, beta, c, zero_below))
 
 
+@functools.lru_cache(maxsize=64)  # a training loop asks for the same parameters every batch
 def _fidt_reach(alpha: float, beta: float, c: float, zero_below: float) -> Optional[float]:
     """A distance (px) from which every FIDT value is below ``zero_below``, or None.
 
