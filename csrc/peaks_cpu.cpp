@@ -103,15 +103,16 @@ int64_t find_peaks(const PeakArgs& a, int threads) {
   // Bands of rows found in parallel into their own lists (peaks are few), then joined in order.
   const int64_t rows = a.batch * a.height, bands = std::min<int64_t>(rows, 256);
   std::vector<std::vector<int64_t>> found(bands);
-  std::atomic<bool> finite{true};
+  std::atomic<bool> all_finite{true};  // cleared by the first row with a NaN or infinity: the others stop
   parallel_for(bands, threads, [&](int64_t band) {
-    for (int64_t r = rows * band / bands; r < rows * (band + 1) / bands && finite.load(std::memory_order_relaxed); ++r) {
+    for (int64_t r = rows * band / bands; r < rows * (band + 1) / bands && all_finite.load(std::memory_order_relaxed);
+         ++r) {
       const int64_t base = r * a.width;
       if (!row_peaks(a, r / a.height, r % a.height, [&](int64_t j) { found[band].push_back(base + j); }))
-        finite.store(false, std::memory_order_relaxed);
+        all_finite.store(false, std::memory_order_relaxed);
     }
   });
-  if (!finite.load()) return -1;
+  if (!all_finite.load()) return -1;
   int64_t total = 0;
   for (const auto& list : found) total += int64_t(list.size());
   if (total <= a.capacity) {
