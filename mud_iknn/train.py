@@ -168,7 +168,7 @@ class TrainConfig:
     @classmethod
     def small(cls, **overrides) -> "TrainConfig":
         """The small configuration (``mud-iknn train --preset small``, the demo, the experiments):
-        minutes on a CPU. The "densenet_tiny" backbone on 64 px patches, batch 16, 2700 steps, Adam
+        minutes on a CPU. The "densenet_tiny" backbone on 64 px patches, batch 16, 2600 steps, Adam
         lr 1e-3 (x0.1 after 2000), BatchNorm trained, predicting with the moving average of the
         weights (decay 0.996), no worker processes, no AMP, on the CPU, a checkpoint every 1000
         steps, validation at the end only. ``overrides`` set any field.
@@ -370,7 +370,8 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
     ``map_location``, with the averaged weights where the run kept an average
     (``TrainConfig.average_decay``), else the last step's; ``extra`` holds "step", "metrics",
     "optimizer", "scheduler", "scaler", "rng" and "localization" (the calibrated settings, None for
-    a checkpoint without them), which is also set as ``model.localization`` (:func:`mud_iknn.evaluate.predict_image` then uses it).
+    a checkpoint without them), which is also set as ``model.localization``
+    (:func:`mud_iknn.evaluate.predict_image` then uses it).
     Raises FileNotFoundError for a missing file and ValueError naming the file for anything else.
     """
     state = read_checkpoint(path, map_location)
