@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mud_iknn.model import MUDIKNN, MapModule, MapNetwork, _ExtentConv, build_backbone
+from mud_iknn.model import MUDIKNN, MapModule, MapNetwork, _BlockConvTranspose2d, _ExtentConv, build_backbone
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,6 +124,25 @@ def test_map_module_shapes():
     assert density.shape == (3, 1, 32, 32) and count.shape == (3,)
     with pytest.raises(ValueError, match="factor"):
         MapModule(5, 0)
+
+
+@pytest.mark.parametrize("c_in, c_out, factor, size", [(5, 1, 4, (3, 2)), (3, 2, 2, (4, 4)), (7, 1, 1, (2, 3)),
+                                                      (4, 1, 16, (1, 2))])
+def test_block_transposed_conv_is_the_transposed_conv(c_in, c_out, factor, size):
+    torch.manual_seed(0)
+    reference = nn.ConvTranspose2d(c_in, c_out, kernel_size=factor, stride=factor)
+    block = _BlockConvTranspose2d(c_in, c_out, factor)
+    block.load_state_dict(reference.state_dict())  # the same parameters and keys
+    x = torch.randn(2, c_in, *size, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, want = block(x), reference(x_ref)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+    upstream = torch.randn_like(want)
+    out.backward(upstream)
+    want.backward(upstream)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(block.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_extent_conv_scales_with_area():
