@@ -226,11 +226,11 @@ class WeightAverage:
 
     The first :meth:`update` copies the weights w_1; the t-th (t >= 2) sets
     A_t = d_t A_(t-1) + (1 - d_t) w_t with d_t = min(``decay``, (1 + t) / (10 + t)), for each
-    floating-point entry of ``model.state_dict()`` (parameters and buffers, BatchNorm's running
-    statistics included) of :attr:`model`: about the last 1 / (1 - decay) steps count, and in a
-    short run (t below about 10 / (1 - decay)) about the last t / 9, so that neither the initial
-    weights nor those of the first steps linger. Other entries (BatchNorm's step counters) are the
-    last step's. :attr:`model` is a copy of the model given, in eval mode, without gradients.
+    floating-point parameter and buffer of :attr:`model` (BatchNorm's running statistics
+    included): about the last 1 / (1 - decay) steps count, and in a short run (t below about
+    10 / (1 - decay)) about the last t / 9, so that neither the initial weights nor those of the
+    first steps linger. Other buffers (BatchNorm's step counters) are the last step's.
+    :attr:`model` is a copy of the model given, in eval mode, without gradients.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
@@ -245,10 +245,13 @@ class WeightAverage:
         self.updates += 1
         t = self.updates
         weight = 1.0 if t == 1 else 1.0 - min(self.decay, (1 + t) / (10 + t))
-        for average, current in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if average.is_floating_point():
-                average.lerp_(current, weight)
-            else:
+        averages = [*self.model.parameters(), *self.model.buffers()]
+        currents = [*model.parameters(), *model.buffers()]
+        floating = [i for i, a in enumerate(averages) if a.is_floating_point()]
+        # one pass over all floating-point tensors rather than a lerp_ per tensor
+        torch._foreach_lerp_([averages[i] for i in floating], [currents[i].detach() for i in floating], weight)
+        for average, current in zip(averages, currents):
+            if not average.is_floating_point():
                 average.copy_(current)
 
     def state_dict(self) -> dict:
@@ -573,7 +576,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
         torch.backends.cudnn.benchmark = False
     device = ctx.device
     model = build_model(config, load_weights=not (resume and ckpt_path.exists())).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
