@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the label kinds, point losses, k = 1 against CuPy's EDT, localization,
 # deployment and the experiments, after one install, each step under its own time limit, in the
-# order given (default: the first five, about 9 minutes; `experiments` takes 6 more on its own):
-#   OUT=out bash bench/gpu_features.sh [label_kinds point_losses edt localize deploy experiments]
+# order given (default: the first five, about 9 minutes; `experiments` takes 6 more on its own,
+# `model_step`, the network's channels-last layout and block upsampling against NCHW, 1-2):
+#   OUT=out bash bench/gpu_features.sh [label_kinds point_losses edt localize deploy experiments model_step]
 # Run bench/gpu_check.sh (the label engine's tests, memcheck and benchmarks) in its own call.
 source "$(dirname "$0")/gpu_common.sh"
 steps=("$@")
@@ -27,7 +28,9 @@ for name in "${steps[@]}"; do
     localize) step localize 90 bash bench/gpu_localize.sh ;;
     deploy) step deploy 120 bash bench/gpu_deploy.sh ;;
     experiments) step experiments 380 bash bench/gpu_experiments.sh ;;
-    *) status "step $name" "unknown (label_kinds, point_losses, edt, localize, deploy, experiments)" ;;
+    model_step) step model_step 120 bash -c "cd /tmp && $PY '$ROOT/bench/bench_model_step.py' --model densenet201 \
+                  --batch 16 --size 224 --device cuda --rounds 4 --steps 5 > '$OUT/model_step.md'" ;;
+    *) status "step $name" "unknown (label_kinds, point_losses, edt, localize, deploy, experiments, model_step)" ;;
   esac
 done
 cat "$summary"

@@ -214,6 +214,10 @@ class MapNetwork(nn.Module):
     shape (B, 0, H / s, W / s) (on the images' device, in the count's dtype) and the final count.
     """
 
+    #: Layout of the weights and of the backbone's input: channels last (NHWC), which oneDNN's CPU
+    #: convolutions (and cuDNN's tensor cores) run fastest on (bench/bench_model_step.py).
+    memory_format: torch.memory_format = torch.channels_last
+
     def __init__(self, backbone: nn.Module, map_layers: Sequence[str], count_layer: Optional[str] = None,
                  *, input_size: int = 224, label_stride: int = 1, normalization: str = "imagenet",
                  frozen_batchnorm: bool = True):
@@ -265,6 +269,7 @@ class MapNetwork(nn.Module):
         mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if normalization == "imagenet" else ((0.5,) * 3, (0.5,) * 3))
         self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1), persistent=False)
+        self.to(memory_format=self.memory_format)
 
     @torch.no_grad()
     def _probe(self, size: int) -> dict[str, tuple[int, int, int]]:
@@ -309,7 +314,7 @@ class MapNetwork(nn.Module):
         pad_h, pad_w = -height % m, -width % m
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        feats = self.features(x)
+        feats = self.features(x.contiguous(memory_format=self.memory_format))
         maps, counts = [], []
         for name, module in zip(self.map_layers, self.map_modules):
             density, count = module(feats[name])
