@@ -2,10 +2,12 @@
 (MAE, RMSE, NAE, GAME), localization (precision, recall, F1 of one-to-one matches within a
 distance, NWPU-Crowd's protocol), and NWPU-Crowd's test-server files.
 
-As in the authors' code: windows of ``window`` x ``window`` pixels every ``stride`` pixels, the
-image zero-padded at the bottom and right so that the windows cover it; each window's predicted
-count is spread uniformly over its pixels inside the image; where windows overlap, the per-pixel
-values are averaged; the image's count is the sum of that stitched map. The windows' ikNN maps are
+As in the authors' code, windows of ``window`` x ``window`` pixels every ``stride`` pixels, except
+that the last one along each axis is flush with the image's border (:func:`window_starts`: training
+never shows a patch that overhangs the image, so no window does; only an image smaller than a window
+is zero-padded); each window's predicted count is spread uniformly over its pixels inside the image;
+where windows overlap, the per-pixel values are averaged; the image's count is the sum of that
+stitched map. The windows' ikNN maps are
 stitched the same way (each pixel the mean of the maps over it) and their local maxima are the
 located heads (:func:`mud_iknn.localize`).
 """
@@ -30,12 +32,16 @@ __all__ = ["window_starts", "Prediction", "predict_image", "count_metrics", "mea
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets 0, stride, 2*stride, ... of the windows covering [0, length)."""
+    """Start offsets of the windows covering [0, length): 0, stride, 2*stride, ... below
+    length - window, then length - window, so that no window reaches past the end (the last two
+    may overlap by more than window - stride); [0] when length <= window (that window is padded).
+    """
     if window < 1 or not 1 <= stride <= window:
         raise ValueError(f"window must be positive and stride in [1, window], got window={window}, "
                          f"stride={stride}")
-    extra = max(length - window, 0)
-    return [i * stride for i in range(-(-extra // stride) + 1)]
+    if length <= window:
+        return [0]
+    return [*range(0, length - window, stride), length - window]
 
 
 class Prediction(NamedTuple):

@@ -30,9 +30,14 @@ def _image(h, w):
 
 def test_window_starts():
     assert window_starts(224, 224, 128) == [0]
-    assert window_starts(100, 224, 128) == [0]
+    assert window_starts(100, 224, 128) == [0]  # the one window overhangs: the image is padded
     assert window_starts(352, 224, 128) == [0, 128]
-    assert window_starts(353, 224, 128) == [0, 128, 256]
+    assert window_starts(353, 224, 128) == [0, 128, 129]  # the last window flush with the border
+    assert window_starts(512, 64, 36) == [0, 36, 72, 108, 144, 180, 216, 252, 288, 324, 360, 396, 432, 448]
+    for length, window, stride in [(512, 64, 36), (384, 64, 36), (1000, 224, 128), (65, 64, 1), (300, 64, 64)]:
+        starts = window_starts(length, window, stride)  # inside, covering, no gap beyond the stride
+        assert starts[0] == 0 and starts[-1] + window == length
+        assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
     with pytest.raises(ValueError, match="stride"):
         window_starts(300, 224, 300)
 
@@ -41,8 +46,9 @@ def test_window_starts():
     (224, 224, 1.0),
     (100, 150, 1.0),              # one window, spread over the 100 x 150 image pixels
     (224, 352, 352 / 224),        # two full windows, every pixel c / 224^2
-    # second window has 172 columns inside the image: x < 128 one window, 128..223 both, >= 224 the second
-    (224, 300, 128 / 224 + 96 / 2 * (224 / 224 ** 2 + 224 / (172 * 224)) + 76 / 172),
+    # windows at x = 0 and 76 (flush with the border), both inside: every pixel c / 224^2
+    (224, 300, 300 / 224),
+    (100, 300, 300 / 224),        # windows at x = 0 and 76, each spread over its 100 x 224 image pixels
 ])
 def test_constant_count_model_gives_the_analytic_total(height, width, expected):
     c = 10.0
@@ -117,11 +123,11 @@ class WindowNumber(nn.Module):
 
 
 def test_stitched_map_is_the_mean_of_the_windows_maps():
-    # 224 x 300: windows at x = 0 and 128; x < 128 in the first only, 128..223 in both, >= 224 the second
+    # 224 x 300: windows at x = 0 and 76; x < 76 in the first only, 76..223 in both, >= 224 the second
     iknn_map = predict_image(WindowNumber(), _image(224, 300)).iknn_map  # maps at 1/4 of the window
     assert iknn_map.shape == (224, 300)
-    assert iknn_map[:, :128].unique().tolist() == [1.0]
-    assert iknn_map[:, 128:224].unique().tolist() == [1.5]
+    assert iknn_map[:, :76].unique().tolist() == [1.0]
+    assert iknn_map[:, 76:224].unique().tolist() == [1.5]
     assert iknn_map[:, 224:].unique().tolist() == [2.0]
     skipped = predict_image(WindowNumber(), _image(224, 300), locate=False)
     assert skipped.iknn_map is None and skipped.points is None and skipped.density.shape == (224, 300)

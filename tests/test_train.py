@@ -166,6 +166,32 @@ def test_runs_are_reproducible_whatever_the_workers(tmp_path):
         assert torch.equal(value, b["model"].state_dict()[key]), key
 
 
+class _CountingReads(torch.utils.data.Dataset):
+    """``data`` counting how often each sample is read."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, [0] * len(data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return self.data[index]
+
+
+def test_cached_samples_are_read_once_and_give_the_same_run(tmp_path):
+    plain, cached = _CountingReads(Blobs(n=4, size=40)), _CountingReads(Blobs(n=4, size=40))
+    a = train(_config(tmp_path / "a", steps=5, calibrate_images=0), plain)
+    b = train(_config(tmp_path / "b", steps=5, calibrate_images=0, cache_samples=True), cached)
+    assert plain.reads == [5, 5, 5, 5] and cached.reads == [1, 1, 1, 1]  # 5 steps of 4 patches
+    for key, value in a["model"].state_dict().items():
+        assert torch.equal(value, b["model"].state_dict()[key]), key
+    data = TrainConfig(cache_samples=True).to_dict()
+    del data["cache_samples"]  # a configuration saved before the field existed
+    assert TrainConfig.from_dict(data).cache_samples is False
+
+
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     data = Blobs(n=6, size=40)
     full = train(_config(tmp_path / "full", steps=6, checkpoint_every=2, lr_step=3, lr_gamma=0.5), data)
