@@ -77,6 +77,7 @@ def test_small_config_for_cpu_demos():
     assert (c.backbone, c.patch_size, c.device, c.steps, c.num_workers) == ("densenet_tiny", 64, "cpu", 10, 0)
     assert c.lr_step < TrainConfig.small().steps  # the learning rate decays within the preset's run
     assert c.average_decay == 0.996 and TrainConfig().average_decay is None  # predicts with the weight average
+    assert c.cache_samples and not TrainConfig().cache_samples  # a small set is decoded once
     assert PRESETS["small"]().to_dict() == TrainConfig.small().to_dict()
 
 
