@@ -58,9 +58,14 @@ def relative(actual, expected) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
-def _by_position(points):
-    """(N, 2) points sorted by x, then y."""
-    return points[np.lexsort((points[:, 1].numpy(), points[:, 0].numpy()))]
+def same_heads(got, want, atol) -> bool:
+    """Two (N, 2) point sets alike: as many points, each within ``atol`` of one of the other's (as
+    sets: two peaks of one value may come in either order)."""
+    got, want = np.asarray(got, dtype=np.float64).reshape(-1, 2), np.asarray(want, dtype=np.float64).reshape(-1, 2)
+    if len(got) != len(want):
+        return False
+    distance = np.abs(got[:, None, :] - want[None, :, :]).max(axis=2)
+    return bool((distance.min(axis=1) <= atol).all() and (distance.min(axis=0) <= atol).all())
 
 
 def random_image(height, width, seed):
@@ -129,9 +134,7 @@ def test_onnx_model_counts_like_the_checkpoint(exported):
         assert relative(got.density, expected.density) <= 1e-3
         assert relative(got.iknn_map, expected.iknn_map) <= 1e-4
         # the same heads: the maps agree to float rounding, far finer than the peaks' differences
-        # (but not than ties: two peaks of one value may come in either order, so compare the sets)
-        assert len(expected.points) > 0 and got.points.shape == expected.points.shape
-        assert torch.allclose(_by_position(got.points), _by_position(expected.points), atol=1e-3)
+        assert len(expected.points) > 0 and same_heads(got.points, expected.points, atol=1e-3)
 
 
 def test_a_count_only_network_exports_and_counts(tmp_path):
@@ -170,7 +173,7 @@ def test_count_command_with_onnx_and_a_folder(capsys, tmp_path, exported):
     model, _, _ = load_checkpoint(checkpoint)
     expected = predict_image(model, load_image(files[0]), 64, 40)
     assert len(result["points"]) == len(expected.points) > 0  # the located heads, through onnxruntime
-    assert np.allclose(result["points"], expected.points.numpy(), atol=0.01)
+    assert same_heads(result["points"], expected.points, atol=0.006)  # the JSON's 2 decimals
     assert result["overlay"] == str(tmp_path / "o.png") and (tmp_path / "o.png").is_file()
 
 
