@@ -255,7 +255,7 @@ class WeightAverage:
         currents = [*model.parameters(), *model.buffers()]
         floating = [i for i, a in enumerate(averages) if a.is_floating_point()]
         # one pass over all floating-point tensors rather than a lerp_ per tensor
-        torch._foreach_lerp_([averages[i] for i in floating], [currents[i].detach() for i in floating], weight)
+        torch._foreach_lerp_([averages[i] for i in floating], [currents[i] for i in floating], weight)
         for average, current in zip(averages, currents):
             if not average.is_floating_point():
                 average.copy_(current)
