@@ -498,6 +498,7 @@ def test_experiments_equal_budgets_shared_runs_and_table(capsys, tmp_path, monke
     assert {(c.steps, c.lr, c.batch_size, c.patch_size, c.frozen_batchnorm, c.lr_step) for c in configs} == \
         {(5, 0.01, small.batch_size, small.patch_size, small.frozen_batchnorm,
           round(5 * small.lr_step / small.steps))}  # equal budgets, the lr decay at the small configuration's fraction
+    assert {c.map_weight for c in configs} == {1.0} != {small.map_weight}  # the paper's lambda, not the preset's
     assert len({c.out_dir for c in configs}) == 6
     rows = json.loads(out.with_suffix(".json").read_text())["runs"]
     mae = {(r["comparison"], r["variant"], r["seed"]): r["mae"] for r in rows}
