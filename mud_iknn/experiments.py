@@ -64,9 +64,8 @@ def machine_info() -> dict:
 
 
 #: Default seeds per comparison (``--seeds`` replaces them for all), with the default 1200 steps,
-#: chosen by measurement on the 2-core machine (docs/experiments.md): 11 minutes with two jobs; the
-#: map-modules interval of MAE came out at +-4% of the MAE, the labels one at +-18% (one of the ten
-#: density-label runs stalled at MAE 45; its F1 interval is narrow).
+#: chosen by measurement on the 2-core machine (docs/experiments.md, session 10): 13 minutes with two
+#: jobs; the intervals of MAE came out at +-4.2% (map modules) and +-5.7% (labels) of the MAE.
 DEFAULT_SEEDS = {"labels": list(range(10)), "map_modules": list(range(10))}
 
 
@@ -322,8 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "seeds": " ".join(map(str, seeds)) if args.seeds is not None else
              "; ".join(f"{c}: {len(DEFAULT_SEEDS[c])} (0-{max(DEFAULT_SEEDS[c])})" for c in args.comparisons),
              "jobs": args.jobs,
-             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "lr_step", "backbone",
-                                                      "frozen_batchnorm")}}
+             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "lr_step", "map_weight",
+                                                      "backbone", "frozen_batchnorm")}}
     table = format_table(rows, setup, machine_info())
     print(table)
     if args.out:

@@ -32,7 +32,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from .loss import MUDLoss
 from .model import MUDIKNN
 from .transforms import TrainTransform, collate_crowd
 
-__all__ = ["TrainConfig", "PRESETS", "WeightAverage", "train", "run_settings", "build_model", "save_checkpoint",
+__all__ = ["TrainConfig", "PRESETS", "WeightAverage", "reestimate_batchnorm", "train", "run_settings", "build_model", "save_checkpoint",
            "load_checkpoint", "read_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "RESUMABLE"]
 
 CHECKPOINT_FORMAT = "mud_iknn.checkpoint"
@@ -69,6 +69,10 @@ class TrainConfig:
     average_decay: None, or the decay d in (0, 1) of an exponential moving average of the weights
     (:class:`WeightAverage`) that validation, calibration, the checkpoint's predicting weights and
     the returned model use instead of the last step's. Configurations saved without it load None.
+    average_bn_batches: training with an average and BatchNorm trained ends by re-estimating the
+    average's BatchNorm statistics on this many further training batches
+    (:func:`reestimate_batchnorm`): averaged statistics are not those of the averaged weights.
+    0 keeps the averaged ones.
     label: which labels the map modules learn: a kind of :mod:`mud_iknn.label_kinds` (e.g.
     ``FidtLabel()``), or its dict ``{"kind": "fidt", ...}``; saved with its parameters (checkpoints
     of the flat form before the registry load too). map_weight: lambda.
@@ -106,6 +110,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     weight_decay: float = 0.0
     average_decay: Optional[float] = None
+    average_bn_batches: int = 100
     label: LabelKind = field(default_factory=IknnLabel)
     map_weight: float = 1.0
     flip_p: float = 0.5
@@ -148,7 +153,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "patch_size", "lr_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("checkpoint_every", "eval_every", "log_every", "num_workers", "calibrate_images"):
+        for name in ("checkpoint_every", "eval_every", "log_every", "num_workers", "calibrate_images",
+                     "average_bn_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.patch_size % 32:
@@ -175,7 +181,8 @@ class TrainConfig:
         """The small configuration (``mud-iknn train --preset small``, the demo, the experiments):
         minutes on a CPU. The "densenet_tiny" backbone on 64 px patches, batch 24, 4800 steps, Adam
         lr 1e-3 (x0.1 after 3700), the map loss weighted 0.001, BatchNorm trained, predicting with
-        the moving average of the weights (decay 0.996), the training samples kept in memory
+        the moving average of the weights (decay 0.996; its BatchNorm statistics re-estimated on
+        100 batches at the end, ``average_bn_batches``), the training samples kept in memory
         (``cache_samples``), no worker processes, no AMP, on the CPU, a checkpoint every 1000 steps,
         validation at the end only.
         ``overrides`` set any field.
@@ -272,6 +279,41 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state["updates"])
         self.model.load_state_dict(state["model"])
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: torch.nn.Module, images: Iterable[torch.Tensor]) -> int:
+    """Replaces the running statistics of ``model``'s BatchNorm layers by their plain means over the
+    batches of ``images`` (the model's inputs, e.g. (B, 3, H, W) uint8 patches on its device),
+    forwarded in training mode, as ``torch.optim.swa_utils.update_bn`` does for averaged weights;
+    the model is then back in the mode it was in. Returns the number of batches (ValueError for none: the statistics would
+    be reset to 0 and 1). A network whose BatchNorm stays frozen in training mode is left as it is.
+    """
+    if getattr(model, "frozen_batchnorm", False):
+        return 0
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative mean over the batches
+    was_training = model.training
+    model.train()
+    count = 0
+    try:
+        for batch in images:
+            model(batch)
+            count += 1
+    finally:
+        model.train(was_training)
+        for m, (momentum, mean, var, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if not count:
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(tracked)
+    if not count:
+        raise ValueError("images gave no batch: the BatchNorm statistics are left as they were")
+    return count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -523,7 +565,8 @@ def _append(path: Path, record: dict) -> None:
 #: The settings a resumed run may change: how long it runs, how it logs, checkpoints and validates,
 #: and where; everything else must equal the checkpoint's (the run would silently be another one).
 RESUMABLE = ("steps", "checkpoint_every", "eval_every", "log_every", "eval_stride", "eval_limit", "num_workers",
-             "device", "out_dir", "progress", "deterministic", "calibrate_images", "cache_samples")
+             "device", "out_dir", "progress", "deterministic", "calibrate_images", "cache_samples",
+             "average_bn_batches")
 
 
 def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -690,6 +733,11 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
                 progress.update(1)
             if on_step is not None:
                 on_step(step, record)
+        if average is not None and config.average_bn_batches and not config.frozen_batchnorm:
+            # the next batches of the patch stream, the same whenever the run ends or resumes at this step
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                reestimate_batchnorm(average.model, (next(batches).images.to(device, non_blocking=True)
+                                                     for _ in range(config.average_bn_batches)))
         if val_set is not None:
             last_val = _validate(predictor, val_set, config, ctx, step, log_path, lambda: save(last_val))
         if ctx.is_main and model.map_channels and config.calibrate_images:

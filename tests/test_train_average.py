@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mud_iknn.train import TrainConfig, WeightAverage, load_checkpoint, train
+from mud_iknn.train import TrainConfig, WeightAverage, load_checkpoint, reestimate_batchnorm, train
 
 from synthetic import Blobs
 
@@ -111,3 +111,51 @@ def test_training_predicts_with_the_average_and_resumes_it(tmp_path):
     with pytest.raises(ValueError, match="damaged.pt.*weight average"):
         load_checkpoint(tmp_path / "damaged.pt")
 
+
+
+def test_reestimate_batchnorm_is_the_plain_mean_over_the_batches():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, momentum=0.3)).eval()
+    batches = [torch.randn(5, 3, 6, 7) * (1 + i) + i for i in range(3)]
+    with torch.no_grad():
+        features = [net[0](b) for b in batches]
+    # by hand: the mean over batches of each batch's channel mean and unbiased channel variance
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in features]).mean(0)
+    var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in features]).mean(0)
+    assert reestimate_batchnorm(net, iter(batches)) == 3
+    torch.testing.assert_close(net[1].running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net[1].running_var, var, rtol=1e-5, atol=1e-6)
+    assert net[1].momentum == 0.3 and not net.training and net[1].num_batches_tracked.item() == 3
+    # no batch: an error, the statistics as they were
+    before = net[1].running_mean.clone()
+    with pytest.raises(ValueError, match="no batch"):
+        reestimate_batchnorm(net, iter([]))
+    assert torch.equal(net[1].running_mean, before) and net[1].num_batches_tracked.item() == 3
+    # a network whose BatchNorm stays frozen in training mode keeps its statistics
+    net.frozen_batchnorm = True
+    assert reestimate_batchnorm(net, iter(batches[:1])) == 0 and torch.equal(net[1].running_mean, before)
+
+
+def test_training_ends_by_reestimating_the_average_batchnorm(tmp_path):
+    data = Blobs(n=6, size=40)
+    settings = dict(steps=3, average_decay=0.5, frozen_batchnorm=False, checkpoint_every=2)
+    kept = train(_config(tmp_path / "kept", average_bn_batches=0, **settings), data)["model"]
+    redone = train(_config(tmp_path / "redone", average_bn_batches=2, **settings), data)
+    norms = {n: m for n, m in redone["model"].named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert norms and all(m.num_batches_tracked.item() == 2 for m in norms.values())  # reset, then 2 batches
+    kept_state = kept.state_dict()
+    for name, value in redone["model"].state_dict().items():
+        if name.rsplit(".", 1)[0] in norms and name.rsplit(".", 1)[1] in ("running_mean", "running_var"):
+            assert not torch.equal(value, kept_state[name]), name  # new statistics ...
+        elif value.is_floating_point():
+            assert torch.equal(value, kept_state[name]), name  # ... of the same averaged weights
+    loaded, _, _ = load_checkpoint(redone["checkpoint"])  # the checkpoint predicts with them
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, redone["model"].state_dict()[name]), name
+    # resumed from its step-2 checkpoint, the same statistics as without the interruption
+    train(_config(tmp_path / "resumed", average_bn_batches=2, **{**settings, "steps": 2}), data)
+    resumed = train(_config(tmp_path / "resumed", average_bn_batches=2, **settings), data, resume=True)
+    for name, value in resumed["model"].state_dict().items():
+        assert torch.equal(value, redone["model"].state_dict()[name]), name
+    with pytest.raises(ValueError, match="average_bn_batches"):
+        TrainConfig(average_bn_batches=-1)
