@@ -321,8 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "seeds": " ".join(map(str, seeds)) if args.seeds is not None else
              "; ".join(f"{c}: {len(DEFAULT_SEEDS[c])} (0-{max(DEFAULT_SEEDS[c])})" for c in args.comparisons),
              "jobs": args.jobs,
-             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "lr_step", "map_weight",
-                                                      "backbone", "frozen_batchnorm")}}
+             **{k: v for k, v in base.items() if k in ("steps", "batch_size", "patch_size", "lr", "lr_step",
+                                                      "map_weight", "backbone", "frozen_batchnorm")}}
     table = format_table(rows, setup, machine_info())
     print(table)
     if args.out:

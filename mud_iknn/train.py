@@ -46,8 +46,8 @@ from .loss import MUDLoss
 from .model import MUDIKNN
 from .transforms import TrainTransform, collate_crowd
 
-__all__ = ["TrainConfig", "PRESETS", "WeightAverage", "reestimate_batchnorm", "train", "run_settings", "build_model", "save_checkpoint",
-           "load_checkpoint", "read_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "RESUMABLE"]
+__all__ = ["TrainConfig", "PRESETS", "WeightAverage", "reestimate_batchnorm", "train", "run_settings", "build_model",
+           "save_checkpoint", "load_checkpoint", "read_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "RESUMABLE"]
 
 CHECKPOINT_FORMAT = "mud_iknn.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -286,8 +286,9 @@ def reestimate_batchnorm(model: torch.nn.Module, images: Iterable[torch.Tensor])
     """Replaces the running statistics of ``model``'s BatchNorm layers by their plain means over the
     batches of ``images`` (the model's inputs, e.g. (B, 3, H, W) uint8 patches on its device),
     forwarded in training mode, as ``torch.optim.swa_utils.update_bn`` does for averaged weights;
-    the model is then back in the mode it was in. Returns the number of batches (ValueError for none: the statistics would
-    be reset to 0 and 1). A network whose BatchNorm stays frozen in training mode is left as it is.
+    the model is then back in the mode it was in. Returns the number of batches (ValueError for
+    none, the statistics left as they were). A network whose BatchNorm stays frozen in training
+    mode is left as it is (returns 0).
     """
     if getattr(model, "frozen_batchnorm", False):
         return 0
@@ -310,7 +311,9 @@ def reestimate_batchnorm(model: torch.nn.Module, images: Iterable[torch.Tensor])
         for m, (momentum, mean, var, tracked) in zip(norms, saved):
             m.momentum = momentum
             if not count:
-                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(tracked)
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(tracked)
     if not count:
         raise ValueError("images gave no batch: the BatchNorm statistics are left as they were")
     return count
