@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -184,8 +185,7 @@ class TrainConfig:
         the moving average of the weights (decay 0.996; its BatchNorm statistics re-estimated on
         100 batches at the end, ``average_bn_batches``), the training samples kept in memory
         (``cache_samples``), no worker processes, no AMP, on the CPU, a checkpoint every 1000 steps,
-        validation at the end only.
-        ``overrides`` set any field.
+        validation at the end only. ``overrides`` set any field.
         """
         # BatchNorm trained, not frozen (the paper's setting, whose statistics here would be those of
         # a random initialisation), by measurement on SyntheticCrowds (96 training / 24 validation
@@ -292,10 +292,13 @@ def reestimate_batchnorm(model: torch.nn.Module, images: Iterable[torch.Tensor])
     """
     if getattr(model, "frozen_batchnorm", False):
         return 0
+    batches = iter(images)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("images gave no batch: the BatchNorm statistics are left as they were")
     norms = [m for m in model.modules()
              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in norms]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative mean over the batches
@@ -303,19 +306,13 @@ def reestimate_batchnorm(model: torch.nn.Module, images: Iterable[torch.Tensor])
     model.train()
     count = 0
     try:
-        for batch in images:
+        for batch in itertools.chain([first], batches):
             model(batch)
             count += 1
     finally:
         model.train(was_training)
-        for m, (momentum, mean, var, tracked) in zip(norms, saved):
+        for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-            if not count:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(tracked)
-    if not count:
-        raise ValueError("images gave no batch: the BatchNorm statistics are left as they were")
     return count
 
 
@@ -736,7 +733,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
                 progress.update(1)
             if on_step is not None:
                 on_step(step, record)
-        if average is not None and config.average_bn_batches and not config.frozen_batchnorm:
+        if average is not None and config.average_bn_batches:
             # the next batches of the patch stream, the same whenever the run ends or resumes at this step
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 reestimate_batchnorm(average.model, (next(batches).images.to(device, non_blocking=True)

@@ -112,7 +112,6 @@ def test_training_predicts_with_the_average_and_resumes_it(tmp_path):
         load_checkpoint(tmp_path / "damaged.pt")
 
 
-
 def test_reestimate_batchnorm_is_the_plain_mean_over_the_batches():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, momentum=0.3)).eval()
