@@ -257,21 +257,36 @@ class WeightAverage:
             raise ValueError(f"decay must be in (0, 1), got {decay!r}")
         self.decay, self.updates = float(decay), 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self._pairs: Optional[tuple] = None  # (model, its tensors paired with the average's), see _tensors
+
+    def _tensors(self, model: torch.nn.Module) -> tuple[list, list, list, list]:
+        """The average's and ``model``'s floating-point tensors, then their other buffers, paired in
+        order; gathered once per model (walking the modules costs more than the update itself)."""
+        if self._pairs is None or self._pairs[0] is not model:
+            averages = [*self.model.parameters(), *self.model.buffers()]
+            currents = [*model.parameters(), *model.buffers()]
+            if len(averages) != len(currents):
+                raise ValueError(f"model has {len(currents)} parameters and buffers, the average "
+                                 f"{len(averages)}: not the network the average was made of")
+            floating = [a.is_floating_point() for a in averages]
+            groups = tuple([t for t, f in zip(tensors, floating) if f == keep]
+                           for keep in (True, False) for tensors in (averages, currents))
+            self._pairs = (model, groups)
+        return self._pairs[1]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        """Folds ``model``'s current weights (the network copied at construction) into the average."""
+        """Folds ``model``'s current weights (the network copied at construction, its tensors
+        updated in place) into the average."""
         self.updates += 1
         t = self.updates
         weight = 1.0 if t == 1 else 1.0 - min(self.decay, (1 + t) / (10 + t))
-        averages = [*self.model.parameters(), *self.model.buffers()]
-        currents = [*model.parameters(), *model.buffers()]
-        floating = [i for i, a in enumerate(averages) if a.is_floating_point()]
+        averages, currents, other_averages, other_currents = self._tensors(model)
         # one pass over all floating-point tensors rather than a lerp_ per tensor
-        torch._foreach_lerp_([averages[i] for i in floating], [currents[i] for i in floating], weight)
-        for average, current in zip(averages, currents):
-            if not average.is_floating_point():
-                average.copy_(current)
+        if averages:
+            torch._foreach_lerp_(averages, currents, weight)
+        if other_averages:
+            torch._foreach_copy_(other_averages, other_currents)
 
     def state_dict(self) -> dict:
         return {"updates": self.updates, "model": self.model.state_dict()}

@@ -62,6 +62,8 @@ def test_average_is_the_decay_weighted_mean_of_the_steps():
     first.update(net)
     torch.testing.assert_close(first.model[0].weight, net[0].weight)
     assert not first.model.training and not any(p.requires_grad for p in first.model.parameters())
+    with pytest.raises(ValueError, match="not the network the average was made of"):
+        first.update(torch.nn.Linear(3, 2))
     for bad in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match="decay"):
             WeightAverage(net, bad)
