@@ -16,17 +16,20 @@ from . import _C
 
 __all__ = ["localize", "DEFAULT_THRESHOLD", "DEFAULT_MIN_DISTANCE"]
 
-DEFAULT_THRESHOLD = 0.2
+DEFAULT_THRESHOLD = 0.16
 """Map value a peak must exceed. Chosen, with ``DEFAULT_MIN_DISTANCE``, by the F1 of the located
-heads on the stitched maps of ``TrainConfig.small()`` models trained on ``SyntheticCrowds``
-(bench/measure_localize_threshold.py; its table is in bench/RESULTS.md): trained maps peak well
-below 1 at their heads, so the threshold sits low. On an exact ikNN map a head is 1 and a pixel
-4 px from every head 0.2. A trained checkpoint carries its own, calibrated on its training images
-(:func:`mud_iknn.evaluate.calibrate_localization`); these are for maps without one."""
+heads on the stitched maps of ``TrainConfig.small()`` models (bench/measure_localize_threshold.py,
+tables in bench/RESULTS.md): trained on the bench's three ShanghaiTech-sized synthetic sets (their
+test images) and on ``SyntheticCrowds``. Trained maps peak well below 1 at their heads, and how far
+below depends on the training, so the threshold sits low: the first set's maps keep no head above
+0.3. On an exact ikNN map a head is 1 and a pixel 4 px from every head 0.2. A trained checkpoint
+carries its own, calibrated on its training images (:func:`mud_iknn.evaluate.calibrate_localization`);
+these are for maps without one."""
 
-DEFAULT_MIN_DISTANCE = 1
-"""Peaks are kept more than this many pixels apart (Chebyshev): a 3 x 3 window, the best of 1 to 5
-in that measurement (dense crowds: wider windows merge neighbouring heads)."""
+DEFAULT_MIN_DISTANCE = 2
+"""Peaks are kept more than this many pixels apart (Chebyshev): a 5 x 5 window, better than 1 and 3
+on both measurements (1 keeps the trained maps' spurious side peaks; wider windows merge
+neighbouring heads of dense crowds)."""
 
 
 def _check_maps(maps) -> torch.Tensor:

@@ -58,7 +58,7 @@ def test_channels_are_averaged_and_values_ordered():
     maps = torch.zeros(1, 2, 12, 12)
     maps[0, 0, 3, 4], maps[0, 1, 3, 4] = 0.9, 0.7   # mean 0.8
     maps[0, 0, 8, 9], maps[0, 1, 8, 9] = 0.2, 0.6   # mean 0.4
-    maps[0, 1, 1, 10] = 0.3                          # mean 0.15: below the default threshold (0.2)
+    maps[0, 1, 1, 10] = 0.3                          # mean 0.15: below the default threshold (0.16)
     assert localize(maps)[0].tolist() == [[4.0, 3.0], [9.0, 8.0]]
     assert localize(maps.mean(1))[0].tolist() == [[4.0, 3.0], [9.0, 8.0]]
 
