@@ -1,6 +1,6 @@
 """Training-step throughput with on-the-fly labels vs precomputed labels vs scipy labels in workers.
 
-Three ways to feed the same MUD-ikNN training step (forward, loss, backward, Adam):
+Three ways to feed the same MUD-ikNN training step (forward, loss, backward, fused Adam):
 
 * ``onthefly``: the batch holds packed head points; ikNN labels are made inside the step on the
   model's device by :meth:`mud_iknn.label_kinds.LabelKind.make` (CUDA kernels on a GPU, the C++ kernel on
@@ -85,7 +85,7 @@ def run(args) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = MUDIKNN(weights=None, backbone=args.model, input_size=args.size).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the training loop
     loss_fn, spec = MUDLoss(), IknnLabel(k=1)
     use_amp = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
