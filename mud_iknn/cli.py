@@ -325,6 +325,9 @@ def _cmd_train(args) -> int:
         _check_or_fail(args, [train_set, val_set])
     result = engine.train(config, train_set, val_set, resume=args.resume)
     if _is_main_process():
+        if result["step"] < config.steps:
+            print(f"{PROG} train: stopped after {result['step']} of {config.steps} steps: the training budget "
+                  f"(max_seconds = {config.max_seconds:g}) is spent", file=sys.stderr)
         summary = {k: v for k, v in result.items() if k != "model"}
         print(json.dumps(summary, indent=1, sort_keys=True, default=str))
     return 0
@@ -574,29 +577,6 @@ def _overlay_targets(overlay: Path, images: Sequence[Path]) -> dict:
 
 # ------------------------------------------------------------------ demo
 
-def _train_within(engine, config, train_set, seconds: float, chunk: int = 20, clock=time.perf_counter):
-    """Trains up to ``config.steps`` steps, stopping early after the chunk of steps that crosses
-    ``seconds`` (by ``clock``); the chunks resume each other exactly, the localization is
-    calibrated once, after the last. Prints a line per chunk; returns the engine's last result."""
-    import dataclasses
-
-    start, done, result = clock(), 0, None
-    while done < config.steps:
-        done = min(done + chunk, config.steps)
-        result = engine.train(dataclasses.replace(config, steps=done, calibrate_images=0), train_set, None,
-                              resume=result is not None)
-        loss = (result.get("train") or {}).get("loss")
-        elapsed = clock() - start
-        print(f"step {done:>5}/{config.steps}  loss {loss if loss is None else f'{loss:.4g}'}  {elapsed:.0f} s",
-              flush=True)
-        if elapsed > seconds and done < config.steps:
-            print(f"stopping after {done} steps: the {seconds:.0f} s training budget is spent", file=sys.stderr)
-            break
-    if config.calibrate_images:  # no step more: the engine calibrates and checkpoints
-        result = engine.train(dataclasses.replace(config, steps=done), train_set, None, resume=True)
-    return result
-
-
 def _cmd_demo(args) -> int:
     from .data import SyntheticCrowds
     from .visualize import save_demo_figure
@@ -608,10 +588,20 @@ def _cmd_demo(args) -> int:
     train_set = SyntheticCrowds(args.train_images, size=args.image_size, seed=args.seed, split="train")
     val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
     config = engine.TrainConfig.small(steps=args.steps, seed=args.seed, device=_device(args.device),
-                                      out_dir=str(out_dir / "run"), checkpoint_every=0, eval_every=0, progress=False)
+                                      out_dir=str(out_dir / "run"), checkpoint_every=0, eval_every=0, progress=False,
+                                      max_seconds=args.max_seconds, log_every=100)
     print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
           f"{args.image_size}x{args.image_size} px; training the small configuration on {config.device}")
-    result = _train_within(engine, config, train_set, args.max_seconds)
+
+    def report(step, record):
+        if "loss" in record:
+            print(f"step {step:>5}/{config.steps}  loss {record['loss']:.4g}  {time.perf_counter() - start:.0f} s",
+                  flush=True)
+
+    result = engine.train(config, train_set, on_step=report)
+    if result["step"] < config.steps:
+        print(f"stopped after {result['step']} steps: the {args.max_seconds:g} s training budget is spent",
+              file=sys.stderr)
     model = result["model"].eval()
     window, stride = config.patch_size, config.window_stride
     metrics = evaluation.evaluate(model, val_set, window=window, stride=stride, localization=True, thresholds=(8,))
@@ -702,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training steps, unless --max-seconds runs out first (default 1500: about a minute "
                            "on two idle cores)")
     demo.add_argument("--max-seconds", type=_positive_float, default=100.0, metavar="S",
-                      help="training time budget: training stops at the first 20-step boundary past it "
-                           "(default 100)")
+                      help="training time budget (TrainConfig.max_seconds): training stops at the first "
+                           "10-step boundary past it (default 100)")
     demo.add_argument("--train-images", type=int, default=96, help="synthetic training scenes (default 96)")
     demo.add_argument("--val-images", type=int, default=24, help="synthetic validation scenes (default 24)")
     demo.add_argument("--image-size", type=int, default=128, help="scene side in pixels (default 128)")

@@ -101,6 +101,11 @@ class TrainConfig:
     first read, in each loader process, instead of reading it again for every patch: the same
     patches (bit for bit), less work per step on a small set of whole images, the set's decoded
     size in memory per process. Configurations saved without this field load with False.
+    max_seconds: None, or a budget of wall-clock seconds for the training steps, counted from the
+    start of :func:`train`: past it the run stops at the next multiple of 10 steps and ends as a
+    finished one does (BatchNorm re-estimation, validation, calibration, final checkpoint); the
+    result's and the checkpoint's ``step`` say how many ran, and resuming goes on towards
+    ``steps``. Configurations saved without this field load with None.
     """
 
     steps: int = 300_000
@@ -137,6 +142,7 @@ class TrainConfig:
     progress: bool = True
     calibrate_images: int = 16
     cache_samples: bool = False
+    max_seconds: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.label, dict):
@@ -176,6 +182,8 @@ class TrainConfig:
                              f"got {self.eval_stride}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be null or a positive integer, got {self.eval_limit}")
+        if self.max_seconds is not None and not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
+            raise ValueError(f"max_seconds must be null or a positive number of seconds, got {self.max_seconds!r}")
 
     @classmethod
     def small(cls, **overrides) -> "TrainConfig":
@@ -185,7 +193,9 @@ class TrainConfig:
         the moving average of the weights (decay 0.996; its BatchNorm statistics re-estimated on
         100 batches at the end, ``average_bn_batches``), the training samples kept in memory
         (``cache_samples``), no worker processes, no AMP, on the CPU, a checkpoint every 1000 steps,
-        validation at the end only. ``overrides`` set any field.
+        validation at the end only, and a 200 s budget for the steps (``max_seconds``; on a CPU
+        slower than the one measured below the run ends sooner, within the preset's 4 minutes).
+        ``overrides`` set any field.
         """
         # BatchNorm trained, not frozen (the paper's setting, whose statistics here would be those of
         # a random initialisation), by measurement on SyntheticCrowds (96 training / 24 validation
@@ -206,7 +216,8 @@ class TrainConfig:
         # F1 at 8 px 0.868 / 0.870 / 0.867 against 0.883-0.888 (1e-4: 0.781).
         values = dict(backbone="densenet_tiny", patch_size=64, batch_size=24, steps=4800, lr=1e-3, lr_step=3700,
                       map_weight=1e-3, average_decay=0.996, frozen_batchnorm=False, amp=False, num_workers=0,
-                      device="cpu", checkpoint_every=1000, eval_every=0, log_every=50, cache_samples=True)
+                      device="cpu", checkpoint_every=1000, eval_every=0, log_every=50, cache_samples=True,
+                      max_seconds=200.0)
         values.update(overrides)
         return cls(**values)
 
@@ -581,7 +592,7 @@ def _append(path: Path, record: dict) -> None:
 #: and where; everything else must equal the checkpoint's (the run would silently be another one).
 RESUMABLE = ("steps", "checkpoint_every", "eval_every", "log_every", "eval_stride", "eval_limit", "num_workers",
              "device", "out_dir", "progress", "deterministic", "calibrate_images", "cache_samples",
-             "average_bn_batches")
+             "average_bn_batches", "max_seconds")
 
 
 def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -627,21 +638,34 @@ def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,
     on_step(step, record): called on every process after each step with that step's loss record
     (values as Python floats only on logging steps; otherwise the record holds only "step").
 
-    Returns {"step", "train" (last logged record), "val" (last validation metrics or None),
+    Returns {"step" (the steps trained: ``config.steps`` unless ``max_seconds`` ended the run
+    sooner), "train" (last logged record), "val" (last validation metrics or None),
     "checkpoint", "metrics_file", "plot" (paths as str on rank 0), "model" (the trained
     MUDIKNN, unwrapped, on the training device: the weight average's copy with ``average_decay``)}.
     """
     if len(train_set) == 0:
         raise ValueError("train_set is empty")
+    started = _clock()
     ctx = _setup(config)
     try:
-        return _train(config, ctx, train_set, val_set, resume, on_step)
+        return _train(config, ctx, train_set, val_set, resume, on_step, started)
     finally:
         if ctx.owns_group:
             dist.destroy_process_group()
 
 
-def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
+_clock = time.perf_counter  # what max_seconds is measured by
+
+
+def _out_of_time(deadline: float, ctx) -> bool:
+    """Whether the clock is past ``deadline`` on any process: all of them stop at the same step."""
+    late = torch.tensor(float(_clock() > deadline), device=ctx.device)
+    if ctx.world_size > 1:
+        dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late)
+
+
+def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
     out_dir = Path(config.out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     if ctx.is_main:
@@ -748,6 +772,9 @@ def _train(config, ctx, train_set, val_set, resume, on_step) -> dict:
                 progress.update(1)
             if on_step is not None:
                 on_step(step, record)
+            if config.max_seconds is not None and step % 10 == 0 and step < config.steps \
+                    and _out_of_time(started + config.max_seconds, ctx):
+                break
         if average is not None and config.average_bn_batches:
             # the next batches of the patch stream, the same whenever the run ends or resumes at this step
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):

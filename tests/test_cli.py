@@ -423,27 +423,40 @@ def test_demo_fails_when_the_model_does_not_beat_the_mean_baseline(capsys, tmp_p
     assert status == 1 and "did not beat the mean-count baseline" in err
 
 
-def test_demo_training_runs_in_resumed_chunks_until_the_time_budget(capsys, tmp_path):
+def test_demo_training_stops_when_its_time_budget_is_spent(capsys, tmp_path, monkeypatch):
     import mud_iknn.train as engine
 
     now = [0.0]
 
-    def clock():  # every reading 30 s later: each 20-step chunk "takes" 30 s
+    def clock():  # every reading 30 s later: read at the start, then at every tenth step
         now[0] += 30.0
         return now[0]
 
-    data = SyntheticCrowds(2, size=64)
-    result = cli._train_within(engine, _small(tmp_path / "a", steps=100, log_every=10), data, seconds=50,
-                               clock=clock)
-    state = engine.read_checkpoint(tmp_path / "a" / "checkpoint.pt")
-    assert result["step"] == 40 and state["step"] == 40
-    assert state["localization"] == result["model"].localization and result["model"].localization is not None
-    out, err = capsys.readouterr()
-    assert "stopping after 40 steps" in err and "step    20/100  loss " in out
-    result = cli._train_within(engine, _small(tmp_path / "b", steps=45, log_every=10), data, seconds=1e9,
-                               clock=clock)
-    assert result["step"] == 45 and [line.split()[1] for line in capsys.readouterr().out.splitlines()] == \
-        ["20/45", "40/45", "45/45"]
+    monkeypatch.setattr(engine, "_clock", clock)
+    status, out, err = run(capsys, "demo", "--out", tmp_path, "--train-images", "2", "--val-images", "1",
+                           "--image-size", "64", "--steps", "300", "--max-seconds", "50", "--device", "cpu")
+    # start 30 s; steps 10 and 20 read 60 and 90 s: 90 > 30 + 50 stops after step 20
+    assert "stopped after 20 steps: the 50 s training budget is spent" in err
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["steps"] == 20 and engine.read_checkpoint(summary["checkpoint"])["step"] == 20
+
+
+def test_train_says_when_the_budget_ended_the_run(capsys, tmp_path, monkeypatch):
+    import mud_iknn.train as engine
+
+    now = [0.0]
+
+    def clock():
+        now[0] += 30.0
+        return now[0]
+
+    monkeypatch.setattr(engine, "_clock", clock)
+    status, out, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "2", "--image-size", "64",
+                           "--preset", "small", "--steps", "40", "--set", "max_seconds=50", "--set", "batch_size=2",
+                           "--out-dir", tmp_path / "run", "--val-split", "none", "--no-check")
+    assert status == 0, err
+    assert "stopped after 20 of 40 steps: the training budget (max_seconds = 50) is spent" in err
+    assert json.loads(out)["step"] == 20
 
 
 # ------------------------------------------------------------------ bench

@@ -81,6 +81,34 @@ def test_small_config_for_cpu_demos():
     assert PRESETS["small"]().to_dict() == TrainConfig.small().to_dict()
 
 
+def test_a_time_budget_ends_the_run_as_the_same_run_of_fewer_steps_would(tmp_path, monkeypatch):
+    import mud_iknn.train as engine
+
+    now = [0.0]
+
+    def clock():  # every reading 1 s later: read at the start, then at every tenth step
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(engine, "_clock", clock)
+    data = Blobs(n=6, size=40)
+    common = dict(lr_step=15, calibrate_images=2, average_decay=0.9, average_bn_batches=3)
+    # start 1 s; steps 10, 20, 30 read 2, 3, 4 s: 4 > 1 + 2.5 stops after step 30 of 100
+    stopped = train(_config(tmp_path / "budget", steps=100, max_seconds=2.5, **common), data)
+    plain = train(_config(tmp_path / "plain", steps=30, **common), data)
+    assert stopped["step"] == 30 and engine.read_checkpoint(tmp_path / "budget" / "checkpoint.pt")["step"] == 30
+    for (name, a), b in zip(stopped["model"].state_dict().items(), plain["model"].state_dict().values()):
+        assert torch.equal(a, b), name  # weights, averaged and re-estimated statistics: bit for bit
+    assert stopped["model"].localization == plain["model"].localization is not None
+    # resuming without the budget goes on towards steps
+    resumed = train(_config(tmp_path / "budget", steps=40, **common), data, resume=True)
+    assert resumed["step"] == 40
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_seconds"):
+            TrainConfig(max_seconds=bad)
+    assert TrainConfig(max_seconds=200).max_seconds == 200  # an int is a number of seconds too
+
+
 def test_short_training_lowers_the_loss(tmp_path):
     data = Blobs(n=8, size=48)
     result = train(_config(tmp_path, steps=30, patch_size=32), data)
