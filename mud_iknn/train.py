@@ -66,7 +66,8 @@ class TrainConfig:
 
     steps: optimiser steps in all. batch_size: patches per step and process. patch_size: the
     square crop (pixels), also the model's ``input_size`` and the evaluation window.
-    lr, lr_step, lr_gamma, weight_decay: Adam and its step schedule (per optimiser step).
+    lr, lr_step, lr_gamma, weight_decay: Adam and its step schedule (x lr_gamma every lr_step
+    optimiser steps; see max_seconds).
     average_decay: None, or the decay d in (0, 1) of an exponential moving average of the weights
     (:class:`WeightAverage`) that validation, calibration, the checkpoint's predicting weights and
     the returned model use instead of the last step's. Configurations saved without it load None.
@@ -105,7 +106,8 @@ class TrainConfig:
     start of :func:`train`: past it the run stops at the next multiple of 10 steps and ends as a
     finished one does (BatchNorm re-estimation, validation, calibration, final checkpoint); the
     result's and the checkpoint's ``step`` say how many ran, and resuming goes on towards
-    ``steps``. Configurations saved without this field load with None.
+    ``steps``. The lr decays at lr_step / steps of the steps or of the budget, whichever comes
+    first. Configurations saved without this field load with None.
     """
 
     steps: int = 300_000
@@ -657,12 +659,41 @@ def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,
 _clock = time.perf_counter  # what max_seconds is measured by
 
 
-def _out_of_time(deadline: float, ctx) -> bool:
-    """Whether the clock is past ``deadline`` on any process: all of them stop at the same step."""
-    late = torch.tensor(float(_clock() > deadline), device=ctx.device)
+def _elapsed(started: float, ctx) -> float:
+    """Seconds since ``started``, the largest over the processes, which then agree on the budget."""
+    elapsed = torch.tensor(_clock() - started, dtype=torch.float64, device=ctx.device)
     if ctx.world_size > 1:
-        dist.all_reduce(late, op=dist.ReduceOp.MAX)
-    return bool(late)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return float(elapsed)
+
+
+class _StepDecay:
+    """Adam's learning rate, lr x lr_gamma^floor(p / lr_step), p the run's progress in steps (never
+    decreasing): the steps taken, as torch's StepLR, or with ``max_seconds`` the larger of that and
+    steps x min(elapsed / max_seconds, 1), so that a run the budget ends early lowers its rate at
+    the same fraction of the run."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
+        self.optimizer, self.lr, self.lr_step, self.gamma = optimizer, config.lr, config.lr_step, config.lr_gamma
+        self.progress = 0.0
+        self.advance(0)
+
+    def advance(self, progress: float) -> None:
+        self.progress = max(self.progress, float(progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * self.gamma ** int(self.progress // self.lr_step)
+
+    @property
+    def current(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state: dict) -> None:
+        # checkpoints from before the time budget hold torch's StepLR state: last_epoch counts the steps
+        self.progress = 0.0
+        self.advance(state["progress"] if "progress" in state else state["last_epoch"])
 
 
 def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
@@ -679,7 +710,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
     device = ctx.device
     model = build_model(config, load_weights=not (resume and ckpt_path.exists())).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    scheduler = _StepDecay(optimizer, config)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     average = WeightAverage(model, config.average_decay) if config.average_decay is not None else None
@@ -744,10 +775,16 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
             if average is not None:
                 average.update(model)
             step += 1
+            out_of_time = False
+            if config.max_seconds is not None and step % 10 == 0:
+                elapsed = _elapsed(started, ctx)
+                scheduler.advance(max(step, config.steps * min(elapsed / config.max_seconds, 1.0)))
+                out_of_time = elapsed > config.max_seconds and step < config.steps
+            else:
+                scheduler.advance(step)
             record = {"step": step}
             if config.log_every and (step % config.log_every == 0 or step == config.steps):
                 values = torch.stack([loss.detach(), parts["count_loss"].detach(), parts["map_loss"].detach()])
@@ -757,7 +794,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
                 now = time.perf_counter()
                 record = {"split": "train", "step": step, "loss": values[0].item(),
                           "count_loss": values[1].item(), "map_loss": values[2].item(),
-                          "lr": scheduler.get_last_lr()[0], "sec_per_step": (now - tic) / (step - tic_step)}
+                          "lr": scheduler.current, "sec_per_step": (now - tic) / (step - tic_step)}
                 tic, tic_step = now, step
                 last_train = record
                 if ctx.is_main:
@@ -772,8 +809,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
                 progress.update(1)
             if on_step is not None:
                 on_step(step, record)
-            if config.max_seconds is not None and step % 10 == 0 and step < config.steps \
-                    and _out_of_time(started + config.max_seconds, ctx):
+            if out_of_time:
                 break
         if average is not None and config.average_bn_batches:
             # the next batches of the patch stream, the same whenever the run ends or resumes at this step

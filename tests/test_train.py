@@ -81,7 +81,7 @@ def test_small_config_for_cpu_demos():
     assert PRESETS["small"]().to_dict() == TrainConfig.small().to_dict()
 
 
-def test_a_time_budget_ends_the_run_as_the_same_run_of_fewer_steps_would(tmp_path, monkeypatch):
+def test_a_time_budget_ends_the_run_and_decays_the_lr_at_its_fraction_of_the_budget(tmp_path, monkeypatch):
     import mud_iknn.train as engine
 
     now = [0.0]
@@ -92,21 +92,45 @@ def test_a_time_budget_ends_the_run_as_the_same_run_of_fewer_steps_would(tmp_pat
 
     monkeypatch.setattr(engine, "_clock", clock)
     data = Blobs(n=6, size=40)
-    common = dict(lr_step=15, calibrate_images=2, average_decay=0.9, average_bn_batches=3)
-    # start 1 s; steps 10, 20, 30 read 2, 3, 4 s: 4 > 1 + 2.5 stops after step 30 of 100
-    stopped = train(_config(tmp_path / "budget", steps=100, max_seconds=2.5, **common), data)
-    plain = train(_config(tmp_path / "plain", steps=30, **common), data)
+    common = dict(calibrate_images=2, average_decay=0.9, average_bn_batches=3)
+    # steps 10, 20, 30 read 1, 2, 3 s after the start: progress max(step, 100 x min(elapsed / 2.5, 1))
+    # = 40, 80, 100: the lr (decay at 60 of 100) drops after step 20, as a 30-step run's with
+    # lr_step 20; 3 > 2.5 s stops after step 30
+    stopped = train(_config(tmp_path / "budget", steps=100, lr_step=60, max_seconds=2.5, **common), data)
+    plain = train(_config(tmp_path / "plain", steps=30, lr_step=20, **common), data)
     assert stopped["step"] == 30 and engine.read_checkpoint(tmp_path / "budget" / "checkpoint.pt")["step"] == 30
+    lrs = {r["step"]: r["lr"] for r in _records(stopped["metrics_file"])}
+    # (a record's lr is the one its step leaves for the next)
+    assert lrs[19] == 1e-3 and lrs[20] == lrs[30] == pytest.approx(1e-4, rel=1e-12)
+    assert lrs == {r["step"]: r["lr"] for r in _records(plain["metrics_file"])}
     for (name, a), b in zip(stopped["model"].state_dict().items(), plain["model"].state_dict().values()):
         assert torch.equal(a, b), name  # weights, averaged and re-estimated statistics: bit for bit
     assert stopped["model"].localization == plain["model"].localization is not None
-    # resuming without the budget goes on towards steps
-    resumed = train(_config(tmp_path / "budget", steps=40, **common), data, resume=True)
-    assert resumed["step"] == 40
+    # resuming without the budget goes on towards steps, the decayed lr kept (progress 100, lr_step 60)
+    resumed = train(_config(tmp_path / "budget", steps=40, lr_step=60, **common), data, resume=True)
+    assert resumed["step"] == 40 and resumed["train"]["lr"] == pytest.approx(1e-4, rel=1e-12)
     for bad in (0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="max_seconds"):
             TrainConfig(max_seconds=bad)
     assert TrainConfig(max_seconds=200).max_seconds == 200  # an int is a number of seconds too
+
+
+def test_the_lr_schedule_is_steplr_s_and_reads_its_checkpoints():
+    import mud_iknn.train as engine
+
+    config = TrainConfig(lr=1e-3, lr_step=7, lr_gamma=0.5)
+    net = torch.nn.Linear(2, 1)
+    ours = engine._StepDecay(torch.optim.Adam(net.parameters(), lr=config.lr), config)
+    reference_optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    reference = torch.optim.lr_scheduler.StepLR(reference_optimizer, step_size=7, gamma=0.5)
+    for step in range(1, 20):
+        reference_optimizer.step()
+        reference.step()
+        ours.advance(step)
+        assert ours.current == pytest.approx(reference.get_last_lr()[0], rel=1e-15), step
+    restored = engine._StepDecay(torch.optim.Adam(net.parameters(), lr=config.lr), config)
+    restored.load_state_dict(reference.state_dict())  # a checkpoint written before the time budget
+    assert restored.progress == 19 and restored.current == pytest.approx(1e-3 * 0.25, rel=1e-15)
 
 
 def test_short_training_lowers_the_loss(tmp_path):
