@@ -216,6 +216,9 @@ class TrainConfig:
         # the backbone's gradient. Same three sets (session 10): count MAE 5.68 / 10.62 / 6.67 against
         # 8.30 / 15.13 / 9.47 with weight 1 (0.01: 13.51, 0.003: 11.68, 1e-4: 13.90 on the second set),
         # F1 at 8 px 0.868 / 0.870 / 0.867 against 0.883-0.888 (1e-4: 0.781).
+        # max_seconds 200: the whole `train --preset small` took 183 s on 2 cores in session 10 and
+        # 255 s on the same VM on a slower day (session 11); with the budget 212-215 s there, MAE
+        # 6.27 / 10.49 / 6.40 after 4450-4750 steps, the lr decayed at its fraction of the budget.
         values = dict(backbone="densenet_tiny", patch_size=64, batch_size=24, steps=4800, lr=1e-3, lr_step=3700,
                       map_weight=1e-3, average_decay=0.996, frozen_batchnorm=False, amp=False, num_workers=0,
                       device="cpu", checkpoint_every=1000, eval_every=0, log_every=50, cache_samples=True,
