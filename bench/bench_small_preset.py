@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     if trained.returncode:
         print(trained.stderr[-3000:], file=sys.stderr)
         return 1
+    steps = json.loads(trained.stdout)["step"]  # fewer than the preset's where its time budget ended the run
     test = open_dataset("shanghaitech_a", args.root, split="test")
     images = [item[0] for item in test.items]
     counted, count_seconds, _ = _cli("count", *images, "--checkpoint", run_dir / "checkpoint.pt", "--json",
@@ -133,12 +134,12 @@ def main(argv=None) -> int:
     at8 = located["8px"]
     report = {"mae": counts["mae"], "rmse": counts["rmse"], "f1_8px": at8["f1"], "precision_8px": at8["precision"],
               "recall_8px": at8["recall"], "localization": located, "mean_baseline": baseline,
-              "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "count_seconds": count_seconds,
+              "steps": steps, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "count_seconds": count_seconds,
               "count_from_points_mae": count_metrics([len(p) for p in predicted], [len(t) for t in truth])["mae"],
               "train_args": args.train_args, "threads": args.threads, "seed": args.seed,
               "machine": {"platform": platform.platform(), "cores": os.cpu_count(), "torch": torch.__version__}}
-    print(f"train --preset small: {train_seconds:.0f} s ({train_cpu:.0f} s of CPU time); count (30 images): "
-          f"{count_seconds:.0f} s")
+    print(f"train --preset small: {steps} steps, {train_seconds:.0f} s ({train_cpu:.0f} s of CPU time); "
+          f"count (30 images): {count_seconds:.0f} s")
     print(f"{'':<22}{'MAE':>8}{'RMSE':>8}{'F1@8px':>8}{'P@8px':>8}{'R@8px':>8}")
     print(f"{'mean count':<22}{baseline['mae']:>8.2f}{baseline['rmse']:>8.2f}")
     print(f"{'small preset':<22}{counts['mae']:>8.2f}{counts['rmse']:>8.2f}{at8['f1']:>8.3f}"
