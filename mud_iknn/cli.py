@@ -587,9 +587,9 @@ def _cmd_demo(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     train_set = SyntheticCrowds(args.train_images, size=args.image_size, seed=args.seed, split="train")
     val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
-    config = engine.TrainConfig.small(steps=args.steps, seed=args.seed, device=_device(args.device),
-                                      out_dir=str(out_dir / "run"), checkpoint_every=0, eval_every=0, progress=False,
-                                      max_seconds=args.max_seconds, log_every=100)
+    config = engine.TrainConfig.small(seed=args.seed, device=_device(args.device), out_dir=str(out_dir / "run"),
+                                      checkpoint_every=0, eval_every=0, progress=False, max_seconds=args.max_seconds,
+                                      log_every=100).with_steps(args.steps)
     print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
           f"{args.image_size}x{args.image_size} px; training the small configuration on {config.device}")
 

@@ -289,14 +289,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.full_network:
         base = {"steps": args.steps}
     else:
-        small = engine.TrainConfig.small()
         # the paper's map loss weight (lambda = 1), not the preset's 0.001: the claims are the paper's;
         # lr 1e-3, not the preset's 3e-3: with lambda = 1 the faster rate flattened the ikNN maps (F1 at
         # 8 px 0.48 against 0.66, density labels' 0.60: docs/experiments.md, session 11);
         # no time budget: paired runs must train the same steps whatever the machine's load
-        base = engine.TrainConfig.small(checkpoint_every=0, progress=False, steps=args.steps, map_weight=1.0,
-                                        lr=1e-3, lr_step=max(1, round(args.steps * small.lr_step / small.steps)),
-                                        max_seconds=None).to_dict()
+        base = engine.TrainConfig.small(checkpoint_every=0, progress=False, map_weight=1.0, lr=1e-3,
+                                        max_seconds=None).with_steps(args.steps).to_dict()
     base["device"] = args.device
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS
     if args.jobs is None:

@@ -230,6 +230,10 @@ class TrainConfig:
         values.update(overrides)
         return cls(**values)
 
+    def with_steps(self, steps: int) -> "TrainConfig":
+        """The same run made ``steps`` long, its lr decay at the same fraction of it."""
+        return dataclasses.replace(self, steps=steps, lr_step=max(1, round(steps * self.lr_step / self.steps)))
+
     @property
     def window_stride(self) -> int:
         return self.eval_stride if self.eval_stride is not None else max(1, self.patch_size * 4 // 7)

@@ -79,6 +79,9 @@ def test_small_config_for_cpu_demos():
     assert c.average_decay == 0.996 and TrainConfig().average_decay is None  # predicts with the weight average
     assert c.cache_samples and not TrainConfig().cache_samples  # a small set is decoded once
     assert PRESETS["small"]().to_dict() == TrainConfig.small().to_dict()
+    shorter = TrainConfig.small().with_steps(1200)  # 3700 of 4800 -> 925 of 1200
+    assert (shorter.steps, shorter.lr_step, shorter.lr) == (1200, 925, TrainConfig.small().lr)
+    assert TrainConfig.small().with_steps(1).lr_step == 1
 
 
 def test_a_time_budget_ends_the_run_and_decays_the_lr_at_its_fraction_of_the_budget(tmp_path, monkeypatch):
