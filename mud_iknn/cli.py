@@ -308,6 +308,13 @@ def _train_settings(args) -> dict:
     return settings
 
 
+def _say_if_budget_spent(result: dict, config) -> None:
+    """A line on stderr when the time budget (``config.max_seconds``) ended the training early."""
+    if result["step"] < config.steps:
+        print(f"{PROG}: training stopped after {result['step']} of {config.steps} steps: its "
+              f"{config.max_seconds:g} s budget (max_seconds) is spent", file=sys.stderr)
+
+
 def _cmd_train(args) -> int:
     from .data import DATASETS
 
@@ -325,9 +332,7 @@ def _cmd_train(args) -> int:
         _check_or_fail(args, [train_set, val_set])
     result = engine.train(config, train_set, val_set, resume=args.resume)
     if _is_main_process():
-        if result["step"] < config.steps:
-            print(f"{PROG} train: stopped after {result['step']} of {config.steps} steps: the training budget "
-                  f"(max_seconds = {config.max_seconds:g}) is spent", file=sys.stderr)
+        _say_if_budget_spent(result, config)
         summary = {k: v for k, v in result.items() if k != "model"}
         print(json.dumps(summary, indent=1, sort_keys=True, default=str))
     return 0
@@ -599,9 +604,7 @@ def _cmd_demo(args) -> int:
                   flush=True)
 
     result = engine.train(config, train_set, on_step=report)
-    if result["step"] < config.steps:
-        print(f"stopped after {result['step']} steps: the {args.max_seconds:g} s training budget is spent",
-              file=sys.stderr)
+    _say_if_budget_spent(result, config)
     model = result["model"].eval()
     window, stride = config.patch_size, config.window_stride
     metrics = evaluation.evaluate(model, val_set, window=window, stride=stride, localization=True, thresholds=(8,))

@@ -789,13 +789,12 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
             if average is not None:
                 average.update(model)
             step += 1
-            out_of_time = False
+            done, out_of_time = step, False  # the run's progress in steps, for the lr schedule
             if config.max_seconds is not None and step % 10 == 0:
                 elapsed = _elapsed(started, ctx)
-                scheduler.advance(max(step, config.steps * min(elapsed / config.max_seconds, 1.0)))
+                done = max(step, config.steps * min(elapsed / config.max_seconds, 1.0))
                 out_of_time = elapsed > config.max_seconds and step < config.steps
-            else:
-                scheduler.advance(step)
+            scheduler.advance(done)
             record = {"step": step}
             if config.log_every and (step % config.log_every == 0 or step == config.steps):
                 values = torch.stack([loss.detach(), parts["count_loss"].detach(), parts["map_loss"].detach()])

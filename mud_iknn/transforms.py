@@ -49,14 +49,11 @@ def crop(sample: CrowdSample, top: int, left: int, height: int, width: int) -> C
         raise ValueError(f"crop size must be positive, got ({height}, {width})")
     image = sample.image
     _, img_h, img_w = image.shape
-    if top >= 0 and left >= 0 and top + height <= img_h and left + width <= img_w:
-        out = image[:, top:top + height, left:left + width].clone()
-    else:
-        out = image.new_zeros((image.shape[0], height, width))
-        y0, y1 = max(top, 0), min(top + height, img_h)
-        x0, x1 = max(left, 0), min(left + width, img_w)
-        if y0 < y1 and x0 < x1:
-            out[:, y0 - top:y1 - top, x0 - left:x1 - left] = image[:, y0:y1, x0:x1]
+    out = image.new_zeros((image.shape[0], height, width))
+    y0, y1 = max(top, 0), min(top + height, img_h)
+    x0, x1 = max(left, 0), min(left + width, img_w)
+    if y0 < y1 and x0 < x1:
+        out[:, y0 - top:y1 - top, x0 - left:x1 - left] = image[:, y0:y1, x0:x1]
     points = sample.points.to(torch.float32) - torch.tensor([left, top], dtype=torch.float32)
     # inside the window and inside the original image, in the window's coordinates
     count = _count_within(points, max(0, -left), min(width, img_w - left), max(0, -top), min(height, img_h - top))

@@ -436,7 +436,7 @@ def test_demo_training_stops_when_its_time_budget_is_spent(capsys, tmp_path, mon
     status, out, err = run(capsys, "demo", "--out", tmp_path, "--train-images", "2", "--val-images", "1",
                            "--image-size", "64", "--steps", "300", "--max-seconds", "50", "--device", "cpu")
     # start 30 s; steps 10 and 20 read 60 and 90 s: 90 > 30 + 50 stops after step 20
-    assert "stopped after 20 steps: the 50 s training budget is spent" in err
+    assert "training stopped after 20 of 300 steps: its 50 s budget (max_seconds) is spent" in err
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["steps"] == 20 and engine.read_checkpoint(summary["checkpoint"])["step"] == 20
 
@@ -455,7 +455,7 @@ def test_train_says_when_the_budget_ended_the_run(capsys, tmp_path, monkeypatch)
                            "--preset", "small", "--steps", "40", "--set", "max_seconds=50", "--set", "batch_size=2",
                            "--out-dir", tmp_path / "run", "--val-split", "none", "--no-check")
     assert status == 0, err
-    assert "stopped after 20 of 40 steps: the training budget (max_seconds = 50) is spent" in err
+    assert "training stopped after 20 of 40 steps: its 50 s budget (max_seconds) is spent" in err
     assert json.loads(out)["step"] == 20
 
 

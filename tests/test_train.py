@@ -82,6 +82,8 @@ def test_small_config_for_cpu_demos():
     shorter = TrainConfig.small().with_steps(1200)  # 3700 of 4800 -> 925 of 1200
     assert (shorter.steps, shorter.lr_step, shorter.lr) == (1200, 925, TrainConfig.small().lr)
     assert TrainConfig.small().with_steps(1).lr_step == 1
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrainConfig.small().with_steps(0)
 
 
 def test_a_time_budget_ends_the_run_and_decays_the_lr_at_its_fraction_of_the_budget(tmp_path, monkeypatch):
