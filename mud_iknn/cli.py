@@ -285,14 +285,8 @@ def _train_settings(args) -> dict:
     from ._settings import merged
 
     settings = {}
-    if args.preset is not None:
-        engine = _project("train")
-        if args.preset not in engine.PRESETS:
-            raise UsageError(f"--preset must be one of {', '.join(engine.PRESETS)}, got {args.preset!r}")
-        default, preset = engine.TrainConfig().to_dict(), engine.PRESETS[args.preset]().to_dict()
-        settings = {k: v for k, v in preset.items() if v != default[k]}  # what the preset sets
     if args.config:
-        settings = merged(settings, _read_config_file(args.config))
+        settings = _read_config_file(args.config)
     for name in _TRAIN_OVERRIDES:
         value = getattr(args, name)
         if value is not None:
@@ -305,6 +299,14 @@ def _train_settings(args) -> dict:
             _apply_set(settings, f"label.{name}={json.dumps(value)}")
     for assignment in args.set or ():
         _apply_set(settings, assignment)
+    if args.preset is not None:
+        engine = _project("train")
+        if args.preset not in engine.PRESETS:
+            raise UsageError(f"--preset must be one of {', '.join(engine.PRESETS)}, got {args.preset!r}")
+        # the preset made as long as asked (its lr decay moves with the steps unless lr_step is given)
+        length = {name: settings[name] for name in ("steps", "lr_step") if name in settings}
+        default, preset = engine.TrainConfig().to_dict(), engine.PRESETS[args.preset](**length).to_dict()
+        settings = merged({k: v for k, v in preset.items() if v != default[k]}, settings)  # what the preset sets
     return settings
 
 
@@ -594,7 +596,7 @@ def _cmd_demo(args) -> int:
     val_set = SyntheticCrowds(args.val_images, size=args.image_size, seed=args.seed, split="val")
     config = engine.TrainConfig.small(seed=args.seed, device=_device(args.device), out_dir=str(out_dir / "run"),
                                       checkpoint_every=0, eval_every=0, progress=False, max_seconds=args.max_seconds,
-                                      log_every=100).with_steps(args.steps)
+                                      log_every=100, steps=args.steps)
     print(f"synthetic crowds: {len(train_set)} training and {len(val_set)} validation scenes of "
           f"{args.image_size}x{args.image_size} px; training the small configuration on {config.device}")
 
@@ -714,7 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "split; 'none' to skip)")
     train.add_argument("--preset", metavar="NAME",
                        help="start from a named configuration instead of the paper's: 'small' (TrainConfig.small(): "
-                            "a tiny DenseNet on 64 px patches, minutes on a CPU)")
+                            "a tiny DenseNet on 64 px patches, minutes on a CPU; --steps moves its lr decay along "
+                            "unless lr_step is set)")
     train.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
     # the defaults named here are TrainConfig's (a test keeps them equal)
     train.add_argument("--steps", type=int, help="training steps (default 300000)")

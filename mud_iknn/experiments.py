@@ -294,7 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # 8 px 0.48 against 0.66, density labels' 0.60: docs/experiments.md, session 11);
         # no time budget: paired runs must train the same steps whatever the machine's load
         base = engine.TrainConfig.small(checkpoint_every=0, progress=False, map_weight=1.0, lr=1e-3,
-                                        max_seconds=None).with_steps(args.steps).to_dict()
+                                        max_seconds=None, steps=args.steps).to_dict()
     base["device"] = args.device
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS
     if args.jobs is None:

@@ -340,6 +340,22 @@ def test_train_preset_small_is_train_config_small(capsys, tmp_path):
     assert status == 2 and "--preset must be one of small, got 'large'" in err
 
 
+def test_train_preset_steps_move_its_lr_decay_unless_lr_step_is_given(capsys, tmp_path):
+    common = ("train", "--preset", "small", "--dataset", "synthetic", "--num-images", "2", "--image-size", "64",
+              "--val-split", "none", "--set", "progress=false", "--set", "average_bn_batches=0")
+    status, _, err = run(capsys, *common, "--out-dir", tmp_path / "a", "--steps", "4")
+    assert status == 0, err
+    cfg = _trained_config(tmp_path / "a")
+    assert (cfg["steps"], cfg["lr_step"]) == (4, round(4 * 3700 / 4800))  # the preset's 3700 of 4800 steps
+    config = tmp_path / "length.json"
+    config.write_text(json.dumps({"steps": 3}))  # from a file too
+    status, _, err = run(capsys, *common, "--out-dir", tmp_path / "b", "--config", config, "--set", "lr_step=1")
+    assert status == 0, err
+    assert (lambda c: (c["steps"], c["lr_step"]))(_trained_config(tmp_path / "b")) == (3, 1)
+    status, _, err = run(capsys, *common, "--out-dir", tmp_path / "c", "--set", "steps=\"many\"")
+    assert status != 0 and "steps must be an integer, got 'many'" in err
+
+
 def test_train_merges_file_options_and_set(capsys, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"steps": 100, "lr": 0.01, "batch_size": 4, "label": {"kind": "iknn", "k": 2}}))
