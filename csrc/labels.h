@@ -207,7 +207,7 @@ MUD_HD float select_f(bool c, float a, float b) { return float_of(select_i(c, bi
 // 2^y for float y, branch-free: 2^round(y) from the exponent bits times a degree-5 polynomial of
 // the rest f in [-0.5, 0.5] (least squares on Chebyshev nodes: relative error below 3e-7); 0 below
 // 2^-126, +inf from 2^128. Needs round-to-nearest float arithmetic, without reassociation.
-MUD_HD float exp2_poly(float y) {
+MUD_HD_INLINED float exp2_poly(float y) {
   const float v = select_f(y > 129.0f, 129.0f, select_f(y < -127.0f, -127.0f, y));  // NaN: -127
   const float shifted = v + 12582912.0f;  // 1.5 * 2^23 + round(v): round(v) in the low mantissa bits
   const float n = shifted - 12582912.0f;
@@ -225,7 +225,7 @@ MUD_HD float exp2_poly(float y) {
 // log2(x) for normal x > 0, branch-free, without a division: the exponent bits plus x' P(x') for
 // the mantissa m = 1 + x' in [sqrt(1/2), sqrt(2)), P of degree 8 (least squares on Chebyshev nodes:
 // absolute error below 1e-7).
-MUD_HD float log2_poly(float x) {
+MUD_HD_INLINED float log2_poly(float x) {
   const int bits = bits_of(x);
   const int above = (bits & 0x7fffff) > 0x3504f3;  // mantissa above sqrt(2): take m / 2
   const int e = ((bits >> 23) & 0xff) - 127 + above;

@@ -185,9 +185,11 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
 
 // values = transform(sum * scale), a row of a tile, with the transform's kind known to the compiler
 // (so that apply_transform's branches fold and the loop vectorises; FIDT's powers are polynomials:
-// labels.h).
+// labels.h). Inlined into its caller's clone: a call per row through the clones' dispatch cost
+// as much as a k = 1 row's search.
 template <int kind>
-MUD_CPU_CLONES void transform_row(const float* sum, float scale, const MapTransform& transform, float* values) {
+__attribute__((always_inline)) inline void transform_row(const float* sum, float scale, const MapTransform& transform,
+                                                         float* values) {
   MapTransform t = transform;  // a local copy: its kind is a constant, and the row's stores cannot alias it
   t.kind = kind;
   MUD_SIMD
@@ -203,12 +205,14 @@ struct TileHead {
 
 // The rows [y0, y0 + th) of a tile whose first column is x0 (tw columns), from its candidates
 // heads[0, m): each pixel's k nearest, the mean of the `used` nearest clipped at `clip`, transformed,
-// into `map`. K > 0 is k known to the compiler (the lists then live in registers); K = 0 takes k.
+// into `map`. K > 0 is k = used known to the compiler (the lists then live in registers); K = 0
+// takes k and used.
 template <int K>
-__attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int64_t m, int k_runtime, int used,
-                                                     int64_t x0, int64_t y0, int tw, int th, float clip,
-                                                     const MapTransform& transform, int64_t width, float* map) {
-  const int k = K > 0 ? K : k_runtime;
+__attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int64_t m, int k_runtime,
+                                                     int used_runtime, int64_t x0, int64_t y0, int tw, int th,
+                                                     float clip, const MapTransform& transform, int64_t width,
+                                                     float* map) {
+  const int k = K > 0 ? K : k_runtime, used = K > 0 ? K : used_runtime;
   // kCpuTile wide so that every loop vectorises: columns past the tile's edge see +inf candidates,
   // which never enter a list. Slot i of column tx is slots[i * kCpuTile + tx].
   float fx[kCpuTile], pad[kCpuTile];
@@ -257,9 +261,12 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
       MUD_SIMD
       for (int tx = 0; tx < kCpuTile; ++tx) sum[tx] += min_f(std::sqrt(slots[i * kCpuTile + tx]), clip);
     }
-    int all_clipped = 1;
-    MUD_SIMD_REDUCE_AND(all_clipped)
-    for (int tx = 0; tx < kCpuTile; ++tx) all_clipped &= sum[tx] == clipped_sum;
+    // (Unclipped, a row is never all clipped: a tile with candidates has a finite distance in each.)
+    int all_clipped = clip < INFINITY;
+    if (all_clipped) {
+      MUD_SIMD_REDUCE_AND(all_clipped)
+      for (int tx = 0; tx < kCpuTile; ++tx) all_clipped &= sum[tx] == clipped_sum;
+    }
     float values[kCpuTile];
     if (all_clipped) {
       std::fill(values, values + kCpuTile, clipped_value);
@@ -306,8 +313,8 @@ MUD_CPU_CLONES void knn_tile(const float* hx, const float* hy, int64_t m, int64_
               [](const TileHead& a, const TileHead& c) { return a.centre_d2 < c.centre_d2; });
   const int used = int(std::min<int64_t>(k, n));
   // The small k of the method's maps with their lists in registers (up to kRegisterK), any other k
-  // as it comes.
-  switch (k) {
+  // (or fewer heads than k) as it comes.
+  switch (used == k ? k : 0) {
     case 1: return tile_rows<1>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
     case 2: return tile_rows<2>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
     case 3: return tile_rows<3>(heads.data(), m, k, used, x0, y0, tw, th, clip, transform, width, map);
