@@ -132,8 +132,16 @@ MUD_CPU_CLONES void prune(const float* hx, const float* hy, int64_t m, const Nod
   for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
     float bx[kBlock], by[kBlock], f[kBlock];
     const int len = load(i0, bx, by);
-    MUD_SIMD
-    for (int i = 0; i < kBlock; ++i) f[i] = rect_far2(bx[i], by[i], x0, x1, y0, y1);
+    // A block none of whose heads is nearer than the k-th rival so far is skipped in one test (once
+    // the rivals settle, most blocks of a large node).
+    const float worst = rivals == k ? far2[k - 1] : INFINITY;
+    int nearer = 0;
+    MUD_SIMD_REDUCE_OR(nearer)
+    for (int i = 0; i < kBlock; ++i) {
+      f[i] = select_f(i < len, rect_far2(bx[i], by[i], x0, x1, y0, y1), INFINITY);
+      nearer |= f[i] < worst;
+    }
+    if (!nearer) continue;
     for (int i = 0; i < len; ++i) {
       if (rivals == k && !(f[i] < far2[k - 1])) continue;
       int at = rivals < k ? rivals++ : k - 1;
