@@ -1,6 +1,6 @@
 """The extension boundary: torch custom ops that hand argument structs to a backend's kernels.
 
-One schema per op (the ``torch.library`` custom ops below, usable under torch.compile) and one
+One schema per op (the ``torch.library`` ops below, usable under torch.compile) and one
 implementation per backend: :data:`BACKENDS` maps a device type to the :class:`Backend` that runs
 it (the C++ kernels for "cpu", the CUDA kernels for "cuda"; a test may put another backend object
 there, e.g. the CUDA kernels built on the CPU emulator). Each kernel takes one struct declared in
@@ -11,8 +11,6 @@ Inputs arrive validated by :mod:`mud_iknn.labels` (float32 (P, 2) points, int64 
 contiguous, one device).
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 
@@ -105,10 +103,33 @@ def _fill_knn_maps(points, offsets, k, max_distance, transform, params, out) -> 
     _run("knn_maps", points.device, args)
 
 
+_LIBRARY = torch.library.Library("mud_iknn", "DEF")
 
-@torch.library.custom_op("mud_iknn::knn_maps", mutates_args=())
-def knn_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, k: int,
-             max_distance: float, transform: int, params: Sequence[float]) -> torch.Tensor:
+
+def _op(schema: str, fake=None):
+    """Defines ``mud_iknn::<schema>`` implemented by the decorated function on CPU and CUDA tensors
+    (it hands the work to BACKENDS itself), with ``fake`` as its shape function under torch.compile
+    (an op that only writes its ``out`` needs none). Plain ``torch.library`` definitions rather than
+    ``torch.library.custom_op``, whose Python autograd layer adds a third to a small call's time
+    (bench/RESULTS.md, session 14) for ops that have no gradient to give."""
+    def define(fn):
+        name = schema.split("(")[0]
+        _LIBRARY.define(schema)
+        for key in ("CPU", "CUDA"):
+            _LIBRARY.impl(name, fn, key)
+        if fake is not None:
+            torch.library.register_fake(f"mud_iknn::{name}", fake, lib=_LIBRARY)
+        return fn
+    return define
+
+
+def _knn_shape(points, offsets, height, width, k, max_distance, transform, params):
+    return points.new_empty((offsets.shape[0] - 1, height, width))
+
+
+@_op("knn_maps(Tensor points, Tensor offsets, int height, int width, int k, float max_distance, int transform, "
+     "float[] params) -> Tensor", fake=_knn_shape)
+def knn_maps(points, offsets, height, width, k, max_distance, transform, params):
     """(B, H, W) float32 maps: a transform (TRANSFORMS) of the mean distance to the k nearest heads;
     ``params`` (alpha, beta, c, zero_below) are FIDT's (ignored by the others)."""
     out = torch.empty((offsets.numel() - 1, height, width), dtype=torch.float32, device=points.device)
@@ -116,22 +137,21 @@ def knn_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: in
     return out
 
 
-@knn_maps.register_fake
-def _(points, offsets, height, width, k, max_distance, transform, params):
-    return points.new_empty((offsets.shape[0] - 1, height, width))
-
-
-@torch.library.custom_op("mud_iknn::knn_maps_out", mutates_args=("out",))
-def knn_maps_out(points: torch.Tensor, offsets: torch.Tensor, k: int, max_distance: float, transform: int,
-                 params: Sequence[float], out: torch.Tensor) -> None:
+@_op("knn_maps_out(Tensor points, Tensor offsets, int k, float max_distance, int transform, float[] params, "
+     "Tensor(a!) out) -> ()")
+def knn_maps_out(points, offsets, k, max_distance, transform, params, out):
     """knn_maps written into ``out`` (B, H, W) float32, contiguous, on the points' device."""
     _refuse_overlap(out, points, offsets)
     _fill_knn_maps(points, offsets, k, max_distance, transform, params, out)
 
 
-@torch.library.custom_op("mud_iknn::head_sigmas", mutates_args=())
-def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, k: int,
-                beta: float) -> torch.Tensor:
+def _sigma_shape(points, offsets, height, width, k, beta):
+    return points.new_empty((points.shape[0],))
+
+
+@_op("head_sigmas(Tensor points, Tensor offsets, int height, int width, int k, float beta) -> Tensor",
+     fake=_sigma_shape)
+def head_sigmas(points, offsets, height, width, k, beta):
     """(P,) float32 geometry-adaptive sigmas (beta * mean distance to the k nearest other heads)."""
     out = torch.empty((points.shape[0],), dtype=torch.float32, device=points.device)
     if out.numel():
@@ -139,11 +159,6 @@ def head_sigmas(points: torch.Tensor, offsets: torch.Tensor, height: int, width:
             module.SigmaArgs(), points=_points(module, points, offsets), height=height, width=width, k=k, beta=beta,
             out=out.data_ptr()))
     return out
-
-
-@head_sigmas.register_fake
-def _(points, offsets, height, width, k, beta):
-    return points.new_empty((points.shape[0],))
 
 
 def _fill_density_maps(points, offsets, sigmas, truncate, out) -> None:
@@ -159,23 +174,21 @@ def _fill_density_maps(points, offsets, sigmas, truncate, out) -> None:
         width=width, truncate=truncate, out=out.data_ptr()))
 
 
-@torch.library.custom_op("mud_iknn::density_maps", mutates_args=())
-def density_maps(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tensor, height: int,
-                 width: int, truncate: float) -> torch.Tensor:
+def _density_shape(points, offsets, sigmas, height, width, truncate):
+    return points.new_empty((offsets.shape[0] - 1, height, width))
+
+
+@_op("density_maps(Tensor points, Tensor offsets, Tensor sigmas, int height, int width, float truncate) -> Tensor",
+     fake=_density_shape)
+def density_maps(points, offsets, sigmas, height, width, truncate):
     """(B, H, W) float32 sums of per-head discrete Gaussians of width ``sigmas`` (P,)."""
     out = torch.empty((offsets.numel() - 1, height, width), dtype=torch.float32, device=points.device)
     _fill_density_maps(points, offsets, sigmas, truncate, out)
     return out
 
 
-@density_maps.register_fake
-def _(points, offsets, sigmas, height, width, truncate):
-    return points.new_empty((offsets.shape[0] - 1, height, width))
-
-
-@torch.library.custom_op("mud_iknn::density_maps_out", mutates_args=("out",))
-def density_maps_out(points: torch.Tensor, offsets: torch.Tensor, sigmas: torch.Tensor, truncate: float,
-                     out: torch.Tensor) -> None:
+@_op("density_maps_out(Tensor points, Tensor offsets, Tensor sigmas, float truncate, Tensor(a!) out) -> ()")
+def density_maps_out(points, offsets, sigmas, truncate, out):
     """density_maps written into ``out`` (B, H, W) float32, contiguous, on the points' device."""
     _refuse_overlap(out, points, offsets, sigmas)
     _fill_density_maps(points, offsets, sigmas, truncate, out)
@@ -194,22 +207,18 @@ def _count_shape(offsets, height, width, stride):
     return offsets.shape[0] - 1, -(-height // stride), -(-width // stride)
 
 
-@torch.library.custom_op("mud_iknn::count_maps", mutates_args=())
-def count_maps(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
+@_op("count_maps(Tensor points, Tensor offsets, int height, int width, int stride) -> Tensor",
+     fake=lambda points, offsets, height, width, stride: points.new_empty(_count_shape(offsets, height, width,
+                                                                                        stride)))
+def count_maps(points, offsets, height, width, stride):
     """(B, ceil(H / s), ceil(W / s)) float32 heads per stride x stride cell of an (H, W) map."""
     out = torch.empty(_count_shape(offsets, height, width, stride), dtype=torch.float32, device=points.device)
     _fill_count_maps(points, offsets, height, width, stride, out)
     return out
 
 
-@count_maps.register_fake
-def _(points, offsets, height, width, stride):
-    return points.new_empty(_count_shape(offsets, height, width, stride))
-
-
-@torch.library.custom_op("mud_iknn::count_maps_out", mutates_args=("out",))
-def count_maps_out(points: torch.Tensor, offsets: torch.Tensor, height: int, width: int, stride: int,
-                   out: torch.Tensor) -> None:
+@_op("count_maps_out(Tensor points, Tensor offsets, int height, int width, int stride, Tensor(a!) out) -> ()")
+def count_maps_out(points, offsets, height, width, stride, out):
     """count_maps written into ``out`` (B, ceil(H / s), ceil(W / s)) float32, contiguous."""
     _refuse_overlap(out, points, offsets)
     _fill_count_maps(points, offsets, height, width, stride, out)
