@@ -23,6 +23,7 @@ import time
 import torch
 from torch import nn
 
+from mud_iknn.benchmark import sync
 from mud_iknn.loss import MUDLoss
 from mud_iknn.model import MapModule
 from mud_iknn.train import TrainConfig, build_model
@@ -46,25 +47,20 @@ def variant(model: nn.Module, block_upsampling: bool, memory_format) -> nn.Modul
     return model.to(memory_format=memory_format)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(model, images, label, counts, steps, device) -> float:
     """Median seconds of one training step over ``steps`` steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     criterion = MUDLoss()
     times = []
     for _ in range(steps):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         maps, predicted = model(images)
         loss, _ = criterion(maps, predicted, label, counts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -31,17 +31,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mud_iknn import reference
+from mud_iknn.benchmark import sync
 from mud_iknn.label_kinds import IknnLabel
 from mud_iknn.loss import MUDLoss
 from mud_iknn.model import MUDIKNN
 
 
 MODES = ("precomputed", "onthefly", "scipy")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Patches(Dataset):
@@ -103,14 +99,14 @@ def run(args) -> dict:
     def timed(batches, make_label):
         """Seconds from the end of one step to the end of the next: waiting for the batch included."""
         times = []
-        _sync(device)
+        sync(device)
         last = time.perf_counter()
         for i, (images, points, offsets, counts, label) in enumerate(batches):
             images = images.to(device, non_blocking=True)
             counts = counts.to(device, non_blocking=True)
             label = make_label(points, offsets, label)
             step(images, label, counts)
-            _sync(device)
+            sync(device)
             now = time.perf_counter()
             if i >= args.warmup:
                 times.append(now - last)
@@ -147,10 +143,10 @@ def run(args) -> dict:
     label_times = []
     for _, points, offsets, _, _ in plain_batches[args.warmup:]:
         points, offsets = to_dev(points), to_dev(offsets)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         spec.make(points, size, offsets, validate=False)
-        _sync(device)
+        sync(device)
         label_times.append(time.perf_counter() - t0)
 
     scipy_times = []

@@ -175,6 +175,12 @@ def cupy_iknn(images, size):
     return out
 
 
+def sync(device: torch.device) -> None:
+    """Waits for the work queued on ``device`` (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def wall(fn, repeats: int) -> float:
     """Median seconds of fn() on the host."""
     fn()
