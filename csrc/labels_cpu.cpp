@@ -223,11 +223,8 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
   const int k = K > 0 ? K : k_runtime, used = K > 0 ? K : used_runtime;
   // kCpuTile wide so that every loop vectorises: columns past the tile's edge see +inf candidates,
   // which never enter a list. Slot i of column tx is slots[i * kCpuTile + tx].
-  float fx[kCpuTile], pad[kCpuTile];
-  for (int tx = 0; tx < kCpuTile; ++tx) {
-    fx[tx] = float(x0 + tx);
-    pad[tx] = tx < tw ? 0.0f : INFINITY;
-  }
+  float fx[kCpuTile];
+  for (int tx = 0; tx < kCpuTile; ++tx) fx[tx] = tx < tw ? float(x0 + tx) : INFINITY;
   const float inv_used = 1.0f / float(used);
   float slots[(K > 0 ? K : kMaxK) * kCpuTile];
   float* kth = slots + (k - 1) * kCpuTile;
@@ -248,7 +245,7 @@ __attribute__((always_inline)) inline void tile_rows(const TileHead* heads, int6
       MUD_SIMD_REDUCE_OR(closer)
       for (int tx = 0; tx < kCpuTile; ++tx) {
         const float dx = hx - fx[tx];
-        d2[tx] = dx * dx + dy2 + pad[tx];
+        d2[tx] = dx * dx + dy2;
         closer |= d2[tx] < kth[tx];
       }
       // A row no list of which the candidate enters skips it where k is large; the lists of a small k
