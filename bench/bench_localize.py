@@ -26,20 +26,20 @@ import numpy as np
 import torch
 
 from mud_iknn import iknn_maps, localize
-from mud_iknn.benchmark import CASES, _clustered
+from mud_iknn.benchmark import CASES, _clustered, sync
 from mud_iknn.evaluate import match_counts
 
 
-def _median_times(fns: dict, repeats: int, sync=lambda: None) -> dict:
+def _median_times(fns: dict, repeats: int, device: torch.device) -> dict:
     for fn in fns.values():  # warm up
         fn()
-    sync()
+    sync(device)
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
-            sync()
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -54,9 +54,8 @@ def bench_localize(threads, repeats: int) -> list[dict]:
             torch.set_num_threads(count)
         pts = [torch.from_numpy(p).to(device) for p in points]
         maps = iknn_maps(pts, case.size)
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         t = _median_times({"labels": lambda: iknn_maps(pts, case.size), "localize": lambda: localize(maps)},
-                          repeats, sync)
+                          repeats, torch.device(device))
         found = sum(len(p) for p in localize(maps))
         rows.append({"backend": device if count is None else f"cpu ({count} thr)", "labels_s": t["labels"],
                      "localize_s": t["localize"], "ratio": t["localize"] / t["labels"], "heads": found})

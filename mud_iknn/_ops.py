@@ -110,8 +110,8 @@ def _op(schema: str, fake=None):
     """Defines ``mud_iknn::<schema>`` implemented by the decorated function on CPU and CUDA tensors
     (it hands the work to BACKENDS itself), with ``fake`` as its shape function under torch.compile
     (an op that only writes its ``out`` needs none). Plain ``torch.library`` definitions rather than
-    ``torch.library.custom_op``, whose Python autograd layer adds a third to a small call's time
-    (bench/RESULTS.md, session 14) for ops that have no gradient to give."""
+    ``torch.library.custom_op``, whose Python autograd layer runs on every call (its cost:
+    bench/RESULTS.md, session 14) for ops that have no gradient to give."""
     def define(fn):
         name = schema.split("(")[0]
         _LIBRARY.define(schema)
@@ -123,16 +123,21 @@ def _op(schema: str, fake=None):
     return define
 
 
-def _knn_shape(points, offsets, height, width, k, max_distance, transform, params):
-    return points.new_empty((offsets.shape[0] - 1, height, width))
+def _maps_shape(offsets, height, width):
+    """(B, H, W) of the maps of the images that ``offsets`` (B + 1) delimit."""
+    return offsets.shape[0] - 1, height, width
+
+
+def _knn_fake(points, offsets, height, width, k, max_distance, transform, params):
+    return points.new_empty(_maps_shape(offsets, height, width))
 
 
 @_op("knn_maps(Tensor points, Tensor offsets, int height, int width, int k, float max_distance, int transform, "
-     "float[] params) -> Tensor", fake=_knn_shape)
+     "float[] params) -> Tensor", fake=_knn_fake)
 def knn_maps(points, offsets, height, width, k, max_distance, transform, params):
     """(B, H, W) float32 maps: a transform (TRANSFORMS) of the mean distance to the k nearest heads;
     ``params`` (alpha, beta, c, zero_below) are FIDT's (ignored by the others)."""
-    out = torch.empty((offsets.numel() - 1, height, width), dtype=torch.float32, device=points.device)
+    out = torch.empty(_maps_shape(offsets, height, width), dtype=torch.float32, device=points.device)
     _fill_knn_maps(points, offsets, k, max_distance, transform, params, out)
     return out
 
@@ -145,12 +150,12 @@ def knn_maps_out(points, offsets, k, max_distance, transform, params, out):
     _fill_knn_maps(points, offsets, k, max_distance, transform, params, out)
 
 
-def _sigma_shape(points, offsets, height, width, k, beta):
+def _sigma_fake(points, offsets, height, width, k, beta):
     return points.new_empty((points.shape[0],))
 
 
 @_op("head_sigmas(Tensor points, Tensor offsets, int height, int width, int k, float beta) -> Tensor",
-     fake=_sigma_shape)
+     fake=_sigma_fake)
 def head_sigmas(points, offsets, height, width, k, beta):
     """(P,) float32 geometry-adaptive sigmas (beta * mean distance to the k nearest other heads)."""
     out = torch.empty((points.shape[0],), dtype=torch.float32, device=points.device)
@@ -174,15 +179,15 @@ def _fill_density_maps(points, offsets, sigmas, truncate, out) -> None:
         width=width, truncate=truncate, out=out.data_ptr()))
 
 
-def _density_shape(points, offsets, sigmas, height, width, truncate):
-    return points.new_empty((offsets.shape[0] - 1, height, width))
+def _density_fake(points, offsets, sigmas, height, width, truncate):
+    return points.new_empty(_maps_shape(offsets, height, width))
 
 
 @_op("density_maps(Tensor points, Tensor offsets, Tensor sigmas, int height, int width, float truncate) -> Tensor",
-     fake=_density_shape)
+     fake=_density_fake)
 def density_maps(points, offsets, sigmas, height, width, truncate):
     """(B, H, W) float32 sums of per-head discrete Gaussians of width ``sigmas`` (P,)."""
-    out = torch.empty((offsets.numel() - 1, height, width), dtype=torch.float32, device=points.device)
+    out = torch.empty(_maps_shape(offsets, height, width), dtype=torch.float32, device=points.device)
     _fill_density_maps(points, offsets, sigmas, truncate, out)
     return out
 
@@ -207,9 +212,11 @@ def _count_shape(offsets, height, width, stride):
     return offsets.shape[0] - 1, -(-height // stride), -(-width // stride)
 
 
-@_op("count_maps(Tensor points, Tensor offsets, int height, int width, int stride) -> Tensor",
-     fake=lambda points, offsets, height, width, stride: points.new_empty(_count_shape(offsets, height, width,
-                                                                                        stride)))
+def _count_fake(points, offsets, height, width, stride):
+    return points.new_empty(_count_shape(offsets, height, width, stride))
+
+
+@_op("count_maps(Tensor points, Tensor offsets, int height, int width, int stride) -> Tensor", fake=_count_fake)
 def count_maps(points, offsets, height, width, stride):
     """(B, ceil(H / s), ceil(W / s)) float32 heads per stride x stride cell of an (H, W) map."""
     out = torch.empty(_count_shape(offsets, height, width, stride), dtype=torch.float32, device=points.device)
