@@ -280,10 +280,8 @@ def _apply_set(settings: dict, assignment: str) -> None:
         raise UsageError(f"--set {err}") from None
 
 
-def _train_settings(args) -> dict:
-    """The settings the options give: --preset < --config < the options < --set."""
-    from ._settings import merged
-
+def _train_settings(args) -> tuple[dict, dict]:
+    """(what --preset sets, the settings the other options give: --config < the options < --set)."""
     settings = {}
     if args.config:
         settings = _read_config_file(args.config)
@@ -299,15 +297,16 @@ def _train_settings(args) -> dict:
             _apply_set(settings, f"label.{name}={json.dumps(value)}")
     for assignment in args.set or ():
         _apply_set(settings, assignment)
+    preset = {}
     if args.preset is not None:
         engine = _project("train")
         if args.preset not in engine.PRESETS:
             raise UsageError(f"--preset must be one of {', '.join(engine.PRESETS)}, got {args.preset!r}")
         # the preset made as long as asked (its lr decay moves with the steps unless lr_step is given)
         length = {name: settings[name] for name in ("steps", "lr_step") if name in settings}
-        default, preset = engine.TrainConfig().to_dict(), engine.PRESETS[args.preset](**length).to_dict()
-        settings = merged({k: v for k, v in preset.items() if v != default[k]}, settings)  # what the preset sets
-    return settings
+        default, made = engine.TrainConfig().to_dict(), engine.PRESETS[args.preset](**length).to_dict()
+        preset = {k: v for k, v in made.items() if v != default[k]}
+    return preset, settings
 
 
 def _say_if_budget_spent(result: dict, config) -> None:
@@ -321,7 +320,8 @@ def _cmd_train(args) -> int:
     from .data import DATASETS
 
     engine = _project("train")
-    settings, step = engine.run_settings(_train_settings(args), args.resume)
+    preset, given = _train_settings(args)
+    settings, step = engine.run_settings(given, args.resume, preset=preset)
     if _is_main_process() and args.resume:
         out_dir = Path(settings.get("out_dir", engine.TrainConfig.out_dir))
         print(f"{PROG} train: " + (f"no checkpoint in {out_dir}: starting a new run" if step is None else

@@ -626,18 +626,22 @@ def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
                          f"new run in another out_dir")
 
 
-def run_settings(settings: dict, resume: bool) -> tuple[dict, Optional[int]]:
+def run_settings(settings: dict, resume: bool, preset: Optional[dict] = None) -> tuple[dict, Optional[int]]:
     """(settings of the run, step of the checkpoint it continues or None) for the out_dir that
     ``settings`` (a TrainConfig dict, possibly partial) name.
 
     With ``resume`` and a checkpoint there: the checkpoint's settings with ``settings`` applied over
     them (:func:`train` then refuses changes outside :data:`RESUMABLE`). Without ``resume`` a
-    checkpoint there is never overwritten: ValueError naming it. No checkpoint: ``settings``.
+    checkpoint there is never overwritten: ValueError naming it. No checkpoint: ``preset`` (the
+    settings a preset makes, e.g. of ``TrainConfig.small()``) with ``settings`` over it; a resumed run
+    has its checkpoint's settings in the preset's place (the preset made them when it started, its
+    lr decay from the steps it had then).
     """
-    out_dir = Path(settings.get("out_dir", TrainConfig.out_dir))
+    new_run = _settings.merged(preset or {}, settings)
+    out_dir = Path(new_run.get("out_dir", TrainConfig.out_dir))
     checkpoint = out_dir / CHECKPOINT_NAME
     if not checkpoint.is_file():
-        return settings, None
+        return new_run, None
     if not resume:
         raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
                          f"choose another --out-dir (or delete that one)")

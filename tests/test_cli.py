@@ -347,6 +347,12 @@ def test_train_preset_steps_move_its_lr_decay_unless_lr_step_is_given(capsys, tm
     assert status == 0, err
     cfg = _trained_config(tmp_path / "a")
     assert (cfg["steps"], cfg["lr_step"]) == (4, round(4 * 3700 / 4800))  # the preset's 3700 of 4800 steps
+    # resumed with the same command, longer: the checkpoint's settings, its lr decay where it was
+    status, out, err = run(capsys, *common, "--out-dir", tmp_path / "a", "--steps", "6", "--resume")
+    assert status == 0 and json.loads(out)["step"] == 6, err
+    assert (lambda c: (c["steps"], c["lr_step"]))(_trained_config(tmp_path / "a")) == (6, 3)
+    status, out, err = run(capsys, *common, "--out-dir", tmp_path / "a", "--resume")  # nothing left to train
+    assert status == 0 and json.loads(out)["step"] == 6, err
     config = tmp_path / "length.json"
     config.write_text(json.dumps({"steps": 3}))  # from a file too
     status, _, err = run(capsys, *common, "--out-dir", tmp_path / "b", "--config", config, "--set", "lr_step=1")

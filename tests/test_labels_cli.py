@@ -79,11 +79,11 @@ def test_train_label_options_reach_the_config_and_the_checkpoint(capsys, tmp_pat
     args = parser.parse_args(["train", *SYNTHETIC, "--label", "fidt", "--label-alpha", "0.05", "--label-c", "2"])
     from mud_iknn.train import TrainConfig, load_checkpoint
 
-    config = TrainConfig.from_dict(cli._train_settings(args))
+    config = TrainConfig.from_dict(cli._train_settings(args)[1])
     assert config.label == FidtLabel(alpha=0.05, c=2.0)
     args = parser.parse_args(["train", *SYNTHETIC, "--label", "iknn", "--label-alpha", "0.05"])
     with pytest.raises(ValueError, match="label kind iknn has no setting alpha"):
-        TrainConfig.from_dict(cli._train_settings(args))
+        TrainConfig.from_dict(cli._train_settings(args)[1])
     # a real (one-step) run on count maps at the small model's label stride
     status, out, err = run(capsys, "train", "--dataset", "synthetic", "--num-images", "4", "--image-size", "48",
                            "--val-split", "none", "--label", "count", "--steps", "1", "--batch-size", "2",
