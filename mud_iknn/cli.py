@@ -344,14 +344,15 @@ def _cmd_train(args) -> int:
 
 def _bad_files(datasets, annotations: bool = True) -> tuple[int, list]:
     """(images checked, bad files) of the file-backed data sets among ``datasets`` (None and the
-    generated ones have no files); ``annotations=False``: the images only."""
+    generated ones have no files); ``annotations=False``, and a split without public labels
+    (``labelled`` False: NWPU-Crowd's test split): the images only."""
     from .data import AnnotatedImages, check_dataset
 
     checked, bad = 0, []
     for dataset in datasets:
         if isinstance(dataset, AnnotatedImages):
             checked += len(dataset)
-            bad += check_dataset(dataset, annotations=annotations)
+            bad += check_dataset(dataset, annotations=annotations and dataset.labelled)
     return checked, bad
 
 
@@ -385,10 +386,12 @@ def _cmd_check(args) -> int:
         raise UsageError(f"--dataset {args.dataset} is generated: it has no files to check")
     splits = _check_splits(args)
     start = time.perf_counter()
-    checked, bad = _bad_files([_open_dataset(args, split) for split in splits])
+    datasets = [_open_dataset(args, split) for split in splits]
+    checked, bad = _bad_files(datasets)
     for item in bad:
         print(item)
-    names = ", ".join(s for s in splits if s) or str(args.root)
+    names = ", ".join(s + ("" if getattr(d, "labelled", True) else " (no public labels: images only)")
+                      for s, d in zip(splits, datasets) if s) or str(args.root)
     seconds = time.perf_counter() - start
     if bad:
         print(f"{len(bad)} bad file{'s' if len(bad) > 1 else ''} among {checked} images and their annotations "
@@ -467,7 +470,7 @@ def _cmd_eval(args) -> int:
             raise UsageError(f"--export / --export-points: {err}") from None
     labels = getattr(dataset, "labelled", True)
     if not args.no_check:
-        _check_or_fail(args, [dataset], annotations=labels)
+        _check_or_fail(args, [dataset])
     model, window, stride = _load_model(args.checkpoint, _device(args.device), args.window, args.stride)
     _override_localization(model, args)
     metrics = evaluation.evaluate(model, dataset, window=window, stride=stride, progress=args.json != "-",

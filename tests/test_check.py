@@ -133,6 +133,24 @@ def test_check_command_lists_every_bad_file_and_exits_1(capsys, broken_shanghait
     assert status == 2 and "has no files to check" in err
 
 
+def test_check_command_reads_only_the_images_of_a_split_without_public_labels(capsys, tmp_path):
+    # NWPU-Crowd's layout: jsons/ for train and val only; test.txt lists images whose labels are not public
+    root = tmp_path / "nwpu"
+    for name in ("0001", "0002", "3001", "3002"):
+        write_image(root / "images" / f"{name}.jpg")
+    (root / "jsons").mkdir()
+    for name in ("0001", "0002"):
+        (root / "jsons" / f"{name}.json").write_text('{"points": [[1, 2]], "human_num": 1}')
+    (root / "train.txt").write_text("0001 0 1\n")
+    (root / "val.txt").write_text("0002 0 1\n")
+    (root / "test.txt").write_text("3001 0 1\n3002 0 1\n")
+    status, out, err = run(capsys, "check", "--dataset", "nwpu_crowd", "--root", root, "--split", "test")
+    assert status == 0 and "2 images" in out and "no public labels: images only" in out, (out, err)
+    (root / "images" / "3002.jpg").write_bytes(_jpeg_bytes()[:300])  # a broken test image is still found
+    status, out, _ = run(capsys, "check", "--dataset", "nwpu_crowd", "--root", root, "--split", "test")
+    assert status == 1 and "3002.jpg" in out and "3001" not in out
+
+
 def test_train_and_eval_check_before_their_first_step(capsys, broken_shanghaitech, tmp_path):
     run_dir = tmp_path / "run"
     status, out, err = run(capsys, "train", "--preset", "small", "--dataset", "shanghaitech_a", "--root",
