@@ -655,12 +655,14 @@ def _add_window_args(parser) -> None:
 
 
 def _add_locate_args(parser) -> None:
+    from .localize import DEFAULT_MIN_DISTANCE, DEFAULT_THRESHOLD
+
     parser.add_argument("--threshold", type=float, metavar="V",
                         help="localize: map value a located head must exceed (default: the checkpoint's "
-                             "calibrated one, else 0.2)")
+                             f"calibrated one, else {DEFAULT_THRESHOLD:g})")
     parser.add_argument("--min-distance", type=int, metavar="PX",
                         help="localize: located heads more than PX pixels apart (default: the checkpoint's "
-                             "calibrated one, else 1)")
+                             f"calibrated one, else {DEFAULT_MIN_DISTANCE})")
 
 
 def _override_localization(model, args) -> None:
