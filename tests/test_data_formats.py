@@ -287,7 +287,10 @@ def test_point_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"x.json \(nor x.csv\)"):
         data[0]
     (tmp_path / "train" / "x.csv").write_text("1,2\n3,four\n")
-    with pytest.raises(ValueError, match=r"x.csv: row 2"):
+    with pytest.raises(ValueError, match=r"x.csv: line 2"):
+        open_dataset("folder", tmp_path, split="train")[0]
+    (tmp_path / "train" / "x.csv").write_text("\nx,y\n1,2\n3,four\n")  # the file's own line numbers
+    with pytest.raises(ValueError, match=r"x.csv: line 4 must be two numbers"):
         open_dataset("folder", tmp_path, split="train")[0]
     with pytest.raises(FileNotFoundError, match="no annotated images"):
         open_dataset("folder", tmp_path)

@@ -44,15 +44,16 @@ def read_point_file(path: Path):
         if not isinstance(points, list):
             raise ValueError(f"{path}: expected {{\"points\": [[x, y], ...]}} or [[x, y], ...]")
         return points, {}
-    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["x", "y"]:
+    # (line number in the file, row) of the rows that hold something; a header "x,y" first is skipped
+    rows = [(n, row) for n, row in enumerate(csv.reader(text.splitlines()), 1) if any(cell.strip() for cell in row)]
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["x", "y"]:
         rows = rows[1:]
     points = []
-    for line_no, row in enumerate(rows, 1):
+    for line_no, row in rows:
         try:
             x, y = (float(c) for c in row)
         except ValueError:
-            raise ValueError(f"{path}: row {line_no} must be two numbers 'x,y', got {','.join(row)!r}") from None
+            raise ValueError(f"{path}: line {line_no} must be two numbers 'x,y', got {','.join(row)!r}") from None
         points.append((x, y))
     return points, {}
 
