@@ -8,6 +8,7 @@ finds the heads in (predicted) ikNN maps.
 from .labels import (MAX_K, backend_info, count_maps, density_maps, fidt_maps, head_sigmas, iknn_maps,
                      knn_distance_maps, pack_points)
 from .localize import localize
+from . import label_kinds  # mud_iknn.label_kinds after a plain `import mud_iknn`, as the README uses it
 
 __version__ = "0.1.0"
 __all__ = ["MAX_K", "backend_info", "count_maps", "density_maps", "fidt_maps", "head_sigmas", "iknn_maps",

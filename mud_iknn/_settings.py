@@ -5,6 +5,8 @@ import dataclasses
 import json
 import typing
 
+from ._checks import is_integer, is_real
+
 
 def from_dict(cls, data: dict, what: str):
     """``cls(**data)`` for the dataclass ``cls``; a ValueError names the keys that are not its fields
@@ -25,11 +27,24 @@ def _is(value, kind) -> bool:
     return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
 
 
+def _python_number(value, kinds):
+    """A numpy scalar as the Python int or float a setting of ``kinds`` holds (settings are saved as
+    JSON and in checkpoints); None for anything else."""
+    if isinstance(value, (int, float)):
+        return None
+    if int in kinds and is_integer(value):
+        return int(value)
+    if float in kinds and is_real(value):
+        return float(value)
+    return None
+
+
 def check_types(obj, what: str) -> None:
     """ValueError naming the field when a field of the dataclass ``obj`` annotated bool, int, float
     or str (or Optional / a Union of those) holds a value of another type: settings parsed from
     text (e.g. ``--set amp=False``, where "False" is not JSON and stays a string) would otherwise
-    pass as truthy strings. Fields of other types check themselves."""
+    pass as truthy strings. A numpy scalar in an int or float field becomes the Python number.
+    Fields of other types check themselves."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         hint = hints[f.name]
@@ -39,6 +54,10 @@ def check_types(obj, what: str) -> None:
         if not all(t in _KINDS for t in kinds):
             continue  # a class, or a Union with one: checked by the dataclass itself
         value = getattr(obj, f.name)
+        number = _python_number(value, kinds)
+        if number is not None:
+            object.__setattr__(obj, f.name, number)  # frozen dataclasses too
+            continue
         if (value is None and optional) or any(_is(value, t) for t in kinds):
             continue
         expected = " or ".join(_KINDS[t] for t in kinds) + (" or null" if optional else "")

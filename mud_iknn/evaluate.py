@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import is_integer, is_real
 from .localize import DEFAULT_MIN_DISTANCE, DEFAULT_THRESHOLD, localize
 
 __all__ = ["window_starts", "Prediction", "predict_image", "count_metrics", "mean_count_baseline", "game_errors",
@@ -171,8 +172,9 @@ def game_errors(density: torch.Tensor, points, levels: Sequence[int] = GAME_LEVE
     rows = torch.floor(points[:, 1] + 0.5).clamp(0, height - 1).long()
     errors = []
     for level in levels:
-        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+        if not is_integer(level) or level < 0:
             raise ValueError(f"GAME levels must be non-negative integers, got {level!r}")
+        level = int(level)
         n = 2 ** level
         row_cell = _cells(height, n)
         col_cell = _cells(width, n)
@@ -356,14 +358,18 @@ def head_thresholds(boxes) -> dict[str, np.ndarray]:
 Threshold = Union[float, str]
 
 
+def _threshold_list(thresholds) -> list:
+    """``thresholds`` as a list; one threshold alone (a number or a name) is a list of one."""
+    return [thresholds] if isinstance(thresholds, str) or is_real(thresholds) else list(thresholds)
+
+
 def _threshold_name(threshold: Threshold) -> str:
     if isinstance(threshold, str):
         if threshold not in ("sigma_s", "sigma_l"):
             raise ValueError(f"thresholds must be positive numbers (pixels) or 'sigma_s' / 'sigma_l', "
                              f"got {threshold!r}")
         return threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(threshold) and threshold > 0):
+    if not is_real(threshold) or not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"thresholds must be positive numbers (pixels) or 'sigma_s' / 'sigma_l', got {threshold!r}")
     return f"{float(threshold):g}px"
 
@@ -374,9 +380,9 @@ def localization_counts(predicted: Sequence, truth: Sequence, thresholds: Sequen
 
     predicted, truth: B (N_b, 2) (x, y) points each. thresholds: T distances in pixels, or
     "sigma_s" / "sigma_l" for NWPU-Crowd's per-head thresholds (:func:`head_thresholds`), which
-    need ``boxes``: B (G_b, 2) head box sizes (w, h), one per true head.
+    need ``boxes``: B (G_b, 2) head box sizes (w, h), one per true head; one threshold alone is T = 1.
     """
-    predicted, truth, thresholds = list(predicted), list(truth), list(thresholds)
+    predicted, truth, thresholds = list(predicted), list(truth), _threshold_list(thresholds)
     if len(predicted) != len(truth):
         raise ValueError(f"predicted and truth must hold the same number of images, got {len(predicted)} "
                          f"and {len(truth)}")
@@ -419,6 +425,7 @@ def localization_metrics(predicted: Sequence, truth: Sequence, thresholds: Seque
     "fp", "fn"}} with names "4px", "8px", ... and "sigma_s" / "sigma_l"; a ratio without a
     denominator (no predictions for precision, no true heads for recall) is NaN.
     """
+    thresholds = _threshold_list(thresholds)
     totals = localization_counts(predicted, truth, thresholds, boxes).sum(0)
     return {_threshold_name(t): _scores(*row) for t, row in zip(thresholds, totals.tolist())}
 
@@ -445,6 +452,7 @@ def choose_localization(maps: Sequence[torch.Tensor], truth: Sequence, *,
     maps, truth = list(maps), list(truth)
     if not maps or len(maps) != len(truth):
         raise ValueError(f"maps and truth must be non-empty and of the same length, got {len(maps)} and {len(truth)}")
+    thresholds, min_distances = list(thresholds), list(min_distances)  # numpy arrays too
     if not thresholds or not min_distances:
         raise ValueError("thresholds and min_distances must not be empty")
     name = _threshold_name(radius)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ._checks import is_integer
 from ._settings import apply_setting
 
 __all__ = ["VARIANTS", "COMPARISONS", "DEFAULT_SEEDS", "run_comparisons", "paired_difference", "summarize_comparisons",
@@ -82,7 +83,7 @@ def run_comparisons(train_set, test_set, base: dict, seeds, comparisons: Sequenc
     "nae", "f1_8px" (None for a count-only network), "seconds"}. Variants with identical settings (the
     full network appears in both comparisons) are trained once per seed and share their row values.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+    if not is_integer(jobs) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     plan, runs, variants = [], {}, {}  # (comparison, variant, seed, key); key -> settings; key -> variants
     for comparison in comparisons:

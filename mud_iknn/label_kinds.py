@@ -24,6 +24,7 @@ from typing import ClassVar, Optional, Union
 import torch
 
 from . import _settings, labels
+from ._checks import is_integer
 
 __all__ = ["LabelKind", "IknnLabel", "DensityLabel", "FidtLabel", "CountLabel", "KINDS", "from_dict",
            "label_kind"]
@@ -37,6 +38,14 @@ def option(default, help: str, *, choices: Optional[tuple] = None, bound: Option
 
 
 _BOUNDS = {"positive": lambda v: v > 0, "non-negative": lambda v: v >= 0}
+
+
+def _finite(value) -> bool:
+    """math.isfinite, with ints beyond float's range infinite rather than an OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class LabelKind:
             if choices and value not in choices:
                 raise ValueError(f"label kind {self.name}: {f.name} must be one of {', '.join(map(repr, choices))}, "
                                  f"got {value!r}")
-            if bound and isinstance(value, (int, float)) and not (math.isfinite(value) and _BOUNDS[bound](value)):
+            if bound and isinstance(value, (int, float)) and not (_finite(value) and _BOUNDS[bound](value)):
                 raise ValueError(f"label kind {self.name}: {f.name} must be {bound} and finite, got {value!r}")
         try:
             self._check()
@@ -78,7 +87,9 @@ class LabelKind:
         here) skips the value checks that would synchronise with the device: a training loop builds
         its offsets itself.
         """
-        return self._make(points, tuple(size), offsets, stride, validate)
+        if not is_integer(stride) or stride < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        return self._make(points, tuple(size), offsets, int(stride), validate)
 
     def _make(self, points, size, offsets, stride, validate) -> torch.Tensor:
         raise NotImplementedError

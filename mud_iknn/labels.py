@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from . import _ops
+from ._checks import is_integer, is_real
 
 __all__ = ["knn_distance_maps", "iknn_maps", "fidt_maps", "density_maps", "head_sigmas", "count_maps",
            "pack_points", "MAX_K", "backend_info"]
@@ -66,7 +67,13 @@ def _as_points_tensor(value, name: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
             raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
-        value = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))  # any width (long double too)
+        if np.issubdtype(value.dtype, np.floating) and value.dtype.itemsize > 4:
+            wide = np.abs(value[np.isfinite(value)])  # finite coordinates float32 cannot hold become inf
+            if wide.size and wide.max() > _MAX_COORDINATE:
+                raise ValueError(f"{name} holds coordinates beyond +-{_MAX_COORDINATE:g} pixels (largest "
+                                 f"{float(wide.max()):g})")
+        value = np.ascontiguousarray(value, dtype=np.float32)  # any width (long double too)
+        value = torch.from_numpy(value if value.flags.writeable else value.copy())  # torch warns on read-only
     elif not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(np.asarray(value, dtype=np.float64))
@@ -177,7 +184,7 @@ def _check_size(size) -> tuple[int, int]:
 
 
 def _check_k(k, name="k", limit=MAX_K) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    if not is_integer(k):
         raise TypeError(f"{name} must be an integer, got {k!r}")
     if not 1 <= k <= limit:
         raise ValueError(f"{name} must be in [1, {limit}], got {k}")
@@ -185,7 +192,7 @@ def _check_k(k, name="k", limit=MAX_K) -> int:
 
 
 def _check_positive(value, name: str, least: float = 0.0) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
     try:
         value = float(value)
@@ -199,11 +206,15 @@ def _check_positive(value, name: str, least: float = 0.0) -> float:
 
 
 def _check_non_negative(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    if not (math.isfinite(float(value)) and value >= 0):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{name} must be non-negative and finite, got {value}")
-    return float(value)
+    return number
 
 
 class _OutputGuard:

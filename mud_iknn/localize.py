@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _C
+from ._checks import is_integer, is_real
 
 __all__ = ["localize", "DEFAULT_THRESHOLD", "DEFAULT_MIN_DISTANCE"]
 
@@ -188,8 +189,9 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
     Raises ValueError for a wrong rank, NaN/infinite maps, a negative ``min_distance``, a
     non-finite threshold or ``counts`` of the wrong length or with negative/NaN entries.
     """
-    if isinstance(min_distance, bool) or not isinstance(min_distance, int) or min_distance < 0:
+    if not is_integer(min_distance) or min_distance < 0:
         raise ValueError(f"min_distance must be a non-negative integer, got {min_distance!r}")
+    min_distance = int(min_distance)
     maps = _check_maps(maps)
     batch, height, width = maps.shape
     if counts is not None:
@@ -198,9 +200,10 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
             raise ValueError(f"counts must hold one count per map ({batch}), got {counts.numel()}")
         if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
             raise ValueError(f"counts must be finite and non-negative, got {counts.tolist()}")
-    elif not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold != threshold \
-            or abs(threshold) == float("inf"):
+    elif not is_real(threshold) or not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    else:
+        threshold = float(threshold)
     if batch == 0 or height == 0 or width == 0:
         return [maps.new_zeros((0, 2)) for _ in range(batch)]
     b, i, j = _peaks(maps, threshold if counts is None else float("-inf"), min_distance, flat_ok=counts is None)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _ops
+from ._checks import is_integer
 from .labels import PointsLike, _check_positive, count_maps, pack_points
 
 __all__ = ["BayesianLoss", "OTLoss", "DMCountLoss"]
@@ -44,11 +45,11 @@ def _point_map(module, points: torch.Tensor, offsets: torch.Tensor, cells: torch
 # ---- validation ------------------------------------------------------------------------------
 
 def _check_stride(stride) -> int:
-    if isinstance(stride, bool) or not isinstance(stride, int):
+    if not is_integer(stride):
         raise TypeError(f"stride must be an integer, got {stride!r}")
     if stride < 1:
         raise ValueError(f"stride must be positive, got {stride}")
-    return stride
+    return int(stride)
 
 
 def _check_density(density, name: str) -> torch.Tensor:
@@ -212,11 +213,11 @@ class OTLoss(nn.Module):
         super().__init__()
         self.stride = _check_stride(stride)
         self.reg = _check_positive(reg, "reg")
-        if isinstance(iterations, bool) or not isinstance(iterations, int):
+        if not is_integer(iterations):
             raise TypeError(f"iterations must be an integer, got {iterations!r}")
         if iterations < 1:
             raise ValueError(f"iterations must be positive, got {iterations}")
-        self.iterations = iterations
+        self.iterations = int(iterations)
         self.normalize_coordinates = bool(normalize_coordinates)
 
     def forward(self, normed_density: torch.Tensor, density: torch.Tensor, points: PointsLike, *, offsets=None):

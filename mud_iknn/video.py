@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import is_integer
 from .deploy import require, rounded_points
 
 __all__ = ["Frame", "VideoInfo", "video_info", "read_frames", "overlay_frame", "OverlayWriter", "count_video",
@@ -83,7 +84,7 @@ def read_frames(path: Union[str, os.PathLike], every: int = 1) -> Iterator[Frame
     frame without one). Raises FileNotFoundError, or ValueError naming the file for one that is
     not a video, has no video stream, has no frame, or fails to decode part way.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if not is_integer(every) or every < 1:
         raise ValueError(f"every must be a positive integer, got {every!r}")
     av = require("av", "reading videos")
     container, stream = _open(path)

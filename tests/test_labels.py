@@ -1,6 +1,7 @@
 """The label engine (every backend) against the scipy reference, hand-worked cases and invariants."""
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -493,11 +494,23 @@ def test_input_forms_and_dtypes_are_converted():
      ValueError,
      "65535 images"),
     (lambda: mud_iknn.density_maps(np.zeros((3, 2)), (4, 4), beta=-0.3), ValueError, "beta"),
+    # finite float64 coordinates that float32 cannot hold: their real error, not "NaN or infinite"
+    (lambda: mud_iknn.iknn_maps(np.array([[1e300, 1.0]]), (3, 3)), ValueError, "beyond +-1e+18 pixels (largest 1e+300)"),
+    (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), alpha=10**400), ValueError, "alpha must be non-negative"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, words):
     with pytest.raises(error) as info:
         call()
     assert words in str(info.value)
+
+
+def test_numpy_scalars_and_read_only_arrays_are_arguments_like_any_other():
+    pts = np.array([[1.0, 2.0], [3.5, 0.5]], np.float32)
+    pts.flags.writeable = False  # np.load(mmap_mode="r"), say: read, never written
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps = mud_iknn.iknn_maps(pts, (4, 5), np.int64(2), max_distance=np.float32(3.0))
+    assert torch.equal(maps, mud_iknn.iknn_maps(pts.copy(), (4, 5), 2, max_distance=3.0))
 
 
 def test_custom_ops_pass_torch_opcheck_and_compile():

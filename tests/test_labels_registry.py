@@ -85,6 +85,20 @@ def test_bad_parameters_name_the_kind_and_the_parameter(kind, bad, words):
     assert words in str(info.value)
 
 
+def test_make_refuses_a_stride_that_is_no_positive_integer_and_takes_numpy_scalars():
+    pts, offsets = torch.tensor([[10.0, 6.0], [3.0, 12.0]]), torch.tensor([0, 2])
+    for kind in (IknnLabel(), DensityLabel(), FidtLabel(), CountLabel()):
+        for stride in (0, -2, 2.5, True):
+            with pytest.raises(ValueError, match="stride must be a positive integer"):
+                kind.make(pts, (8, 8), offsets, stride=stride)
+        assert torch.equal(kind.make(pts, (8, 8), offsets, stride=np.int64(2)), kind.make(pts, (8, 8), offsets, stride=2))
+    # numpy scalars are settings like Python numbers (saved as those: checkpoints hold JSON values)
+    assert IknnLabel(k=np.int64(2)) == IknnLabel(k=2) and type(IknnLabel(k=np.int64(2)).k) is int
+    assert type(DensityLabel(sigma=np.float32(2.0)).sigma) is float
+    with pytest.raises(ValueError, match="label kind fidt: beta must be non-negative and finite"):
+        FidtLabel(beta=10**400)
+
+
 def test_round_trip_and_unknown_settings():
     for kind in (IknnLabel(k=3, transform="inverse_sqrt", max_distance=112.0), DensityLabel(sigma=1.5, beta=0.2),
                  FidtLabel(alpha=0.05, zero_below=0.01), CountLabel()):

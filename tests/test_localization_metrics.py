@@ -88,6 +88,13 @@ def test_sparse_matching_equals_the_dense_hungarian(seed):
     assert match_counts(predicted, truth, radii)[0] == expected
 
 
+def test_one_threshold_alone_and_numpy_ones():
+    predicted, truth = [np.array([[0.0, 0.0], [10.0, 0.0]])], [np.array([[3.0, 0.0], [10.0, 5.0]])]
+    assert localization_metrics(predicted, truth, 4) == localization_metrics(predicted, truth, [4])
+    assert localization_metrics(predicted, truth, 4)["4px"]["tp"] == 1  # 3 px apart, not the 5 px pair
+    assert localization_metrics(predicted, truth, np.array([4, 8])) == localization_metrics(predicted, truth, [4, 8])
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: localization_metrics([np.zeros((1, 2))], [np.zeros((1, 2))] * 2, [8]), "same number of images"),
     (lambda: localization_metrics([np.zeros((1, 2))], [np.zeros((1, 2))], [0]), "positive"),

@@ -106,6 +106,14 @@ def test_bad_input(maps, kwargs, error, match):
         localize(maps, **kwargs)
 
 
+def test_numpy_scalars_are_settings_like_python_numbers():
+    maps = torch.zeros(1, 9, 9)
+    maps[0, 2, 3], maps[0, 6, 6] = 1.0, 0.5
+    expected = localize(maps, threshold=0.3, min_distance=1)
+    assert len(expected[0]) == 2
+    assert torch.equal(localize(maps, threshold=np.float32(0.3), min_distance=np.int64(1))[0], expected[0])
+
+
 def _numpy_peaks(maps, threshold, radius, strict):
     """Flat indices of the peaks, pixel by pixel: above the threshold, >= every pixel of the window
     inside the map (and, if strict, above the least of them); of equal peaks within a window the

@@ -289,6 +289,10 @@ def test_bad_parameters_name_the_argument(make, error, word):
         make()
 
 
+def test_numpy_integers_are_parameters_like_python_ones():
+    assert BayesianLoss(stride=np.int64(4)).stride == 4 and type(OTLoss(iterations=np.int64(10)).iterations) is int
+
+
 def test_bad_inputs_name_the_argument():
     bl, ot = BayesianLoss(), OTLoss()
     density = torch.rand(2, 1, 4, 4)
