@@ -430,27 +430,46 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){gpu}, torch {torch.__version__}"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (all but how the default cases are chosen), for its own command line
+    and for ``mud-iknn bench``."""
+    parser.add_argument("--cases", nargs="*", choices=sorted(CASES), help="cases to run (default: all, or two small ones for a quick run)")
+    parser.add_argument("--k", type=_positive_int, nargs="*", help="neighbour counts (default: 1 3 8, or 3 for a quick run)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all" if torch.cuda.is_available()
+                        else "cpu", help="where the kernels run (default: all with a visible GPU, else cpu)")
+    parser.add_argument("--threads", type=_positive_int, default=os.cpu_count(),
+                        help="threads for scipy (workers) and the C++ kernel alike (default: every core)")
+    parser.add_argument("--scipy-limit", type=float, default=5e6,
+                        help="skip scipy on cases with more pixels than this (it takes seconds each)")
+    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per measurement (default 5)")
+    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mud-iknn bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mud_iknn.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="two small cases, k=3 only (unless --cases / --k name others)")
-    parser.add_argument("--cases", nargs="*", choices=sorted(CASES), help="cases to run (default: all)")
-    parser.add_argument("--k", type=int, nargs="*", help="neighbour counts (default: 1 3 8)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all" if torch.cuda.is_available()
-                        else "cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="threads for scipy (workers) and the C++ kernel alike")
-    parser.add_argument("--scipy-limit", type=float, default=5e6,
-                        help="skip scipy on cases with more pixels than this (it takes seconds each)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.device != "cpu" and not torch.cuda.is_available():
         parser.error("--device cuda/all needs a visible CUDA GPU")
+    return report(args, args.quick)
+
+
+def report(args: argparse.Namespace, quick: bool) -> int:
+    """Runs the benchmark on the options of :func:`add_arguments` (``quick``: two small cases, k = 3,
+    unless --cases / --k name others) and prints its table."""
     devices = {"cpu", "cuda"} if args.device == "all" else {args.device}
-    cases = [CASES[n] for n in args.cases] if args.cases else (QUICK if args.quick else list(CASES.values()))
-    ks = args.k or ([3] if args.quick else [1, 3, 8])
+    cases = [CASES[n] for n in args.cases] if args.cases else (QUICK if quick else list(CASES.values()))
+    ks = args.k or ([3] if quick else [1, 3, 8])
     rows = run(cases, ks, devices, args.threads, args.scipy_limit, args.repeats)
     head = ["case", "map"] + [f"{c} ({args.threads} thr)" if c in ("scipy", "C++ CPU") else c for c in COLUMNS]
     lines = [f"Label engine, {date.today()}: {machine()}", "", f"Exact-transform baselines: {baselines()}", "",

@@ -326,7 +326,10 @@ def _cmd_train(args) -> int:
         out_dir = Path(settings.get("out_dir", engine.TrainConfig.out_dir))
         print(f"{PROG} train: " + (f"no checkpoint in {out_dir}: starting a new run" if step is None else
                                    f"resuming {out_dir / engine.CHECKPOINT_NAME} at step {step}"), file=sys.stderr)
-    config = engine.TrainConfig.from_dict(settings)
+    try:
+        config = engine.TrainConfig.from_dict(settings)
+    except ValueError as err:  # a setting from the options, --config or --set that the run refuses
+        raise UsageError(str(err)) from None
     train_set = _open_dataset(args, args.split)
     val_split = args.val_split if args.val_split is not None else DATASETS[args.dataset].eval_split
     val_set = None if val_split in (None, "none") else _open_dataset(args, val_split)
@@ -404,14 +407,16 @@ def _cmd_check(args) -> int:
 # ------------------------------------------------------------------ eval
 
 def _metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
-    """MAE, RMSE (printed as the field's "MSE": RMSE) and NAE, and GAME(0..3) where the rows have them."""
-    game = all("game" in m for _, m in rows)
+    """MAE, RMSE (printed as the field's "MSE": RMSE) and NAE, and GAME(0..3) where a row has them
+    (JHU-Crowd++'s category rows have none: "-")."""
+    game = any("game" in m for _, m in rows)
     lines = [f"{'':<24}{'MAE':>10}{'MSE*':>10}{'NAE':>10}" + ("".join(f"{f'GAME({l})':>10}" for l in range(4))
                                                           if game else "")]
     for label, m in rows:
         nae = m.get("nae")
         nae_text = f"{nae:>10.4f}" if isinstance(nae, (int, float)) and math.isfinite(nae) else f"{'-':>10}"
-        games = "".join(f"{m['game'][str(l)]:>10.2f}" for l in range(4)) if game else ""
+        games = "".join(f"{m['game'][str(l)]:>10.2f}" if "game" in m else f"{'-':>10}" for l in range(4)) \
+            if game else ""
         lines.append(f"{label:<24}{m['mae']:>10.2f}{m['rmse']:>10.2f}{nae_text}{games}")
     lines.append("* MSE as crowd-counting papers report it: the root mean squared error")
     return "\n".join(lines)
@@ -640,9 +645,13 @@ def _cmd_demo(args) -> int:
 # ------------------------------------------------------------------ bench
 
 def _cmd_bench(args) -> int:
-    from .benchmark import main as benchmark
+    import torch
 
-    return benchmark([*([] if args.full else ["--quick"]), *args.extra])
+    from .benchmark import report
+
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device} needs a visible CUDA GPU")
+    return report(args, quick=not args.full)
 
 
 # ------------------------------------------------------------------ parser
@@ -680,7 +689,7 @@ def _add_no_check(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__, label_kinds
+    from . import __version__, benchmark, label_kinds
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Dense crowd counting with inverse k-nearest-neighbour maps (MUD-ikNN).",
@@ -851,9 +860,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="run the label benchmarks and print the table",
         description="Times scipy vs the C++ kernel (vs CUDA when a GPU is visible) on clustered crowds and "
-                    "prints a markdown table with ratios (mud_iknn.benchmark; quick settings unless --full). "
-                    "Other arguments are passed on: e.g. --cases img2048_n5000 --k 3 --threads 4 --out t.md.")
-    bench.add_argument("--full", action="store_true", help="full sizes instead of --quick")
+                    "prints a markdown table with ratios (mud_iknn.benchmark; quick settings unless --full), "
+                    "e.g. --cases img2048_n5000 --k 3 --threads 4 --out t.md.")
+    bench.add_argument("--full", action="store_true", help="every case and k = 1, 3, 8 (default: two small cases, k = 3)")
+    benchmark.add_arguments(bench)
     bench.set_defaults(run=_cmd_bench, command_parser=bench)
     return parser
 
@@ -867,7 +877,7 @@ def _label_defaults(args) -> None:
 def _check_numbers(args) -> None:
     for name, least in [("steps", 1), ("batch_size", 1), ("patch_size", 1), ("checkpoint_every", 0),
                         ("eval_every", 0), ("num_workers", 0), ("num_images", 1), ("image_size", 1),
-                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1), ("every", 1),
+                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1), ("every", 1), ("min_distance", 0),
                         ("seed", 0), ("data_seed", 0)]:
         value = getattr(args, name, None)
         if value is not None and value < least:
@@ -878,10 +888,7 @@ def _check_numbers(args) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line on ``argv`` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)  # exits 2 on a usage error
-    if extra and args.command != "bench":
-        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    args = parser.parse_args(argv)  # exits 2 on a usage error
     try:
         _check_numbers(args)
         if args.command == "labels":

@@ -423,8 +423,14 @@ def test_train_errors(capsys, tmp_path):
     (tmp_path / "c.json").write_text("{broken")
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--config", tmp_path / "c.json")
     assert status == 1 and "cannot read config file" in err and "c.json" in err
+    # a setting the run refuses, from the options, a file or --set, is a usage error
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--set", "colour=3")
-    assert status == 1 and "unknown fields ['colour']" in err
+    assert status == 2 and "unknown fields ['colour']" in err
+    status, _, err = run(capsys, "train", "--dataset", "synthetic", "--patch-size", "50")
+    assert status == 2 and "patch_size" in err
+    status, _, err = run(capsys, "eval", "--checkpoint", tmp_path / "none.pt", "--dataset", "synthetic",
+                         "--min-distance", "-2")
+    assert status == 2 and "--min-distance must be at least 0, got -2" in err
     status, _, err = run(capsys, "train", "--dataset", "synthetic", "--steps", "3", "--set", "steps.x=3")
     assert status == 2 and "--set steps.x: steps is not a group of settings" in err
 
@@ -483,14 +489,18 @@ def test_train_says_when_the_budget_ended_the_run(capsys, tmp_path, monkeypatch)
 
 # ------------------------------------------------------------------ bench
 
-def test_bench_passes_quick_unless_full_and_forwards_the_rest(monkeypatch):
+def test_bench_is_quick_unless_full_and_lists_the_benchmark_options(monkeypatch, capsys):
     import mud_iknn.benchmark
 
     calls = []
-    monkeypatch.setattr(mud_iknn.benchmark, "main", lambda argv: calls.append(argv) or 3)
+    monkeypatch.setattr(mud_iknn.benchmark, "report", lambda args, quick: calls.append((quick, args.cases, args.k)) or 3)
     assert cli.main(["bench"]) == 3
     assert cli.main(["bench", "--full", "--cases", "img2048_n5000", "--k", "3"]) == 3
-    assert calls == [["--quick"], ["--cases", "img2048_n5000", "--k", "3"]]
+    assert calls == [(True, None, None), (False, ["img2048_n5000"], [3])]
+    status, out, _ = run(capsys, "bench", "--help")
+    assert status == 0 and all(option in out for option in ("--cases", "--k", "--threads", "--repeats", "--out"))
+    status, _, err = run(capsys, "bench", "--threads", "0")
+    assert status == 2 and "--threads: must be a positive integer, got 0" in err
 
 
 def test_bench_prints_a_real_table(capsys):
@@ -676,6 +686,15 @@ def _nwpu_root(root):
     (root / "val.txt").write_text("3110 0 1\n3098 0 1\n")
     (root / "test.txt").write_text("3200 0 1\n")
     return root
+
+
+def test_eval_table_keeps_game_when_category_rows_have_none():
+    from mud_iknn.cli import _metrics_table
+
+    whole = {"mae": 1.5, "rmse": 2.0, "nae": 0.1, "game": {"0": 1.5, "1": 2.25, "2": 3.0, "3": 4.5}}
+    lines = _metrics_table([("all images", whole), ("low", {"mae": 0.5, "rmse": 0.5, "nae": 0.2})]).splitlines()
+    assert lines[0].split() == ["MAE", "MSE*", "NAE", "GAME(0)", "GAME(1)", "GAME(2)", "GAME(3)"]
+    assert lines[1].split()[-4:] == ["1.50", "2.25", "3.00", "4.50"] and lines[2].split()[-4:] == ["-"] * 4
 
 
 def test_eval_localization_and_nwpu_exports(capsys, tmp_path, small_checkpoint):
