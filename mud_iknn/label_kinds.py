@@ -24,7 +24,7 @@ from typing import ClassVar, Optional, Union
 import torch
 
 from . import _settings, labels
-from ._checks import is_integer
+from ._checks import as_float, is_integer
 
 __all__ = ["LabelKind", "IknnLabel", "DensityLabel", "FidtLabel", "CountLabel", "KINDS", "from_dict",
            "label_kind"]
@@ -38,14 +38,6 @@ def option(default, help: str, *, choices: Optional[tuple] = None, bound: Option
 
 
 _BOUNDS = {"positive": lambda v: v > 0, "non-negative": lambda v: v >= 0}
-
-
-def _finite(value) -> bool:
-    """math.isfinite, with ints beyond float's range infinite rather than an OverflowError."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class LabelKind:
             if choices and value not in choices:
                 raise ValueError(f"label kind {self.name}: {f.name} must be one of {', '.join(map(repr, choices))}, "
                                  f"got {value!r}")
-            if bound and isinstance(value, (int, float)) and not (_finite(value) and _BOUNDS[bound](value)):
+            if bound and isinstance(value, (int, float)) and not (math.isfinite(as_float(value, f.name)) and _BOUNDS[bound](value)):
                 raise ValueError(f"label kind {self.name}: {f.name} must be {bound} and finite, got {value!r}")
         try:
             self._check()

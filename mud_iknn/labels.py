@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import _ops
-from ._checks import is_integer, is_real
+from ._checks import as_float, is_integer
 
 __all__ = ["knn_distance_maps", "iknn_maps", "fidt_maps", "density_maps", "head_sigmas", "count_maps",
            "pack_points", "MAX_K", "backend_info"]
@@ -192,12 +192,7 @@ def _check_k(k, name="k", limit=MAX_K) -> int:
 
 
 def _check_positive(value, name: str, least: float = 0.0) -> float:
-    if not is_real(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond float's range
-        value = math.inf
+    value = as_float(value, name)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value}")
     if value < least:
@@ -206,12 +201,7 @@ def _check_positive(value, name: str, least: float = 0.0) -> float:
 
 
 def _check_non_negative(value, name: str) -> float:
-    if not is_real(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond float's range
-        number = math.inf
+    number = as_float(value, name)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{name} must be non-negative and finite, got {value}")
     return number
