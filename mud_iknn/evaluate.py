@@ -63,6 +63,30 @@ class Prediction(NamedTuple):
     points: Optional[torch.Tensor]
 
 
+def _extend(maps: torch.Tensor, dim: int) -> torch.Tensor:
+    """``maps`` with one more line on each side of ``dim``, extrapolated linearly (repeated if it has one)."""
+    n = maps.shape[dim]
+    first, last = maps.narrow(dim, 0, 1), maps.narrow(dim, n - 1, 1)
+    if n > 1:
+        first, last = 2 * first - maps.narrow(dim, 1, 1), 2 * last - maps.narrow(dim, n - 2, 1)
+    return torch.cat([first, maps, last], dim)
+
+
+def upsample_maps(maps: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, C, h, w) maps at 1/s of a window (h = w = window / s, s a whole number) -> (B, C, window,
+    window), bilinear with each label pixel's value at the centre of the s x s block of window pixels
+    it covers (where the label kinds place it), extrapolated linearly over the outer half label pixel.
+    Nearest-neighbour blocks would be plateaus on every slope and a clamped border a flat band: each
+    a row of spurious peaks for :func:`mud_iknn.localize`."""
+    h, w = maps.shape[-2:]
+    if window % h or window % w or window // h != window // w:
+        raise ValueError(f"maps of {h} x {w} are no whole fraction of the {window} px window")
+    s = window // h
+    extended = _extend(_extend(maps, -1), -2)
+    up = F.interpolate(extended, size=(window + 2 * s, window + 2 * s), mode="bilinear", align_corners=False)
+    return up[..., s:s + window, s:s + window]
+
+
 @torch.no_grad()
 def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stride: int = 128,
                   batch_size: int = 16, *, locate: bool = True, threshold: Optional[float] = None,
@@ -70,8 +94,9 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
     """Counts and locates the heads of one whole image with sliding windows (:class:`Prediction`).
 
     model: returns (maps (B, C, h, w), counts (B,)) for (B, 3, window, window) uint8 images (a
-    :class:`mud_iknn.model.MapNetwork`; maps coarser than the window are upsampled to it,
-    nearest); it is run in eval mode on its own device and put back in the mode it was in.
+    :class:`mud_iknn.model.MapNetwork`; maps coarser than the window, by a whole factor, are
+    upsampled to it by :func:`upsample_maps`); it is run in eval mode on its own device and put
+    back in the mode it was in.
     image: (3, H, W) uint8. locate: stitch the maps and locate the heads (False: the count and
     its density only). threshold, min_distance: passed to :func:`mud_iknn.localize`; None takes
     the model's calibrated ones (``model.localization``, a dict with "threshold" and
@@ -102,7 +127,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, window: int = 224, stri
             if locate and maps.shape[1]:
                 maps = maps.float().mean(1, keepdim=True)
                 if maps.shape[-2:] != (window, window):
-                    maps = F.interpolate(maps, size=(window, window), mode="nearest")
+                    maps = upsample_maps(maps, window)
                 maps = maps[:, 0].cpu()
                 if map_total is None:
                     map_total = torch.zeros(height, width, dtype=torch.float32)

@@ -8,6 +8,7 @@ from torch import nn
 
 from mud_iknn.evaluate import (count_metrics, evaluate, game_errors, predict_image, window_starts, write_nwpu_counts,
                                write_nwpu_points)
+from mud_iknn.label_kinds import IknnLabel
 from mud_iknn.sample import CrowdSample
 
 
@@ -143,11 +144,43 @@ def test_heads_located_on_the_stitched_map_in_image_pixels(stride):
     assert torch.allclose(result.iknn_map, image[0].float() / 255 + 0.1, atol=1e-6)  # aligned with the image
     assert sorted(map(tuple, result.points.tolist())) == sorted((float(x), float(y)) for x, y in heads)
     assert result.count == 0
-    # maps coarser than the window are upsampled to it (nearest): heads on even pixels stay in place
+    # maps coarser than the window are upsampled to it: heads within the label pixel they fall in
     image = torch.zeros(3, 240, 260, dtype=torch.uint8)
     image[:, 100, 50] = image[:, 40, 200] = 255
     found = predict_image(BrightnessMaps(stride), image).points
     assert found.shape == (2, 2) and (found - torch.tensor([[50.0, 100.0], [200.0, 40.0]]).flip(0)).abs().max() <= stride
+
+
+class ExactLabels(nn.Module):
+    """Maps: the exact ikNN labels, at 1/``stride`` of the window as a label_size model learns them,
+    of the heads drawn as 255 pixels; counts: their number."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride, self.p = stride, nn.Parameter(torch.zeros(()))
+
+    def forward(self, images):
+        points = [(image[0] == 255).nonzero().flip(1).float() for image in images]
+        side = images.shape[-1] // self.stride
+        maps = IknnLabel().make(torch.cat(points), (side, side), torch.tensor([0, *map(len, points)]).cumsum(0),
+                                stride=self.stride)
+        return maps[:, None], torch.tensor([float(len(p)) for p in points])
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_coarse_maps_locate_each_head_once(stride):
+    # 12 heads 24 px or more apart: the upsampled label-pixel blocks must not turn into plateaus on
+    # every slope, nor the windows' borders into flat bands (each a row of spurious peaks with
+    # min_distance below the stride). (At stride 8, 3 label pixels between heads, the windows' seams
+    # in the stitched map still add a few.)
+    heads = torch.tensor([[x, y] for x in (20, 60, 100, 140) for y in (30, 90, 150)], dtype=torch.float32)
+    heads += torch.tensor([[3.0, 1.0]]) * (torch.arange(12)[:, None] % 3)
+    image = torch.zeros(3, 192, 176, dtype=torch.uint8)
+    image[:, heads[:, 1].long(), heads[:, 0].long()] = 255
+    found = predict_image(ExactLabels(stride), image, window=128, stride=64, threshold=0.1, min_distance=1).points
+    assert len(found) == len(heads)
+    nearest = torch.cdist(heads, found).min(1).values
+    assert nearest.max() <= stride / 2 + 1, nearest  # within the label pixel that holds the head
 
 
 def test_count_only_model_has_no_map():
