@@ -25,6 +25,7 @@ on a synthetic blob set took about 15 s and brought the validation MAE from 3.8 
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Sequence, Union
 
 import torch
@@ -57,11 +58,26 @@ _DENSENETS = {
 BACKBONES = tuple(_DENSENETS)
 
 
+# torchvision's released DenseNet files name a dense layer's parts "norm.1", "conv.2", ...; its
+# models (since torchvision 0.3) "norm1", "conv2": torchvision renames them when it loads those files.
+_OLD_DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _current_densenet_keys(state: dict) -> dict:
+    """``state`` with the old dense-layer keys of torchvision's released files in today's form."""
+    renamed = {}
+    for key, value in state.items():
+        match = _OLD_DENSE_LAYER_KEY.match(key) if isinstance(key, str) else None
+        renamed[match.group(1) + match.group(2) if match else key] = value
+    return renamed
+
+
 def build_backbone(name: str = "densenet201", weights: Union[None, str, os.PathLike] = None) -> nn.Module:
     """A torchvision DenseNet by ``name`` (one of :data:`BACKBONES`) with ``weights``.
 
     ``weights``: None (random init), ``"imagenet"`` (torchvision's IMAGENET1K_V1 enum; downloads
-    where there is internet) or the path of a local state dict of that torchvision model.
+    where there is internet) or the path of a local state dict of that torchvision model (such as
+    the hub's densenet201-c1103571.pth copied from a machine with internet).
     """
     if name not in _DENSENETS:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
@@ -88,7 +104,7 @@ def build_backbone(name: str = "densenet201", weights: Union[None, str, os.PathL
         if not isinstance(state, dict):
             raise ValueError(f"weights file {weights!s} does not hold a state dict")
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(_current_densenet_keys(state))
         except RuntimeError as err:
             raise ValueError(f"weights file {weights!s} does not fit backbone {name!r}: {err}") from None
         return model

@@ -1,4 +1,6 @@
 """The MUD-ikNN network: shapes, summed counts, frozen BatchNorm, map modules on other backbones."""
+import re
+
 import pytest
 import torch
 import torchvision
@@ -161,6 +163,14 @@ def test_local_weights_file(tmp_path):
     torch.save(source.state_dict(), path)
     m = MUDIKNN.small(weights=str(path))
     torch.testing.assert_close(m.features.features.conv0.weight, source.features.conv0.weight)
+    # torchvision's released files name a dense layer's parts the old way ("norm.1") and predate
+    # BatchNorm's num_batches_tracked: they load too
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))(\d)", r"\1.\2", k): v for k, v in source.state_dict().items()
+           if not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    torch.save(old, tmp_path / "released.pth")
+    released = build_backbone("densenet_tiny", weights=tmp_path / "released.pth")
+    assert all(torch.equal(a, b) for a, b in zip(released.state_dict().values(), source.state_dict().values()))
     (tmp_path / "junk.pt").write_text("not a state dict")
     with pytest.raises(ValueError, match="junk.pt"):
         MUDIKNN.small(weights=tmp_path / "junk.pt")
