@@ -73,17 +73,18 @@ def _extend(maps: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def upsample_maps(maps: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, C, h, w) maps at 1/s of a window (h = w = window / s, s a whole number) -> (B, C, window,
-    window), bilinear with each label pixel's value at the centre of the s x s block of window pixels
-    it covers (where the label kinds place it), extrapolated linearly over the outer half label pixel.
+    """(B, C, h, w) maps of a window at a label stride s (a power of two: h = w = ceil(window / s),
+    label pixel r covering window pixels [s r, s r + s), as :class:`mud_iknn.model.MapNetwork` makes
+    them) -> (B, C, window, window), bilinear with each label pixel's value at the centre of its
+    block (where the label kinds place it), extrapolated linearly over the outer half label pixel.
     Nearest-neighbour blocks would be plateaus on every slope and a clamped border a flat band: each
     a row of spurious peaks for :func:`mud_iknn.localize`."""
     h, w = maps.shape[-2:]
-    if window % h or window % w or window // h != window // w:
-        raise ValueError(f"maps of {h} x {w} are no whole fraction of the {window} px window")
-    s = window // h
+    s = next((2 ** i for i in range(window.bit_length()) if -(-window // 2 ** i) == h), None)
+    if s is None or w != h:
+        raise ValueError(f"maps of {h} x {w} are not a {window} px window at a label stride of a power of two")
     extended = _extend(_extend(maps, -1), -2)
-    up = F.interpolate(extended, size=(window + 2 * s, window + 2 * s), mode="bilinear", align_corners=False)
+    up = F.interpolate(extended, size=((h + 2) * s, (h + 2) * s), mode="bilinear", align_corners=False)
     return up[..., s:s + window, s:s + window]
 
 
@@ -270,7 +271,7 @@ def evaluate(model: nn.Module, dataset, window: int = 224, stride: int = 128, ba
         return {"per_image": per_image}
     if localization:
         with_boxes = all(b is not None for b in boxes)
-        thresholds = (*thresholds, "sigma_s", "sigma_l") if with_boxes else tuple(thresholds)
+        thresholds = _threshold_list(thresholds) + (["sigma_s", "sigma_l"] if with_boxes else [])
         counts = localization_counts([r["points"] for r in per_image], truth, thresholds,
                                      boxes if with_boxes else None)
 

@@ -168,6 +168,7 @@ def paired_difference(first: Sequence[float], second: Sequence[float], confidenc
     """
     from scipy import stats
 
+    first, second = [float(v) for v in first], [float(v) for v in second]  # numpy arrays and tensors too
     if len(first) != len(second) or not first:
         raise ValueError(f"paired values must be two lists of one length >= 1, got {len(first)} and {len(second)}")
     differences = [b - a for a, b in zip(first, second)]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mud_iknn.evaluate import (count_metrics, evaluate, game_errors, predict_image, window_starts, write_nwpu_counts,
-                               write_nwpu_points)
+from mud_iknn.evaluate import (count_metrics, evaluate, game_errors, predict_image, upsample_maps, window_starts,
+                               write_nwpu_counts, write_nwpu_points)
 from mud_iknn.label_kinds import IknnLabel
 from mud_iknn.sample import CrowdSample
 
@@ -167,6 +167,19 @@ class ExactLabels(nn.Module):
         return maps[:, None], torch.tensor([float(len(p)) for p in points])
 
 
+def test_upsampled_label_pixels_sit_at_their_blocks_centres_for_any_window():
+    # a 250 px window at label stride 4: ceil(250 / 4) = 63 label pixels, pixel r covering [4r, 4r + 4)
+    maps = torch.zeros(1, 1, 63, 63)
+    maps[0, 0, 10, 62] = 1.0
+    up = upsample_maps(maps, 250)
+    assert up.shape == (1, 1, 250, 250)
+    peak = (up[0, 0] == up.max()).nonzero().tolist()
+    assert peak == [[41, 249], [42, 249]]  # rows 41.5 = 4 * 10 + 1.5; column 249.5 lies past the window
+    assert up[0, 0, 41, 240] < up[0, 0, 41, 249]  # no flat band at the border: extrapolated, not clamped
+    with pytest.raises(ValueError, match="label stride of a power of two"):
+        upsample_maps(torch.zeros(1, 1, 60, 60), 250)
+
+
 @pytest.mark.parametrize("stride", [2, 4])
 def test_coarse_maps_locate_each_head_once(stride):
     # 12 heads 24 px or more apart: the upsampled label-pixel blocks must not turn into plateaus on
@@ -226,6 +239,8 @@ def test_evaluate_localization_categories_and_head_boxes():
                         meta={"boxes": np.array([[8.0, 8.0]]), "categories": ["low", "weather"]})]
     result = evaluate(BrightnessMaps(), data, window=64, stride=32, localization=True, thresholds=(4,))
     assert set(result["localization"]) == {"4px", "sigma_s", "sigma_l"}
+    alone = evaluate(BrightnessMaps(), data, window=64, stride=32, localization=True, thresholds=4)  # one threshold
+    assert alone["localization"] == result["localization"]
     assert {k: result["localization"]["4px"][k] for k in ("tp", "fp", "fn")} == {"tp": 2, "fp": 0, "fn": 1}
     assert sorted(result["per_image"][0]["points"]) == [[10.0, 10.0], [50.0, 40.0]]
     assert result["categories"]["low"]["images"] == 2 and result["categories"]["weather"]["images"] == 1

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from mud_iknn import experiments
@@ -14,6 +15,11 @@ def test_paired_difference_hand_worked():
     half = 4.302652729911275 / math.sqrt(3)
     assert paired["seeds"] == 3 and paired["difference"] == pytest.approx(2.0)
     assert paired["ci95"] == pytest.approx([2.0 - half, 2.0 + half], rel=1e-9)
+
+
+def test_paired_difference_of_arrays_is_that_of_lists():
+    expected = experiments.paired_difference([1.0, 2.0, 4.0], [3.0, 3.0, 6.0])
+    assert experiments.paired_difference(np.array([1.0, 2.0, 4.0]), torch.tensor([3.0, 3.0, 6.0])) == expected
 
 
 def test_paired_difference_is_scipys_paired_t_interval():
