@@ -19,6 +19,7 @@ engine's calls write into a reused output (``out=``) and skip validation, as in 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import cv2
@@ -58,8 +59,9 @@ def loop_count_maps(images, height, width, stride):
     out = np.zeros((len(images), rows, cols), np.float32)
     for b, pts in enumerate(images):
         for x, y in pts.tolist():
-            if 0 <= x < width and 0 <= y < height:
-                out[b, int(y) // stride, int(x) // stride] += 1
+            col, row = math.floor(x + 0.5), math.floor(y + 0.5)  # the pixel that covers the head
+            if 0 <= col < width and 0 <= row < height:
+                out[b, row // stride, col // stride] += 1
     return out
 
 
@@ -68,8 +70,9 @@ def numpy_count_maps(images, height, width, stride):
     rows, cols = -(-height // stride), -(-width // stride)
     out = np.zeros((len(images), rows, cols), np.float32)
     for b, pts in enumerate(images):
-        inside = pts[(pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height)]
-        cells = np.floor(inside).astype(np.int64) // stride
+        pixels = np.floor(pts.astype(np.float64) + 0.5)  # the pixels that cover the heads
+        inside = pixels[(pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)]
+        cells = inside.astype(np.int64) // stride
         np.add.at(out[b], (cells[:, 1], cells[:, 0]), 1.0)
     return out
 

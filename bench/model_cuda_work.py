@@ -118,7 +118,7 @@ def density_tile_work(points, sigmas, height, width, truncate=4.0, band=8, threa
     """Per tile of density_tile_kernel (band rows x threads * columns columns): (heads that reach it,
     the most Gaussian columns one thread adds, each `band` pixel updates)."""
     r = (truncate * sigmas + 0.5).astype(int)
-    cx, cy = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
+    cx, cy = np.floor(points[:, 0] + 0.5).astype(int), np.floor(points[:, 1] + 0.5).astype(int)
     out = []
     for y0 in range(0, height, band):
         reach_y = (np.maximum(cy - r, 0) < min(y0 + band, height)) & (np.minimum(cy + r + 1, height) > y0)

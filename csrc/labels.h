@@ -273,6 +273,14 @@ MUD_HD_INLINED float apply_transform(float dist, const MapTransform& t) {
   return dist;
 }
 
+// The pixel that holds coordinate v: pixel j is centred at j and covers [j - 0.5, j + 0.5), so
+// floor(v + 0.5), taken exactly (v + 0.5 itself can round up: 0.5 - 2^-25 + 0.5 is 1.0f). The
+// density and count maps place a head by it (the kNN maps measure from the same centres).
+MUD_HD float nearest_pixel(float v) {
+  const float f = floorf(v);
+  return v - f >= 0.5f ? f + 1.0f : f;  // v - f is exact
+}
+
 // Discrete Gaussian radius of scipy.ndimage.gaussian_filter, int(truncate * sigma + 0.5) in double
 // as there (in float the product can round up to a half-integer: 3 * 0.8333333f gives 2.5, r = 3
 // where scipy's r is 2); 0 for sigma <= 1e-15 (a delta).
@@ -301,7 +309,8 @@ constexpr float kMaxSigma = 1e7f;  // widest Gaussian a density kernel stamps (k
 MUD_HD int stamp_radius(float x, float y, float sigma, float truncate, int height, int width) {
   if (!(is_finite(x) && is_finite(y) && sigma >= 0.0f && sigma <= kMaxSigma)) return -1;
   const int r = gaussian_radius(sigma, truncate);
-  if (x + 1.0f < float(-r) || x >= float(width + r) || y + 1.0f < float(-r) || y >= float(height + r)) return -1;
+  const double px = nearest_pixel(x), py = nearest_pixel(y);  // integers: exact in double, as is px + r
+  if (px + r < 0.0 || px - r >= double(width) || py + r < 0.0 || py - r >= double(height)) return -1;
   return r;
 }
 
@@ -319,9 +328,9 @@ MUD_HD Stamp stamp_of(float x, float y, float sigma, float truncate, int height,
   Stamp s;
   s.r = stamp_radius(x, y, sigma, truncate, height, width);
   if (s.r < 0) return s;
-  // stamp_radius keeps the coordinates within r + 1 of the map: these int64 sums cannot overflow.
-  s.cx = int64_t(floorf(x));
-  s.cy = int64_t(floorf(y));
+  // stamp_radius keeps the centre pixel within r of the map: these int64 sums cannot overflow.
+  s.cx = int64_t(nearest_pixel(x));
+  s.cy = int64_t(nearest_pixel(y));
   s.xa = s.cx - s.r > 0 ? s.cx - s.r : 0;
   s.xb = s.cx + s.r + 1 < width ? s.cx + s.r + 1 : width;
   s.ya = s.cy - s.r > 0 ? s.cy - s.r : 0;
@@ -382,9 +391,9 @@ struct DensityArgs {
   float* out = nullptr;
 };
 
-// Count maps: out (batch, ceil(height / stride), ceil(width / stride)) <- per cell, the heads with
-// 0 <= x < width, 0 <= y < height and (floor(y) / stride, floor(x) / stride) in it. Writes every
-// cell; deterministic (sums of ones, exact below 2^24 heads a cell).
+// Count maps: out (batch, ceil(height / stride), ceil(width / stride)) <- per cell, the heads whose
+// pixel (nearest_pixel(x), nearest_pixel(y)) lies in the map and in the cell (pixel / stride). Writes
+// every cell; deterministic (sums of ones, exact below 2^24 heads a cell).
 struct CountArgs {
   PackedPoints points;
   int64_t height = 0, width = 0;

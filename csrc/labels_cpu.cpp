@@ -557,7 +557,7 @@ void count_maps_cpu(const CountArgs& a, int threads) {
   // An image per task: each writes only its own map, adding ones in packed order (deterministic).
   // A thread per million cells and heads at most: a batch of small maps is quicker on one.
   const int64_t s = a.stride, rows = (a.height + s - 1) / s, cols = (a.width + s - 1) / s;
-  const float fh = float(a.height), fw = float(a.width);
+  const float fh = float(a.height), fw = float(a.width);  // pixels below 2^24: exact
   const int workers = threads_for(a.points.batch * rows * cols + a.points.count, int64_t(1) << 20, threads);
   parallel_for(a.points.batch, workers, [&](int64_t b) {
     float* map = a.out + b * rows * cols;
@@ -565,9 +565,9 @@ void count_maps_cpu(const CountArgs& a, int threads) {
     int64_t begin, end;
     image_range(a.points.offsets, b, a.points.count, &begin, &end);
     for (int64_t i = begin; i < end; ++i) {
-      const float x = a.points.xy[2 * i], y = a.points.xy[2 * i + 1];
+      const float x = nearest_pixel(a.points.xy[2 * i]), y = nearest_pixel(a.points.xy[2 * i + 1]);
       if (!(x >= 0.0f && x < fw && y >= 0.0f && y < fh)) continue;  // outside the map (or NaN)
-      map[(int64_t(y) / s) * cols + int64_t(x) / s] += 1.0f;  // int64_t(v) is floor(v) for v >= 0
+      map[(int64_t(y) / s) * cols + int64_t(x) / s] += 1.0f;
     }
   });
 }

@@ -623,9 +623,9 @@ __global__ void count_kernel(const float2* __restrict__ points, const int64_t* _
   int64_t s, e;
   image_range(offsets, b, count, &s, &e);
   for (int64_t i = s + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < e; i += int64_t(gridDim.x) * blockDim.x) {
-    const float2 p = points[i];
-    if (!(p.x >= 0.0f && p.x < float(width) && p.y >= 0.0f && p.y < float(height))) continue;  // outside, NaN
-    atomicAdd(&out[(b * rows + int64_t(p.y) / stride) * cols + int64_t(p.x) / stride], 1.0f);
+    const float x = nearest_pixel(points[i].x), y = nearest_pixel(points[i].y);
+    if (!(x >= 0.0f && x < float(width) && y >= 0.0f && y < float(height))) continue;  // outside, NaN
+    atomicAdd(&out[(b * rows + int64_t(y) / stride) * cols + int64_t(x) / stride], 1.0f);
   }
 }
 

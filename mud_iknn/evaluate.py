@@ -192,7 +192,7 @@ def game_errors(density: torch.Tensor, points, levels: Sequence[int] = GAME_LEVE
     density = torch.as_tensor(density, dtype=torch.float64).detach().cpu()
     if density.dim() != 2:
         raise ValueError(f"density must have shape (H, W), got {tuple(density.shape)}")
-    points = torch.as_tensor(_as_points(points, "points"))
+    points = torch.as_tensor(_as_points(points, "points")).float().double()  # as the label kernels read them
     height, width = density.shape
     cols = torch.floor(points[:, 0] + 0.5).clamp(0, width - 1).long()
     rows = torch.floor(points[:, 1] + 0.5).clamp(0, height - 1).long()

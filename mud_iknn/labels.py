@@ -353,9 +353,10 @@ def count_maps(points: PointsLike, size, stride: int = 1, *, offsets=None, valid
                out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, ceil(H / s), ceil(W / s)) float32 count maps: heads per s x s cell of an (H, W) map.
 
-    A head at (x, y) with 0 <= x < W and 0 <= y < H adds 1 to cell (floor(y) // s, floor(x) // s)
-    (the pixel of the density maps' rule), so each map sums to the heads inside; heads outside the
-    map count nowhere. Deterministic on both backends. ``stride`` s: a positive integer. ``out``:
+    A head at (x, y) is in the pixel whose centre is nearest, (floor(x + 0.5), floor(y + 0.5)) (the
+    density maps' rule: pixel j covers [j - 0.5, j + 0.5)); where that pixel is in the map it adds 1
+    to cell (pixel row // s, pixel column // s), so each map sums to the heads inside (-0.5 <= x <
+    W - 0.5, -0.5 <= y < H - 0.5); heads outside the map count nowhere. Deterministic on both backends. ``stride`` s: a positive integer. ``out``:
     as in the module docstring, of shape (B, ceil(H / s), ceil(W / s)).
     """
     height, width = _check_size(size)
@@ -395,7 +396,8 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
 
     The kernel is scipy.ndimage.gaussian_filter's: separable, weights exp(-t^2 / (2 sigma^2)) for
     integer t in [-r, r], r = int(truncate * sigma + 0.5), normalised per axis, centred on the
-    head's pixel (floor(x), floor(y)). ``sigma``: "adaptive" (see :func:`head_sigmas`, with ``k``
+    head's pixel, the one whose centre is nearest: (floor(x + 0.5), floor(y + 0.5)), so that a
+    mirrored or shifted crop's map is the mirrored or shifted map, as for the kNN maps. ``sigma``: "adaptive" (see :func:`head_sigmas`, with ``k``
     and ``beta``), one float for every head, or a (P,) tensor of per-head widths in packed order.
     Deterministic on both backends: every pixel sums its heads in packed order (no atomics).
     ``out``: see the module docstring.

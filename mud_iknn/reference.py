@@ -75,14 +75,17 @@ def fidt_maps(points, size, *, alpha=0.02, beta=0.75, c=1.0, zero_below=0.0, off
 
 
 def count_maps(points, size, stride=1, *, offsets=None) -> np.ndarray:
-    """(B, ceil(H / s), ceil(W / s)) float64: the heads with 0 <= x < W, 0 <= y < H per s x s cell,
-    a head in cell (floor(y) // s, floor(x) // s)."""
+    """(B, ceil(H / s), ceil(W / s)) float64: the heads per s x s cell, a head in the pixel
+    (floor(x + 0.5), floor(y + 0.5)) whose centre is nearest it, counted where that pixel is in the map,
+    in cell (pixel row // s, pixel column // s)."""
     height, width = size
     images = split_points(points, offsets)
     out = np.zeros((len(images), -(-height // stride), -(-width // stride)))
     for b, pts in enumerate(images):
-        inside = pts[(pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height)]
-        cells = np.floor(inside).astype(np.int64) // stride
+        with np.errstate(invalid="ignore"):
+            pixels = np.floor(pts + 0.5)
+            inside = pixels[(pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)]
+        cells = inside.astype(np.int64) // stride
         np.add.at(out[b], (cells[:, 1], cells[:, 0]), 1.0)
     return out
 
@@ -127,7 +130,7 @@ def density_maps(points, size, sigma="adaptive", *, k=3, beta=0.3, truncate=4.0,
         for (x, y), s in zip(pts, sigmas):
             w = gaussian_kernel1d(float(s), truncate)
             r = len(w) // 2
-            cx, cy = int(np.floor(x)), int(np.floor(y))
+            cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))  # the pixel whose centre is nearest
             x0, x1 = max(cx - r, 0), min(cx + r + 1, width)
             y0, y1 = max(cy - r, 0), min(cy + r + 1, height)
             if x0 >= x1 or y0 >= y1:

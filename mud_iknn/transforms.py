@@ -22,15 +22,17 @@ __all__ = ["crop", "hflip", "rescale", "TrainTransform", "CrowdBatch", "collate_
 
 
 def count_inside(points: torch.Tensor, height: int, width: int) -> float:
-    """Number of (x, y) points with 0 <= x < width and 0 <= y < height."""
+    """Number of (x, y) points in a height x width image: whose nearest pixel (floor(x + 0.5),
+    floor(y + 0.5)) is one of its own, the rule of the density and count maps (pixel j covers
+    [j - 0.5, j + 0.5))."""
     return float(_count_within(points, 0, width, 0, height))
 
 
-def _count_within(points: torch.Tensor, x0: float, x1: float, y0: float, y1: float) -> int:
-    """Number of (x, y) rows of ``points`` (N, 2) with x0 <= x < x1 and y0 <= y < y1; in numpy,
-    whose per-operation cost is a fraction of torch's on the few hundred heads of a patch."""
-    dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
-    p = points.detach().to("cpu", dtype).numpy()
+def _count_within(points: torch.Tensor, x0: int, x1: int, y0: int, y1: int) -> int:
+    """Number of (x, y) rows of ``points`` (N, 2) whose nearest pixel is in columns [x0, x1) and rows
+    [y0, y1); the points as the label kernels read them (float32), in float64, where x + 0.5 is then
+    exact; in numpy, whose per-operation cost is a fraction of torch's on a patch's few hundred heads."""
+    p = np.floor(points.detach().to("cpu", torch.float32).numpy().astype(np.float64) + 0.5)
     x, y = p[:, 0], p[:, 1]
     return int(np.count_nonzero((x >= x0) & (x < x1) & (y >= y0) & (y < y1)))
 
@@ -63,9 +65,9 @@ def crop(sample: CrowdSample, top: int, left: int, height: int, width: int) -> C
 def hflip(sample: CrowdSample) -> CrowdSample:
     """Mirror left-right: column j -> W - 1 - j, x -> W - 1 - x (pixel centres at integers).
 
-    The count follows the heads that the mirror moves across the count rule's borders (x in
-    (-1, 0) comes in at (W - 1, W), x in (W - 1, W) goes out), so that it stays the count of
-    :func:`count_inside`, which the maps' pixel rule shares, plus what it held beyond that.
+    The mirror maps the image's pixels onto themselves, so the heads that :func:`count_inside`
+    counts stay counted (but for those exactly on the outer edge, x = -0.5 or W - 0.5); the count
+    moves with any that cross it.
     """
     height, width = sample.image.shape[-2:]
     points = sample.points.to(torch.float32).clone()

@@ -297,10 +297,12 @@ def csrnet_density(points, height, width):
 
 
 def test_adaptive_density_equals_csrnet_script(device):
+    # CSRNet's script puts a head in pixel int(x): pixel j covers [j, j + 1) there, [j - 0.5, j + 0.5)
+    # here (centred at j, as the kNN maps measure): the same maps for coordinates half a pixel apart
     rng = np.random.default_rng(2)
-    pts = rng.uniform([0, 0], [90, 70], size=(60, 2)).astype(np.float32)
+    pts = rng.uniform([-0.5, -0.5], [89.5, 69.5], size=(60, 2)).astype(np.float32)
     ours = mud_iknn.density_maps(torch.from_numpy(pts).to(device), (70, 90))[0]
-    expected = csrnet_density(pts.astype(np.float64), 70, 90)
+    expected = csrnet_density(pts.astype(np.float64) + 0.5, 70, 90)
     np.testing.assert_allclose(as_np(ours), expected, atol=1e-5 * expected.max(), rtol=0)
 
 

@@ -168,13 +168,20 @@ def test_property_fidt_any_layout_matches_reference(device, height, width, pts, 
 # ---- count maps -------------------------------------------------------------------------------
 
 def border_heads(height, width, stride):
-    """Heads on and next to cell borders, on the map's edges, and just outside it."""
+    """Heads on and next to cell borders (pixel j covers [j - 0.5, j + 0.5): a cell's border lies at
+    k * stride - 0.5), on the map's edges, and just outside it."""
     eps = np.float32(1e-4)
     xs = [0.0, eps, stride - eps, stride, stride + eps, width - 1, width - eps, width, width + eps, -eps, -1.0,
-          2.5 * stride]
+          2.5 * stride, 0.5 - 2.0 ** -25]  # the last: x + 0.5 rounds to 1 in float32, its pixel is 0
     ys = [0.0, stride - eps, stride, height - eps, height, -eps, 0.5, 1.5 * stride]
-    grid = np.array([(x, y) for x in xs for y in ys], dtype=np.float32)
+    grid = np.array([(x - 0.5, y - 0.5) for x in xs for y in ys] + [(x, y) for x in xs for y in ys], dtype=np.float32)
     return grid
+
+
+def inside_map(pts, height, width):
+    """Which heads lie in the map: their pixel (floor(x + 0.5), floor(y + 0.5)) is one of its own."""
+    pixel = np.floor(pts.astype(np.float64) + 0.5)  # exact for float32 coordinates
+    return (pixel[:, 0] >= 0) & (pixel[:, 0] < width) & (pixel[:, 1] >= 0) & (pixel[:, 1] < height)
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 8, 64])
@@ -190,17 +197,18 @@ def test_count_maps_match_numpy_on_borders_and_outside(device, stride):
     for b, pts in enumerate(images):
         want = reference.count_maps(pts, (h, w), stride)[0]
         np.testing.assert_array_equal(as_np(got[b]), want)
-        inside = ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).sum()
-        assert float(got[b].sum()) == inside  # each map sums to the heads inside
+        assert float(got[b].sum()) == inside_map(pts, h, w).sum()  # each map sums to the heads inside
 
 
 def test_count_maps_hand_worked(device):
-    pts = torch.tensor([[0.0, 0.0], [1.999, 1.5], [2.0, 0.0], [4.9, 2.2], [5.0, 0.0], [-0.01, 1.0], [3.0, 3.0]],
-                       device=device)
+    # a head's pixel is the one whose centre is nearest: pixel j covers [j - 0.5, j + 0.5)
+    pts = torch.tensor([[0.0, 0.0], [1.999, 1.5], [2.0, 0.0], [4.9, 2.2], [-0.5, 1.0], [-0.51, 0.0], [4.49, 2.49],
+                        [1.49, 0.0], [3.0, 2.5]], device=device)
     got = mud_iknn.count_maps(pts, (3, 5), 2)[0].cpu()
-    # cells of 2 x 2 pixels over a 3 x 5 map: 2 rows x 3 columns; x = 5 and y = 3 are outside
-    torch.testing.assert_close(got, torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), rtol=0, atol=0)
-    torch.testing.assert_close(mud_iknn.count_maps(pts, (3, 5))[0].sum().cpu(), torch.tensor(4.0))
+    # cells of 2 x 2 pixels over a 3 x 5 map: 2 rows x 3 columns. Pixels (0, 0), (2, 2), (2, 0), (5, 2)
+    # outside, (0, 1), (-1, 0) outside, (4, 2), (1, 0), (3, 3) outside
+    torch.testing.assert_close(got, torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 1.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(mud_iknn.count_maps(pts, (3, 5))[0].sum().cpu(), torch.tensor(6.0))
     assert mud_iknn.count_maps(pts, (3, 5), 10**12).shape == (1, 1, 1)  # one cell for the whole map
 
 

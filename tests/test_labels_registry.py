@@ -53,7 +53,7 @@ def test_count_kind_counts_the_input_pixels_each_label_pixel_covers():
         got = CountLabel().make(points, (64 // stride, 64 // stride), offsets, stride=stride)
         want = reference.count_maps(pts, (64, 64), stride)
         np.testing.assert_array_equal(got.numpy(), want)
-        inside = [((p >= 0) & (p < 64)).all(axis=1).sum() for p in pts]
+        inside = [((np.floor(p + 0.5) >= 0) & (np.floor(p + 0.5) < 64)).all(axis=1).sum() for p in pts]
         assert got.sum(dim=(1, 2)).tolist() == inside
 
 

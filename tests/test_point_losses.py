@@ -227,8 +227,9 @@ def test_dm_count_loss_matches_its_dense_composition(device):
     maps = torch.zeros(3, 6, 7, dtype=torch.float64)
     for b, p in enumerate(points):
         for x, y in p.tolist():
-            if 0 <= x < 7 * STRIDE and 0 <= y < 6 * STRIDE:
-                maps[b, int(y) // STRIDE, int(x) // STRIDE] += 1
+            col, row = math.floor(x + 0.5), math.floor(y + 0.5)  # the pixel that covers the head
+            if 0 <= col < 7 * STRIDE and 0 <= row < 6 * STRIDE:
+                maps[b, row // STRIDE, col // STRIDE] += 1
     tv = ((normed[:, 0] - maps / (counts[:, None, None] + 1e-6)).abs().sum(dim=(1, 2)) * counts).mean()
     ref = 0.1 * ot + count_loss + 0.01 * tv
     ref.backward()

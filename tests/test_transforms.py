@@ -57,15 +57,18 @@ def test_hflip_maps_x_to_w_minus_1_minus_x():
     assert torch.equal(hflip(f).points, s.points)
 
 
-def test_hflip_count_follows_heads_across_the_count_borders():
-    # width 4: x = -0.5 is outside (x < 0) and comes in at 3.5; x = 3.25 is inside and goes out at
-    # -0.25; x = 1.0 stays inside; the sample's count holds one head more than its points say
-    s = CrowdSample(torch.zeros(3, 2, 4, dtype=torch.uint8), torch.tensor([[-0.5, 0.0], [3.25, 1.0], [1.0, 1.0],
-                                                                             [-0.75, 0.5]]), count=3)
+def test_hflip_keeps_the_count_the_pixels_cover():
+    # width 4: pixel j covers [j - 0.5, j + 0.5), so the image spans [-0.5, 3.5): the mirror maps it
+    # onto itself. -0.3 (pixel 0) -> 3.3 (pixel 3), 3.25 -> -0.25, 1.0 -> 2.0 stay in; -0.75 and 3.6
+    # stay out; the sample's count holds one head more than its points say, and keeps it
+    s = CrowdSample(torch.zeros(3, 2, 4, dtype=torch.uint8), torch.tensor([[-0.3, 0.0], [3.25, 1.0], [1.0, 1.0],
+                                                                             [-0.75, 0.5], [3.6, 0.0]]), count=4)
     f = hflip(s)
-    assert f.points[:, 0].tolist() == [3.5, -0.25, 2.0, 3.75]
-    assert count_inside(f.points, 2, 4) == 3 and f.count == 4  # -0.5 and -0.75 in, 3.25 out
-    assert hflip(f).count == s.count
+    assert f.points[:, 0].tolist() == pytest.approx([3.3, -0.25, 2.0, 3.75, -0.6])
+    assert count_inside(s.points, 2, 4) == count_inside(f.points, 2, 4) == 3 and f.count == s.count == 4
+    # a head exactly on the outer edge (x = -0.5, in pixel 0) leaves at 3.5 (pixel 4), and comes back
+    edge = CrowdSample(torch.zeros(3, 2, 4, dtype=torch.uint8), torch.tensor([[-0.5, 0.0]]), count=1)
+    assert hflip(edge).count == 0 and hflip(hflip(edge)).count == 1
 
 
 def test_rescale_keeps_heads_on_their_content():
