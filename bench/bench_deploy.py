@@ -110,6 +110,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU video row (DenseNet-201, AMP)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    for option, names in (("--models", args.models), ("--video-models", args.video_models)):
+        unknown = [n for n in filter(None, names.split(",")) if n not in WINDOWS]
+        if unknown:
+            parser.error(f"{option}: unknown model(s) {', '.join(unknown)} (one of {', '.join(WINDOWS)})")
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.video_size.split("x"))
     print(f"# bench_deploy: {platform.processor() or platform.machine()}, {args.threads} threads, torch "
@@ -125,13 +129,17 @@ def main(argv=None) -> int:
         source = make_video(tmp / "crowd.mp4", args.video_frames, width, height) if args.video_models else None
         print("\n| model | window batch | torch eager | onnxruntime | onnx / torch |\n|---|---|---|---|---|")
         models = {}
+
+        def exported(name):  # (model, its ONNX file, window), made once for the window and video rows
+            if name not in models:
+                torch.manual_seed(0)
+                model = MUDIKNN(backbone=name, input_size=WINDOWS[name]).eval()
+                deploy.export_onnx(model, tmp / f"{name}.onnx")
+                models[name] = (model, tmp / f"{name}.onnx", WINDOWS[name])
+            return models[name]
+
         for name in args.models.split(","):
-            window = WINDOWS[name]
-            torch.manual_seed(0)
-            model = MUDIKNN(backbone=name, input_size=window).eval()
-            path = tmp / f"{name}.onnx"
-            deploy.export_onnx(model, path)
-            models[name] = (model, path, window)
+            model, path, window = exported(name)
             r = bench_windows(model, path, window, args.batch, args.repeats, args.threads)
             results["windows"][name] = r
             print(f"| {name} | {args.batch} x {window}^2 | {r['torch_ms']:.1f} ms | {r['onnx_ms']:.1f} ms | "
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
             print(f"\n| model | device | video {width}x{height}, {args.video_frames} frames | frames / s |\n"
                   f"|---|---|---|---|")
         for name in filter(None, args.video_models.split(",")):
-            model, path, window = models[name]
+            model, path, window = exported(name)
             for label, counter in (("torch eager", model), ("onnxruntime", deploy.OnnxModel(path, threads=args.threads))):
                 fps = bench_video(counter, source, window)
                 results["video"][f"{name} {label} cpu"] = fps

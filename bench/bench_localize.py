@@ -67,7 +67,7 @@ def _pairs(n: int, seed: int = 0):
     plus 10% scattered false ones, n in all."""
     rng = np.random.default_rng(seed)
     truth = _clustered(rng, n, 3072, 4096).astype(np.float64)
-    kept = truth[rng.random(n) < 0.9] + rng.normal(0, 2.0, (1, 2))
+    kept = truth[rng.random(n) < 0.9]
     kept = kept + rng.normal(0, 2.0, kept.shape)
     false = rng.uniform([0, 0], [4096, 3072], (n - len(kept), 2))
     return np.concatenate([kept, false]), truth

@@ -2,10 +2,14 @@
 
 Run: compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_case.py
 """
+import sys
+
 import torch
 
 import mud_iknn
 
+if not torch.cuda.is_available():
+    sys.exit("sanitize_case.py: needs a CUDA GPU (run it under compute-sanitizer on the GPU machine)")
 dev = torch.device("cuda")
 g = torch.Generator().manual_seed(0)
 pts = (torch.rand(300, 2, generator=g) * torch.tensor([90.0, 70.0]) - 10).to(dev)

@@ -475,6 +475,9 @@ def report(args: argparse.Namespace, quick: bool) -> int:
     lines = [f"Label engine, {date.today()}: {machine()}", "", f"Exact-transform baselines: {baselines()}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    if any(r["map"] == "density adaptive" and r["scipy"] is not None for r in rows):
+        lines += ["", "(scipy's density rows run on one thread: reference.density_maps stamps head by head in "
+                      "Python; only its kNN queries take the workers)"]
     targets = target_lines(rows)
     lines += [""] + targets if targets else []
     text = "\n".join(lines)

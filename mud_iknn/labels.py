@@ -167,7 +167,9 @@ def pack_points(points: PointsLike, offsets=None, *, validate: bool = True):
     return packed, offs
 
 
-def _check_size(size) -> tuple[int, int]:
+def _check_size(size, map_pixels: bool = True) -> tuple[int, int]:
+    """(H, W) of a map; ``map_pixels=False`` for a size whose map is smaller (count maps at a
+    stride check their cells themselves)."""
     try:
         height, width = (int(s) for s in size)
         if any(int(s) != s or isinstance(s, (bool, np.bool_)) for s in size):
@@ -178,7 +180,7 @@ def _check_size(size) -> tuple[int, int]:
         raise ValueError(f"size must be positive, got (H, W) = ({height}, {width})")
     if max(height, width) > _MAX_MAP_SIDE:
         raise ValueError(f"size ({height}, {width}): each side must be at most {_MAX_MAP_SIDE} pixels")
-    if height * width > _MAX_MAP_PIXELS:
+    if map_pixels and height * width > _MAX_MAP_PIXELS:
         raise ValueError(f"size {height}x{width} exceeds the {_MAX_MAP_PIXELS} pixels one map may hold")
     return height, width
 
@@ -356,17 +358,21 @@ def count_maps(points: PointsLike, size, stride: int = 1, *, offsets=None, valid
     A head at (x, y) is in the pixel whose centre is nearest, (floor(x + 0.5), floor(y + 0.5)) (the
     density maps' rule: pixel j covers [j - 0.5, j + 0.5)); where that pixel is in the map it adds 1
     to cell (pixel row // s, pixel column // s), so each map sums to the heads inside (-0.5 <= x <
-    W - 0.5, -0.5 <= y < H - 0.5); heads outside the map count nowhere. Deterministic on both backends. ``stride`` s: a positive integer. ``out``:
-    as in the module docstring, of shape (B, ceil(H / s), ceil(W / s)).
+    W - 0.5, -0.5 <= y < H - 0.5); heads outside the map count nowhere. Deterministic on both
+    backends. ``stride`` s: a positive integer; the limit on a map's pixels applies to its cells.
+    ``out``: as in the module docstring, of shape (B, ceil(H / s), ceil(W / s)).
     """
-    height, width = _check_size(size)
-    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)):
+    height, width = _check_size(size, map_pixels=False)
+    if not is_integer(stride):
         raise TypeError(f"stride must be a positive integer, got {stride!r}")
     if stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride}")
     stride = int(min(stride, max(height, width)))  # a stride past the map's sides gives the same single cell
-    packed, offs = pack_points(points, offsets, validate=validate)
     rows, cols = -(-height // stride), -(-width // stride)
+    if rows * cols > _MAX_MAP_PIXELS:
+        raise ValueError(f"size {height}x{width} at stride {stride}: {rows}x{cols} cells exceed the "
+                         f"{_MAX_MAP_PIXELS} one map may hold")
+    packed, offs = pack_points(points, offsets, validate=validate)
     if out is not None:
         _check_out(out, offs.numel() - 1, rows, cols, packed)
         torch.ops.mud_iknn.count_maps_out(packed, offs, height, width, stride, out)

@@ -200,6 +200,14 @@ def test_count_maps_match_numpy_on_borders_and_outside(device, stride):
         assert float(got[b].sum()) == inside_map(pts, h, w).sum()  # each map sums to the heads inside
 
 
+def test_count_maps_limit_their_cells_not_the_input_pixels():
+    pts = torch.tensor([[49999.2, 100.0], [10.0, 10.0], [-0.4, 0.2]])
+    got = mud_iknn.count_maps(pts, (50000, 50000), stride=64)  # 2.5e9 input pixels, 782 x 782 cells
+    assert got.shape == (1, 782, 782) and got[0, 0, 0] == 2 and got[0, 1, 781] == 1
+    with pytest.raises(ValueError, match="50000x50000 cells exceed"):
+        mud_iknn.count_maps(pts, (50000, 50000), stride=1)
+
+
 def test_count_maps_hand_worked(device):
     # a head's pixel is the one whose centre is nearest: pixel j covers [j - 0.5, j + 0.5)
     pts = torch.tensor([[0.0, 0.0], [1.999, 1.5], [2.0, 0.0], [4.9, 2.2], [-0.5, 1.0], [-0.51, 0.0], [4.49, 2.49],
