@@ -384,15 +384,21 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path, model: torch.nn.Module, config: TrainConfig, *, optimizer=None, scheduler=None,
                     scaler=None, step: int = 0, metrics: Optional[dict] = None,
-                    localization: Optional[dict] = None, average: Optional[WeightAverage] = None) -> Path:
+                    localization: Optional[dict] = None, average: Optional[WeightAverage] = None,
+                    average_statistics: Optional[dict] = None, finished: bool = False,
+                    world_size: int = 1) -> Path:
     """Writes a checkpoint atomically (a temporary file in the same folder, fsync, os.replace).
 
     Holds the model (the training weights), optimiser, scheduler and gradient-scaler states, the
     step, the RNG states (torch, CUDA, numpy, python), the config as a dict, ``metrics``, where
     given the weight ``average`` (its state_dict: the weights :func:`load_checkpoint` predicts
-    with) and the calibrated ``localization`` settings ({"threshold", "min_distance", "f1_8px"} of
-    :func:`mud_iknn.evaluate.calibrate_localization`); everything loads with
-    ``torch.load(weights_only=True)``. Returns the path.
+    with, and a resumed run averages on from), ``average_statistics`` (the BatchNorm statistics
+    re-estimated for the average at the run's end: what it predicts with, kept apart from the
+    averaged ones the run would continue from), the calibrated ``localization`` settings
+    ({"threshold", "min_distance", "f1_8px"} of :func:`mud_iknn.evaluate.calibrate_localization`),
+    whether the run ``finished`` (its end's re-estimation, validation and calibration done) and the
+    ``world_size`` it trained with; everything loads with ``torch.load(weights_only=True)``.
+    Returns the path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +408,10 @@ def save_checkpoint(path, model: torch.nn.Module, config: TrainConfig, *, optimi
              "optimizer": optimizer.state_dict() if optimizer is not None else None,
              "scheduler": scheduler.state_dict() if scheduler is not None else None,
              "scaler": scaler.state_dict() if scaler is not None else None,
-             "rng": _rng_state(), "metrics": json.loads(json.dumps(metrics or {}))}
+             "rng": _rng_state(), "metrics": json.loads(json.dumps(metrics or {})),
+             "finished": bool(finished), "world_size": int(world_size)}
+    if average_statistics is not None:
+        state["average_statistics"] = average_statistics
     if localization is not None:
         state["localization"] = json.loads(json.dumps(localization))
     if average is not None:
@@ -480,7 +489,8 @@ def load_checkpoint(path, map_location="cpu") -> tuple[MUDIKNN, TrainConfig, dic
     model = build_model(config, load_weights=False)
     average = state.get("average")
     try:
-        model.load_state_dict(state["model"] if average is None else average["model"])
+        model.load_state_dict(state["model"] if average is None else
+                              {**average["model"], **state.get("average_statistics", {})})
     except RuntimeError as err:  # "Error(s) in loading state_dict ...:", then one line per mismatch
         lines = [line.strip() for line in str(err).strip().splitlines()]
         raise ValueError(f"{path}: the weights do not fit the network of its config (backbone "
@@ -646,7 +656,11 @@ def run_settings(settings: dict, resume: bool, preset: Optional[dict] = None) ->
         raise ValueError(f"{out_dir} already holds a run ({checkpoint}): pass --resume to continue it, or "
                          f"choose another --out-dir (or delete that one)")
     state = read_checkpoint(checkpoint)  # ValueError naming it when damaged or its config does not load
-    return _settings.merged(state["config"], settings), state["step"]
+    saved = TrainConfig.from_dict(state["config"]).to_dict()  # older checkpoints' flat label settings too
+    label = settings.get("label")
+    if isinstance(label, dict) and label.get("kind", saved["label"]["kind"]) != saved["label"]["kind"]:
+        saved["label"] = {}  # another kind: none of the saved kind's settings apply (train then refuses it)
+    return _settings.merged(saved, settings), state["step"]
 
 
 def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,
@@ -721,6 +735,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(out_dir)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -739,6 +754,15 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
     if resume and ckpt_path.exists():
         state = read_checkpoint(ckpt_path, map_location="cpu")
         _check_resumable(config, state["config"], ckpt_path)
+        saved_world = state.get("world_size", 1)
+        if saved_world != ctx.world_size:  # the patch stream is sharded by it, and the batch is per process
+            raise ValueError(f"{ckpt_path} was trained by {saved_world} process(es), this run has "
+                             f"{ctx.world_size}: resume it with as many")
+        if state["step"] > config.steps:
+            raise ValueError(f"{ckpt_path} is at step {state['step']}, past steps = {config.steps}: resume "
+                             f"with at least as many steps")
+        if state["step"] == config.steps and state.get("finished"):
+            return _finished_run(ckpt_path, state, config, ctx)
         model.load_state_dict(state["model"])
         if average is not None:
             average.load_state_dict(state["average"])
@@ -830,29 +854,66 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
                 on_step(step, record)
             if out_of_time:
                 break
+        statistics = None
         if average is not None and config.average_bn_batches:
-            # the next batches of the patch stream, the same whenever the run ends or resumes at this step
+            # on a copy: the average a longer run continues from keeps its own averaged statistics.
+            # The next batches of the patch stream, the same whenever the run ends or resumes here.
+            predictor = copy.deepcopy(average.model)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                reestimate_batchnorm(average.model, (next(batches).images.to(device, non_blocking=True)
-                                                     for _ in range(config.average_bn_batches)))
+                reestimate_batchnorm(predictor, (next(batches).images.to(device, non_blocking=True)
+                                                 for _ in range(config.average_bn_batches)))
+            statistics = _batchnorm_statistics(predictor)
         if val_set is not None:
             last_val = _validate(predictor, val_set, config, ctx, step, log_path, lambda: save(last_val))
         if ctx.is_main and model.map_channels and config.calibrate_images:
             predictor.localization = calibrate_localization(predictor, train_set, window=config.patch_size,
                                                             stride=config.window_stride,
                                                             limit=config.calibrate_images)
-        save(last_val, getattr(predictor, "localization", None))
+        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, last_val,
+                    getattr(predictor, "localization", None), average, statistics, finished=True, ctx=ctx)
     finally:
         if progress is not None:
             progress.close()
     result = {"step": step, "train": last_train, "val": last_val, "model": predictor,
               "checkpoint": None, "metrics_file": None, "plot": None}
     if ctx.is_main:
-        result.update(checkpoint=str(ckpt_path), metrics_file=str(log_path))
-        if log_path.exists():
+        result["checkpoint"] = str(ckpt_path)
+        if log_path.exists():  # none with log_every = 0 and no validation
             from .plots import plot_metrics
-            result["plot"] = str(plot_metrics(log_path, out_dir / PLOT_NAME))
+            result.update(metrics_file=str(log_path), plot=str(plot_metrics(log_path, out_dir / PLOT_NAME)))
     return result
+
+
+def _finished_run(ckpt_path: Path, state: dict, config: TrainConfig, ctx) -> dict:
+    """train()'s result for a run resumed at the step it finished (its end's work done): nothing is
+    trained, validated or written again."""
+    predictor = load_checkpoint(ckpt_path, map_location=ctx.device)[0]
+    log_path = ckpt_path.parent / METRICS_NAME
+    plot = ckpt_path.parent / PLOT_NAME
+    return {"step": state["step"], "train": {}, "val": state["metrics"].get("val"), "model": predictor,
+            "checkpoint": str(ckpt_path) if ctx.is_main else None,
+            "metrics_file": str(log_path) if ctx.is_main and log_path.exists() else None,
+            "plot": str(plot) if ctx.is_main and plot.exists() else None}
+
+
+def _batchnorm_statistics(model: torch.nn.Module) -> dict:
+    """The running statistics of ``model``'s BatchNorm layers, by state_dict key."""
+    return {f"{name}.{key}": buffer.detach().clone() for name, module in model.named_modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            for key, buffer in module.named_buffers(recurse=False) if buffer is not None}
+
+
+def _check_writable(out_dir: Path) -> None:
+    """OSError naming ``out_dir`` when a file cannot be written there (before any step, not at the
+    first checkpoint); also clears the temporary files of checkpoint writes that were killed."""
+    for stale in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    probe = out_dir / f".write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"out_dir {out_dir} is not writable: {err}") from None
 
 
 def _validate(model, val_set, config, ctx, step, log_path, save_on_failure) -> Optional[dict]:
@@ -877,9 +938,10 @@ def _validate(model, val_set, config, ctx, step, log_path, save_on_failure) -> O
 
 
 def _checkpoint(path, model, config, optimizer, scheduler, scaler, step, last_val, localization=None,
-                average=None, *, ctx) -> None:
+                average=None, average_statistics=None, finished=False, *, ctx) -> None:
     if ctx.is_main:
         save_checkpoint(path, model, config, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                        step=step, metrics={"val": last_val}, localization=localization, average=average)
+                        step=step, metrics={"val": last_val}, localization=localization, average=average,
+                        average_statistics=average_statistics, finished=finished, world_size=ctx.world_size)
     if ctx.world_size > 1:
         dist.barrier()

@@ -311,6 +311,54 @@ def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
     assert result["step"] == 3
 
 
+def test_resuming_a_finished_run_trains_and_writes_nothing_and_refuses_fewer_steps(tmp_path):
+    data, val = Blobs(n=4, size=32), Blobs(n=2, size=32, seed=1)
+    first = train(_config(tmp_path, steps=2, batch_size=2, eval_stride=16), data, val_set=val)
+    log = Path(first["metrics_file"]).read_text()
+    again = train(_config(tmp_path, steps=2, batch_size=2, eval_stride=16), data, val_set=val, resume=True)
+    assert again["step"] == 2 and again["val"] == first["val"] and Path(first["metrics_file"]).read_text() == log
+    assert all(torch.equal(a, b) for a, b in zip(again["model"].state_dict().values(),
+                                                  first["model"].state_dict().values()))
+    with pytest.raises(ValueError, match="is at step 2, past steps = 1"):
+        train(_config(tmp_path, steps=1, batch_size=2, eval_stride=16), data, resume=True)
+
+
+def test_a_run_checks_its_out_dir_first_and_names_only_files_it_wrote(tmp_path, monkeypatch):
+    data = Blobs(n=4, size=32)
+    (tmp_path / "run").mkdir()
+    stale = tmp_path / "run" / ".checkpoint.pt.12345.tmp"  # a checkpoint write killed part way
+    stale.write_bytes(b"half")
+    result = train(_config(tmp_path / "run", steps=1, batch_size=2, log_every=0), data)
+    assert not stale.exists() and result["metrics_file"] is None and result["plot"] is None  # no log written
+    real_write = Path.write_bytes
+
+    def read_only(path, data):
+        if path.name.startswith(".write-test"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    steps = []
+    with pytest.raises(OSError, match="out_dir .*ro is not writable"):
+        train(_config(tmp_path / "ro", steps=1, batch_size=2), data, on_step=lambda step, _: steps.append(step))
+    assert steps == []  # before the first step
+
+
+def test_resume_refuses_another_world_size_and_names_a_changed_label_kind(tmp_path):
+    from mud_iknn.train import run_settings
+
+    data = Blobs(n=4, size=32)
+    config = _config(tmp_path, steps=2, batch_size=2)
+    model = mud_iknn.train.build_model(config)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, config, step=1, world_size=2)
+    with pytest.raises(ValueError, match="trained by 2 process"):
+        train(config, data, resume=True)
+    settings, _ = run_settings({"out_dir": str(tmp_path), "label": {"kind": "density"}}, resume=True)
+    assert settings["label"] == {"kind": "density"}  # not density with the ikNN kind's settings
+    with pytest.raises(ValueError, match="label "):
+        train(TrainConfig.from_dict(settings), data, resume=True)
+
+
 def test_a_failing_validation_first_checkpoints_the_steps_trained(tmp_path):
     class Broken(Blobs):
         def __getitem__(self, index):

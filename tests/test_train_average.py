@@ -158,5 +158,12 @@ def test_training_ends_by_reestimating_the_average_batchnorm(tmp_path):
     resumed = train(_config(tmp_path / "resumed", average_bn_batches=2, **settings), data, resume=True)
     for name, value in resumed["model"].state_dict().items():
         assert torch.equal(value, redone["model"].state_dict()[name]), name
+    # and the average it continues is the uninterrupted run's: the step-2 end's re-estimated
+    # statistics do not leak into it (they are kept apart, for predicting). Seen where the longer
+    # run's own end does not re-estimate them again:
+    train(_config(tmp_path / "longer", average_bn_batches=2, **{**settings, "steps": 2}), data)
+    longer = train(_config(tmp_path / "longer", average_bn_batches=0, **settings), data, resume=True)["model"]
+    for name, value in longer.state_dict().items():
+        assert torch.equal(value, kept_state[name]), name
     with pytest.raises(ValueError, match="average_bn_batches"):
         TrainConfig(average_bn_batches=-1)
