@@ -785,7 +785,10 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
                           config.cache_samples),
         batch_sampler=_PatchStream(train_set, config.batch_size, config.seed, ctx.rank, ctx.world_size, step),
         collate_fn=collate_crowd, num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=False)
+        persistent_workers=False,
+        # its workers' base seed from a generator of its own, not the global one, which a resumed run
+        # has restored before it starts the loader: the RNG states saved afterwards are then the same
+        generator=torch.Generator().manual_seed(config.seed))
     loss_fn = MUDLoss(config.map_weight)
     spec = config.label
     last_train: dict = {}

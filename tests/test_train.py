@@ -289,6 +289,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     assert a["scheduler"] == b["scheduler"] and a["step"] == b["step"] == 6
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    # the RNG states too (the loader draws its workers' seeds from a generator of its own)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and torch.equal(a["rng"]["numpy"][1], b["rng"]["numpy"][1])
 
 
 def test_validation_during_training(tmp_path):
