@@ -440,8 +440,10 @@ def _positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (all but how the default cases are chosen), for its own command line
     and for ``mud-iknn bench``."""
-    parser.add_argument("--cases", nargs="*", choices=sorted(CASES), help="cases to run (default: all, or two small ones for a quick run)")
-    parser.add_argument("--k", type=_positive_int, nargs="*", help="neighbour counts (default: 1 3 8, or 3 for a quick run)")
+    parser.add_argument("--cases", nargs="*", choices=sorted(CASES),
+                        help="cases to run (default: all, or two small ones for a quick run)")
+    parser.add_argument("--k", type=_positive_int, nargs="*",
+                        help="neighbour counts (default: 1 3 8, or 3 for a quick run)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all" if torch.cuda.is_available()
                         else "cpu", help="where the kernels run (default: all with a visible GPU, else cpu)")
     parser.add_argument("--threads", type=_positive_int, default=os.cpu_count(),

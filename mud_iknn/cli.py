@@ -345,23 +345,23 @@ def _cmd_train(args) -> int:
 
 # ------------------------------------------------------------------ check
 
-def _bad_files(datasets, annotations: bool = True) -> tuple[int, list]:
+def _bad_files(datasets) -> tuple[int, list]:
     """(images checked, bad files) of the file-backed data sets among ``datasets`` (None and the
-    generated ones have no files); ``annotations=False``, and a split without public labels
-    (``labelled`` False: NWPU-Crowd's test split): the images only."""
+    generated ones have no files); of a split without public labels (``labelled`` False:
+    NWPU-Crowd's test split) the images only."""
     from .data import AnnotatedImages, check_dataset
 
     checked, bad = 0, []
     for dataset in datasets:
         if isinstance(dataset, AnnotatedImages):
             checked += len(dataset)
-            bad += check_dataset(dataset, annotations=annotations and dataset.labelled)
+            bad += check_dataset(dataset, annotations=dataset.labelled)
     return checked, bad
 
 
-def _check_or_fail(args, datasets, annotations: bool = True) -> None:
+def _check_or_fail(args, datasets) -> None:
     """train's and eval's check before their first step: every bad file on stderr, then an error."""
-    _, bad = _bad_files(datasets, annotations)
+    _, bad = _bad_files(datasets)
     if bad:
         for item in bad:
             print(item, file=sys.stderr)
@@ -862,7 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Times scipy vs the C++ kernel (vs CUDA when a GPU is visible) on clustered crowds and "
                     "prints a markdown table with ratios (mud_iknn.benchmark; quick settings unless --full), "
                     "e.g. --cases img2048_n5000 --k 3 --threads 4 --out t.md.")
-    bench.add_argument("--full", action="store_true", help="every case and k = 1, 3, 8 (default: two small cases, k = 3)")
+    bench.add_argument("--full", action="store_true",
+                       help="every case and k = 1, 3, 8 (default: two small cases, k = 3)")
     benchmark.add_arguments(bench)
     bench.set_defaults(run=_cmd_bench, command_parser=bench)
     return parser
@@ -877,8 +878,8 @@ def _label_defaults(args) -> None:
 def _check_numbers(args) -> None:
     for name, least in [("steps", 1), ("batch_size", 1), ("patch_size", 1), ("checkpoint_every", 0),
                         ("eval_every", 0), ("num_workers", 0), ("num_images", 1), ("image_size", 1),
-                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1), ("every", 1), ("min_distance", 0),
-                        ("seed", 0), ("data_seed", 0)]:
+                        ("train_images", 1), ("val_images", 1), ("window", 32), ("stride", 1), ("limit", 1), ("every", 1),
+                        ("min_distance", 0), ("seed", 0), ("data_seed", 0)]:
         value = getattr(args, name, None)
         if value is not None and value < least:
             why = " (the backbone's largest stride)" if name == "window" else ""

@@ -55,7 +55,8 @@ class LabelKind:
             if choices and value not in choices:
                 raise ValueError(f"label kind {self.name}: {f.name} must be one of {', '.join(map(repr, choices))}, "
                                  f"got {value!r}")
-            if bound and isinstance(value, (int, float)) and not (math.isfinite(as_float(value, f.name)) and _BOUNDS[bound](value)):
+            if bound and isinstance(value, (int, float)) \
+                    and not (math.isfinite(as_float(value, f.name)) and _BOUNDS[bound](value)):
                 raise ValueError(f"label kind {self.name}: {f.name} must be {bound} and finite, got {value!r}")
         try:
             self._check()

@@ -193,6 +193,15 @@ def _check_k(k, name="k", limit=MAX_K) -> int:
     return int(k)
 
 
+def _check_stride(stride) -> int:
+    """A positive integer stride (cells of stride x stride pixels): TypeError / ValueError naming it."""
+    if not is_integer(stride):
+        raise TypeError(f"stride must be a positive integer, got {stride!r}")
+    if stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
+    return int(stride)
+
+
 def _check_positive(value, name: str, least: float = 0.0) -> float:
     value = as_float(value, name)
     if not (math.isfinite(value) and value > 0):
@@ -363,11 +372,7 @@ def count_maps(points: PointsLike, size, stride: int = 1, *, offsets=None, valid
     ``out``: as in the module docstring, of shape (B, ceil(H / s), ceil(W / s)).
     """
     height, width = _check_size(size, map_pixels=False)
-    if not is_integer(stride):
-        raise TypeError(f"stride must be a positive integer, got {stride!r}")
-    if stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride}")
-    stride = int(min(stride, max(height, width)))  # a stride past the map's sides gives the same single cell
+    stride = min(_check_stride(stride), max(height, width))  # a stride past the map's sides gives the same single cell
     rows, cols = -(-height // stride), -(-width // stride)
     if rows * cols > _MAX_MAP_PIXELS:
         raise ValueError(f"size {height}x{width} at stride {stride}: {rows}x{cols} cells exceed the "
@@ -403,8 +408,9 @@ def density_maps(points: PointsLike, size, sigma: Union[str, float, torch.Tensor
     The kernel is scipy.ndimage.gaussian_filter's: separable, weights exp(-t^2 / (2 sigma^2)) for
     integer t in [-r, r], r = int(truncate * sigma + 0.5), normalised per axis, centred on the
     head's pixel, the one whose centre is nearest: (floor(x + 0.5), floor(y + 0.5)), so that a
-    mirrored or shifted crop's map is the mirrored or shifted map, as for the kNN maps. ``sigma``: "adaptive" (see :func:`head_sigmas`, with ``k``
-    and ``beta``), one float for every head, or a (P,) tensor of per-head widths in packed order.
+    mirrored or shifted crop's map is the mirrored or shifted map, as for the kNN maps. ``sigma``:
+    "adaptive" (see :func:`head_sigmas`, with ``k`` and ``beta``), one float for every head, or a
+    (P,) tensor of per-head widths in packed order.
     Deterministic on both backends: every pixel sums its heads in packed order (no atomics).
     ``out``: see the module docstring.
     """

@@ -60,7 +60,8 @@ BACKBONES = tuple(_DENSENETS)
 
 # torchvision's released DenseNet files name a dense layer's parts "norm.1", "conv.2", ...; its
 # models (since torchvision 0.3) "norm1", "conv2": torchvision renames them when it loads those files.
-_OLD_DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSE_LAYER_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def _current_densenet_keys(state: dict) -> dict:

@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _ops
 from ._checks import is_integer
-from .labels import PointsLike, _check_positive, count_maps, pack_points
+from .labels import PointsLike, _check_positive, _check_stride, count_maps, pack_points
 
 __all__ = ["BayesianLoss", "OTLoss", "DMCountLoss"]
 
@@ -43,14 +43,6 @@ def _point_map(module, points: torch.Tensor, offsets: torch.Tensor, cells: torch
 
 
 # ---- validation ------------------------------------------------------------------------------
-
-def _check_stride(stride) -> int:
-    if not is_integer(stride):
-        raise TypeError(f"stride must be an integer, got {stride!r}")
-    if stride < 1:
-        raise ValueError(f"stride must be positive, got {stride}")
-    return int(stride)
-
 
 def _check_density(density, name: str) -> torch.Tensor:
     """(B, h, w) float32 contiguous view of a (B, 1, h, w) floating tensor."""

@@ -84,7 +84,8 @@ def count_maps(points, size, stride=1, *, offsets=None) -> np.ndarray:
     for b, pts in enumerate(images):
         with np.errstate(invalid="ignore"):
             pixels = np.floor(pts + 0.5)
-            inside = pixels[(pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)]
+            x, y = pixels[:, 0], pixels[:, 1]
+            inside = pixels[(x >= 0) & (x < width) & (y >= 0) & (y < height)]
         cells = inside.astype(np.int64) // stride
         np.add.at(out[b], (cells[:, 1], cells[:, 0]), 1.0)
     return out

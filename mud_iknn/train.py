@@ -762,7 +762,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
             raise ValueError(f"{ckpt_path} is at step {state['step']}, past steps = {config.steps}: resume "
                              f"with at least as many steps")
         if state["step"] == config.steps and state.get("finished"):
-            return _finished_run(ckpt_path, state, config, ctx)
+            return _finished_run(ckpt_path, state, ctx)
         model.load_state_dict(state["model"])
         if average is not None:
             average.load_state_dict(state["average"])
@@ -797,9 +797,9 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
         from tqdm.auto import tqdm
         progress = tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
-    def save(val, localization=None) -> None:  # a checkpoint of the steps trained so far
+    def save(val, localization=None, statistics=None, finished=False) -> None:  # of the steps trained so far
         _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, val, localization, average,
-                    ctx=ctx)
+                    statistics, finished, ctx=ctx)
 
     predictor = model if average is None else average.model  # what validates, calibrates and is returned
 
@@ -872,8 +872,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
             predictor.localization = calibrate_localization(predictor, train_set, window=config.patch_size,
                                                             stride=config.window_stride,
                                                             limit=config.calibrate_images)
-        _checkpoint(ckpt_path, model, config, optimizer, scheduler, scaler, step, last_val,
-                    getattr(predictor, "localization", None), average, statistics, finished=True, ctx=ctx)
+        save(last_val, getattr(predictor, "localization", None), statistics, finished=True)
     finally:
         if progress is not None:
             progress.close()
@@ -887,7 +886,7 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
     return result
 
 
-def _finished_run(ckpt_path: Path, state: dict, config: TrainConfig, ctx) -> dict:
+def _finished_run(ckpt_path: Path, state: dict, ctx) -> dict:
     """train()'s result for a run resumed at the step it finished (its end's work done): nothing is
     trained, validated or written again."""
     predictor = load_checkpoint(ckpt_path, map_location=ctx.device)[0]
