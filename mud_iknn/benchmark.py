@@ -437,6 +437,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    if text not in ("cpu", "cuda", "all"):
+        raise argparse.ArgumentTypeError(f"choose cpu, cuda or all, got {text!r}")
+    if text != "cpu" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text} needs a visible CUDA GPU (torch sees none)")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (all but how the default cases are chosen), for its own command line
     and for ``mud-iknn bench``."""
@@ -444,7 +452,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cases to run (default: all, or two small ones for a quick run)")
     parser.add_argument("--k", type=_positive_int, nargs="*",
                         help="neighbour counts (default: 1 3 8, or 3 for a quick run)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all" if torch.cuda.is_available()
+    parser.add_argument("--device", type=_device, metavar="{cpu,cuda,all}", default="all" if torch.cuda.is_available()
                         else "cpu", help="where the kernels run (default: all with a visible GPU, else cpu)")
     parser.add_argument("--threads", type=_positive_int, default=os.cpu_count(),
                         help="threads for scipy (workers) and the C++ kernel alike (default: every core)")
@@ -461,8 +469,6 @@ def main(argv=None) -> int:
                         help="two small cases, k=3 only (unless --cases / --k name others)")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.device != "cpu" and not torch.cuda.is_available():
-        parser.error("--device cuda/all needs a visible CUDA GPU")
     return report(args, args.quick)
 
 

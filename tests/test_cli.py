@@ -501,6 +501,11 @@ def test_bench_is_quick_unless_full_and_lists_the_benchmark_options(monkeypatch,
     assert status == 0 and all(option in out for option in ("--cases", "--k", "--threads", "--repeats", "--out"))
     status, _, err = run(capsys, "bench", "--threads", "0")
     assert status == 2 and "--threads: must be a positive integer, got 0" in err
+    status, _, err = run(capsys, "bench", "--device", "gpu")
+    assert status == 2 and "--device: choose cpu, cuda or all, got 'gpu'" in err
+    if not torch.cuda.is_available():
+        status, _, err = run(capsys, "bench", "--device", "all")
+        assert status == 2 and "--device: all needs a visible CUDA GPU" in err
 
 
 def test_bench_prints_a_real_table(capsys):
