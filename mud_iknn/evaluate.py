@@ -24,6 +24,7 @@ from torch import nn
 
 from ._checks import is_integer, is_real
 from .localize import DEFAULT_MIN_DISTANCE, DEFAULT_THRESHOLD, localize
+from .sample import nearest_pixels
 
 __all__ = ["window_starts", "Prediction", "predict_image", "count_metrics", "mean_count_baseline", "game_errors",
            "GAME_LEVELS",
@@ -192,10 +193,10 @@ def game_errors(density: torch.Tensor, points, levels: Sequence[int] = GAME_LEVE
     density = torch.as_tensor(density, dtype=torch.float64).detach().cpu()
     if density.dim() != 2:
         raise ValueError(f"density must have shape (H, W), got {tuple(density.shape)}")
-    points = torch.as_tensor(_as_points(points, "points")).float().double()  # as the label kernels read them
+    pixels = torch.from_numpy(nearest_pixels(torch.as_tensor(_as_points(points, "points"))))
     height, width = density.shape
-    cols = torch.floor(points[:, 0] + 0.5).clamp(0, width - 1).long()
-    rows = torch.floor(points[:, 1] + 0.5).clamp(0, height - 1).long()
+    cols = pixels[:, 0].clamp(0, width - 1).long()
+    rows = pixels[:, 1].clamp(0, height - 1).long()
     errors = []
     for level in levels:
         if not is_integer(level) or level < 0:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sample import CrowdSample
+from .sample import CrowdSample, nearest_pixels
 
 __all__ = ["crop", "hflip", "rescale", "TrainTransform", "CrowdBatch", "collate_crowd", "count_inside"]
 
@@ -30,9 +30,8 @@ def count_inside(points: torch.Tensor, height: int, width: int) -> float:
 
 def _count_within(points: torch.Tensor, x0: int, x1: int, y0: int, y1: int) -> int:
     """Number of (x, y) rows of ``points`` (N, 2) whose nearest pixel is in columns [x0, x1) and rows
-    [y0, y1); the points as the label kernels read them (float32), in float64, where x + 0.5 is then
-    exact; in numpy, whose per-operation cost is a fraction of torch's on a patch's few hundred heads."""
-    p = np.floor(points.detach().to("cpu", torch.float32).numpy().astype(np.float64) + 0.5)
+    [y0, y1) (:func:`~mud_iknn.sample.nearest_pixels`)."""
+    p = nearest_pixels(points)
     x, y = p[:, 0], p[:, 1]
     return int(np.count_nonzero((x >= x0) & (x < x1) & (y >= y0) & (y < y1)))
 
