@@ -44,17 +44,25 @@ def _point_map(module, points: torch.Tensor, offsets: torch.Tensor, cells: torch
 
 # ---- validation ------------------------------------------------------------------------------
 
-def _check_density(density, name: str) -> torch.Tensor:
-    """(B, h, w) float32 contiguous view of a (B, 1, h, w) floating tensor."""
+def _check_density(density, name: str, dtype=torch.float32) -> torch.Tensor:
+    """(B, h, w) ``dtype`` contiguous view of a (B, 1, h, w) floating tensor with cells."""
     if not isinstance(density, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(density).__name__}")
     if not density.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got dtype {density.dtype}")
     if density.dim() != 4 or density.shape[1] != 1:
         raise ValueError(f"{name} must have shape (B, 1, h, w), got {tuple(density.shape)}")
+    if density.shape[2] == 0 or density.shape[3] == 0:
+        raise ValueError(f"{name} must have at least one cell, got shape {tuple(density.shape)}")
     if density.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} must be on the CPU or a CUDA device, got {density.device}")
-    return density[:, 0].to(torch.float32).contiguous()
+    return density[:, 0].to(dtype).contiguous()
+
+
+def _result_dtype(density: torch.Tensor) -> torch.dtype:
+    """The dtype the losses compute and return in: the density's, at least float32 (a float16 loss
+    overflows past 65504 and rounds head counts past 2048)."""
+    return torch.promote_types(density.dtype, torch.float32)
 
 
 def _points_for(density: torch.Tensor, points: PointsLike, offsets) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +84,24 @@ class _BayesianExpected(torch.autograd.Function):
     @staticmethod
     def forward(ctx, density, points, offsets, stride, sigma, background):
         batch, height, width = density.shape
-        expected = torch.empty(points.shape[0] + batch, dtype=torch.float64, device=density.device)
         bg = background.data_ptr() if background is not None else 0
-        _ops._run("bayesian_expected", density.device, lambda module: _ops._fill(
-            module.BayesianArgs(), map=_point_map(module, points, offsets, density, stride), sigma=sigma,
-            background=bg, density=density.data_ptr(), expected=expected.data_ptr()))
+
+        def expected_of(part):  # the kernels read float32 cells
+            expected = torch.empty(points.shape[0] + batch, dtype=torch.float64, device=density.device)
+            _ops._run("bayesian_expected", density.device, lambda module: _ops._fill(
+                module.BayesianArgs(), map=_point_map(module, points, offsets, part, stride), sigma=sigma,
+                background=bg, density=part.data_ptr(), expected=expected.data_ptr()))
+            return expected
+
+        if density.dtype == torch.float64:
+            # linear in the density: its float32 head and the float32 rest, each exact, add up to
+            # the float64 density's expected counts to about 2^-48 (not float32's 2^-24)
+            high = density.to(torch.float32)
+            expected = expected_of(high) + expected_of((density - high.to(torch.float64)).to(torch.float32))
+        else:
+            expected = expected_of(density)
         ctx.save_for_backward(points, offsets, background)
-        ctx.shape, ctx.stride, ctx.sigma = density.shape, stride, sigma
+        ctx.shape, ctx.stride, ctx.sigma, ctx.dtype = density.shape, stride, sigma, density.dtype
         return expected
 
     @staticmethod
@@ -95,7 +114,7 @@ class _BayesianExpected(torch.autograd.Function):
         _ops._run("bayesian_backward", grad.device, lambda module: _ops._fill(
             module.BayesianArgs(), map=_point_map(module, points, offsets, grad, ctx.stride), sigma=ctx.sigma,
             background=bg, weights=weights.data_ptr(), grad=grad.data_ptr()))
-        return grad, None, None, None, None, None
+        return grad.to(ctx.dtype), None, None, None, None, None
 
 
 class BayesianLoss(nn.Module):
@@ -111,7 +130,8 @@ class BayesianLoss(nn.Module):
     Called as ``criterion(density, points, short_sides=None, *, offsets=None)`` with ``density``
     (B, 1, h, w) and ``short_sides`` (B,) the images' short sides in pixels (default
     min(h, w) * stride); returns the scalar mean over images of sum |target - expected count|,
-    differentiable in ``density``.
+    differentiable in ``density``, in float64 for a float64 density (exact to float64 rounding; its
+    gradient rounded to float32) and in float32 otherwise (the kernels read the cells in float32).
     """
 
     def __init__(self, sigma: float = 8.0, stride: int = 8, background: bool = True, background_ratio: float = 1.0):
@@ -125,7 +145,8 @@ class BayesianLoss(nn.Module):
                         offsets=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(P,) float64 expected counts of the packed heads and (B,) of the background rows (0
         without background; an image without heads: its density's sum); differentiable."""
-        dens = _check_density(density, "density")
+        # float64 stays float64 (see _BayesianExpected); the kernels read other types as float32
+        dens = _check_density(density, "density", torch.float64 if density.dtype == torch.float64 else torch.float32)
         packed, offs = _points_for(dens, points, offsets)
         batch, height, width = dens.shape
         background = None
@@ -145,7 +166,7 @@ class BayesianLoss(nn.Module):
     def forward(self, density: torch.Tensor, points: PointsLike, short_sides=None, *, offsets=None) -> torch.Tensor:
         heads, background = self.expected_counts(density, points, short_sides, offsets=offsets)
         loss = ((1.0 - heads).abs().sum() + background.abs().sum()) / density.shape[0]
-        return loss.to(density.dtype)
+        return loss.to(_result_dtype(density))
 
 
 # ---- DM-Count's optimal transport --------------------------------------------------------------
@@ -182,6 +203,9 @@ class _OTLossFunction(torch.autograd.Function):
                 None, None, None, None, None, None, None)
 
 
+_MAX_ITERATIONS = 2**31 - 1  # SinkhornArgs.iterations is a C int
+
+
 class OTLoss(nn.Module):
     """DM-Count's optimal transport loss (Wang et al., NeurIPS 2020) with bounded memory.
 
@@ -198,7 +222,8 @@ class OTLoss(nn.Module):
     wasserstein, objective)`` summed over the images with heads: ``loss``'s gradient in ``density``
     is DM-Count's beta / count - <density, beta> / count^2 (its value is 0 up to rounding),
     ``objective`` = sum(normed_density * beta) is differentiable in ``normed_density`` (gradient
-    beta), ``wasserstein`` = sum(C * P) is not differentiable.
+    beta), ``wasserstein`` = sum(C * P) is not differentiable. Both maps are read in float32 (as
+    DM-Count computes), whatever their dtype.
     """
 
     def __init__(self, stride: int = 8, reg: float = 10.0, iterations: int = 100, normalize_coordinates: bool = False):
@@ -207,8 +232,8 @@ class OTLoss(nn.Module):
         self.reg = _check_positive(reg, "reg")
         if not is_integer(iterations):
             raise TypeError(f"iterations must be an integer, got {iterations!r}")
-        if iterations < 1:
-            raise ValueError(f"iterations must be positive, got {iterations}")
+        if not 1 <= iterations <= _MAX_ITERATIONS:
+            raise ValueError(f"iterations must be in [1, {_MAX_ITERATIONS}], got {iterations}")
         self.iterations = int(iterations)
         self.normalize_coordinates = bool(normalize_coordinates)
 
@@ -231,10 +256,12 @@ class DMCountLoss(nn.Module):
 
     count loss = mean over images of |sum(density) - N|; TV loss = mean over images of
     N * sum |normed_density - count map / (N + 1e-6)| with the heads' stride count map
-    (:func:`mud_iknn.count_maps` of the crop, h * stride x w * stride pixels) and N the image's number
-    of heads; normed_density = density /
-    (sum(density) + 1e-6), as DM-Count's network outputs it. Arguments as :class:`OTLoss`, plus the
-    weights (DM-Count's defaults 0.1 and 0.01).
+    (:func:`mud_iknn.count_maps` of the crop, h * stride x w * stride pixels, a head at x <= W
+    counted at min(x, W - 1), likewise y, as DM-Count's gen_discrete_map clamps its rounded heads
+    into the last pixel) and N the image's number of heads; normed_density = density /
+    (sum(density) + 1e-6), as DM-Count's network outputs it; ``density`` must be non-negative
+    (DM-Count's Sinkhorn asserts it). Arguments as :class:`OTLoss`, plus the weights (DM-Count's
+    defaults 0.1 and 0.01). A float16 / bfloat16 density is taken in float32.
 
     Called as ``criterion(density, points, *, offsets=None)`` with ``density`` (B, 1, h, w); returns
     the scalar loss. ``terms(...)`` returns the dict of its parts.
@@ -250,14 +277,22 @@ class DMCountLoss(nn.Module):
     def terms(self, density: torch.Tensor, points: PointsLike, *, offsets=None) -> dict:
         """{"ot", "count", "tv"} (weighted, differentiable), "wasserstein" and "objective" (unweighted)."""
         dens = _check_density(density, "density")
+        if not bool((torch.isfinite(dens) & (dens >= 0)).all()):
+            raise ValueError("density must be finite and non-negative (DM-Count's Sinkhorn takes "
+                             "density / its sum as a probability mass)")
         packed, offs = _points_for(dens, points, offsets)
         height, width = dens.shape[1:]
+        density = density.to(_result_dtype(density))  # float16 rounds N past 2048 and sums coarsely
         normed = density / (density.sum(dim=(1, 2, 3), keepdim=True) + 1e-6)
         ot, wasserstein, objective = self.ot(normed, density, packed, offsets=offs)
         counts = (offs[1:] - offs[:-1]).to(density.dtype)
         count = (density.sum(dim=(1, 2, 3)) - counts).abs().mean()
         stride = self.ot.stride
-        target = count_maps(packed, (height * stride, width * stride), stride, offsets=offs).to(density.dtype)
+        crop = torch.tensor([width * stride, height * stride], dtype=packed.dtype, device=packed.device)
+        # DM-Count's gen_discrete_map: min(round(x), W - 1), so its crop's heads (0 <= x <= W) past
+        # the last pixel's centre land in the last pixel
+        inside = torch.where(packed <= crop, torch.minimum(packed, crop - 1), packed)
+        target = count_maps(inside, (height * stride, width * stride), stride, offsets=offs).to(density.dtype)
         target = target / (counts[:, None, None] + 1e-6)
         tv = ((normed[:, 0] - target).abs().sum(dim=(1, 2)) * counts).mean()
         return {"ot": self.ot_weight * ot, "count": count, "tv": self.tv_weight * tv,

@@ -211,6 +211,73 @@ def test_emulated_cuda_on_several_tiles_and_head_chunks(emulated_cuda_library, m
     assert [t.item() for t in got2[:3]] == [t.item() for t in got[:3]] and torch.equal(got2[3], got[3])
 
 
+def _dm_count_discrete_maps(points, height, width):
+    """(B, height, width) float64 stride count maps as DM-Count's gen_discrete_map + its stride sum:
+    min(round(x), W - 1), min(round(y), H - 1) for the crop's heads (0 <= x <= W, 0 <= y <= H);
+    heads beyond count nowhere (DM-Count's crop drops them)."""
+    maps = torch.zeros(len(points), height, width, dtype=torch.float64)
+    W, H = width * STRIDE, height * STRIDE
+    for b, p in enumerate(points):
+        for x, y in p.tolist():
+            if x > W or y > H:
+                continue
+            col, row = min(math.floor(x + 0.5), W - 1), min(math.floor(y + 0.5), H - 1)  # the nearest pixel
+            if 0 <= col and 0 <= row:
+                maps[b, row // STRIDE, col // STRIDE] += 1
+    return maps
+
+
+def test_dm_count_tv_counts_heads_past_the_last_pixel_centre_as_dm_count_does(device):
+    """A head of the crop in its last half pixel (W - 0.5 <= x <= W) is in DM-Count's discrete map
+    (min(round(x), W - 1)): the TV target still sums to N / (N + 1e-6)."""
+    height, width = 4, 5  # a 40 x 32 px crop
+    points = [torch.tensor([[39.7, 10.0], [12.0, 31.8], [40.0, 32.0], [5.0, 5.0], [41.0, 3.0]])]
+    density = _density(np.random.default_rng(8), 1, height, width, zeros=0.0)
+    d = density.clone().to(device).requires_grad_()
+    tv = DMCountLoss(stride=STRIDE).terms(d, [p.to(device) for p in points])["tv"]
+    tv.backward()
+    ref_d = density.detach().double().requires_grad_()
+    normed = ref_d / (ref_d.sum() + 1e-6)
+    maps = _dm_count_discrete_maps(points, height, width)
+    assert float(maps.sum()) == 4  # the one at x = 41 is outside DM-Count's crop
+    ref = 0.01 * ((normed[:, 0] - maps / (5 + 1e-6)).abs().sum() * 5)
+    ref.backward()
+    assert float(tv) == pytest.approx(float(ref), rel=1e-5)
+    _close_grad(d.grad, ref_d.grad)
+
+
+def test_bayesian_loss_is_float64_exact_for_a_float64_density(device):
+    """A float64 density is not rounded to float32 first: the loss equals the dense float64 one to
+    float64 rounding, and gradcheck holds."""
+    rng = np.random.default_rng(9)
+    points = [_layout(rng, "uniform", 4, 3, 4), torch.zeros(0, 2), _layout(rng, "outside", 3, 3, 4)]
+    density = torch.tensor(rng.uniform(0.3, 1.3, (3, 1, 3, 4)), dtype=torch.float64)
+    criterion = BayesianLoss(stride=STRIDE)
+    got = criterion(density.to(device), [p.to(device) for p in points])
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(float(reference.bayesian_loss(density, points, stride=STRIDE)), rel=1e-12)
+    d = density.to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: criterion.expected_counts(x, [p.to(device) for p in points])[0], (d,),
+                                    eps=1e-6, atol=1e-6)
+
+
+def test_half_densities_are_taken_in_float32():
+    """float16 can't hold 3001 heads nor a sum's units past 2048: the count term, the TV term and the
+    Bayesian loss are those of the same values in float32, and the Bayesian loss does not overflow
+    float16 past 65504."""
+    torch.manual_seed(0)
+    points = [torch.rand(3001, 2) * 512]
+    density = (torch.rand(1, 1, 64, 64) * 2 * 3004.3 / 4096).half()
+    half, single = DMCountLoss(stride=STRIDE).terms(density, points), DMCountLoss(stride=STRIDE).terms(density.float(),
+                                                                                                    points)
+    assert float(half["count"]) == pytest.approx(abs(float(density.double().sum()) - 3001), rel=1e-5)
+    for name in ("count", "tv", "ot"):
+        assert float(half[name]) == float(single[name])
+    big = torch.full((1, 1, 64, 64), 30.0, dtype=torch.float16)  # 122880 on an image without heads
+    loss = BayesianLoss(stride=STRIDE)(big, [torch.zeros(0, 2)])
+    assert loss.dtype == torch.float32 and float(loss) == 122880.0
+
+
 def test_dm_count_loss_matches_its_dense_composition(device):
     rng = np.random.default_rng(3)
     points = [_layout(rng, "uniform", 12, 6, 7), _layout(rng, "cluster", 5, 6, 7), torch.zeros(0, 2)]
@@ -224,12 +291,7 @@ def test_dm_count_loss_matches_its_dense_composition(device):
     ot, _, _ = reference.ot_loss(normed, ref_d, points, stride=STRIDE)
     counts = torch.tensor([len(p) for p in points], dtype=torch.float64)
     count_loss = (ref_d.sum(dim=(1, 2, 3)) - counts).abs().mean()
-    maps = torch.zeros(3, 6, 7, dtype=torch.float64)
-    for b, p in enumerate(points):
-        for x, y in p.tolist():
-            col, row = math.floor(x + 0.5), math.floor(y + 0.5)  # the pixel that covers the head
-            if 0 <= col < 7 * STRIDE and 0 <= row < 6 * STRIDE:
-                maps[b, row // STRIDE, col // STRIDE] += 1
+    maps = _dm_count_discrete_maps(points, 6, 7)
     tv = ((normed[:, 0] - maps / (counts[:, None, None] + 1e-6)).abs().sum(dim=(1, 2)) * counts).mean()
     ref = 0.1 * ot + count_loss + 0.01 * tv
     ref.backward()
@@ -316,3 +378,12 @@ def test_bad_inputs_name_the_argument():
         ot(-density, density, points)
     with pytest.raises(ValueError, match="points"):
         ot(density, density, points + points)
+    with pytest.raises(ValueError, match="density"):
+        DMCountLoss()(-density, points)  # not "normed_density", which the caller didn't pass
+    with pytest.raises(ValueError, match="iterations"):
+        OTLoss(iterations=2**40)  # past the kernels' int
+    for criterion in (bl, DMCountLoss()):
+        with pytest.raises(ValueError, match="density must have at least one cell"):
+            criterion(torch.rand(2, 1, 0, 4), points)
+    with pytest.raises(ValueError, match="density must have at least one cell"):
+        OTLoss(normalize_coordinates=True)(torch.rand(2, 1, 0, 4), torch.rand(2, 1, 0, 4), points)
