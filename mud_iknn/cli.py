@@ -126,14 +126,14 @@ def _cmd_labels(args) -> int:
     dataset = _open_dataset(args, args.split)
     kind, stride = args.label_kind, args.stride
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     index = []
     for i in tqdm(range(count), desc="labels", unit="image", disable=None):  # bar only on a terminal
         sample = dataset[i]
         height, width = sample.image.shape[1:]
         size = (-(-int(height) // stride), -(-int(width) // stride))
-        label = kind.make(sample.points, size, stride=stride, validate=True)[0].numpy()
+        label = kind.make(sample.points, size, stride=stride, validate=True, input_size=(height, width))[0].numpy()
         np.save(out / f"{sample.name}.npy", label)
         if not args.no_preview:
             preview = label if stride == 1 else np.kron(label, np.ones((stride, stride), label.dtype))[:height, :width]
@@ -147,6 +147,18 @@ def _cmd_labels(args) -> int:
     print(f"wrote {count} {kind.name} label maps (float32 .npy, H x W{'' if stride == 1 else f' / {stride}'})"
           f"{'' if args.no_preview else ' and previews'} to {out}")
     return 0
+
+
+def _make_out_dir(out: Path) -> None:
+    """``--out`` made (parents too) and writable, before any work; an OSError naming it otherwise."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: the folder is not writable")
 
 
 def _positive_float(text: str) -> float:

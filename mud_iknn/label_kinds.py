@@ -71,20 +71,31 @@ class LabelKind:
         return self.name
 
     def make(self, points, size: tuple[int, int], offsets=None, *, stride: int = 1,
-             validate: bool = False) -> torch.Tensor:
+             validate: bool = False, input_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
         """(B, H', W') float32 label maps on the points' device.
 
         points: packed (P, 2) float32 (x, y) in input pixels (or any form :mod:`mud_iknn.labels`
         takes); offsets: (B + 1) int64; size: (H', W') of the label. With ``stride`` s > 1 label
-        pixel (i, j) covers input pixels [s*i, s*i + s) x [s*j, s*j + s). validate=False (the default
-        here) skips the value checks that would synchronise with the device: a training loop builds
-        its offsets itself.
+        pixel (i, j) covers input pixels [s*i, s*i + s) x [s*j, s*j + s). ``input_size``: (H, W) of
+        the input, with H' = ceil(H / s) and W' = ceil(W / s) (default (s H', s W')): where s does not
+        divide it, the last label pixels reach past the input, and a head there (outside the input)
+        is no head of the count maps (for the other kinds heads outside shape the map anyway).
+        validate=False (the default here) skips the value checks that would synchronise with the
+        device: a training loop builds its offsets itself.
         """
         if not is_integer(stride) or stride < 1:
             raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        return self._make(points, tuple(size), offsets, int(stride), validate)
+        size, stride = tuple(size), int(stride)
+        if input_size is None:
+            input_size = (size[0] * stride, size[1] * stride)
+        else:
+            input_size = labels._check_size(input_size, map_pixels=False)
+            if tuple(-(-n // stride) for n in input_size) != tuple(size):
+                raise ValueError(f"input_size {input_size} at stride {stride} gives labels of "
+                                 f"{tuple(-(-n // stride) for n in input_size)}, not size {size}")
+        return self._make(points, size, offsets, stride, validate, input_size)
 
-    def _make(self, points, size, offsets, stride, validate) -> torch.Tensor:
+    def _make(self, points, size, offsets, stride, validate, input_size) -> torch.Tensor:
         raise NotImplementedError
 
     def to_dict(self) -> dict:
@@ -121,7 +132,7 @@ class IknnLabel(LabelKind):
         if self.max_distance is not None:
             labels._check_positive(self.max_distance, "max_distance", labels._MIN_DISTANCE)
 
-    def _make(self, points, size, offsets, stride, validate):
+    def _make(self, points, size, offsets, stride, validate, input_size):
         return _scaled_call(labels.iknn_maps, points, size, offsets, stride, validate, k=self.k,
                             max_distance=self.max_distance, transform=self.transform)
 
@@ -146,7 +157,7 @@ class DensityLabel(LabelKind):
         if self.truncate > labels._MAX_TRUNCATE:
             raise ValueError(f"truncate must be at most {labels._MAX_TRUNCATE}, got {self.truncate}")
 
-    def _make(self, points, size, offsets, stride, validate):
+    def _make(self, points, size, offsets, stride, validate, input_size):
         return _scaled_call(labels.density_maps, points, size, offsets, stride, validate, sigma=self.sigma,
                             k=self.k, beta=self.beta, truncate=self.truncate)
 
@@ -160,7 +171,10 @@ class FidtLabel(LabelKind):
     c: float = option(1.0, "added to the power", bound="positive")
     zero_below: float = option(0.0, "values below it set to 0 (FIDTM's 0.01)", bound="non-negative")
 
-    def _make(self, points, size, offsets, stride, validate):
+    def _check(self):
+        labels._check_fidt(self.alpha, self.beta, self.c, self.zero_below)
+
+    def _make(self, points, size, offsets, stride, validate, input_size):
         return _scaled_call(labels.fidt_maps, points, size, offsets, stride, validate, alpha=self.alpha,
                             beta=self.beta, c=self.c, zero_below=self.zero_below)
 
@@ -170,10 +184,8 @@ class CountLabel(LabelKind):
     name: ClassVar[str] = "count"
     summary: ClassVar[str] = "heads per label pixel (each covers stride x stride input pixels)"
 
-    def _make(self, points, size, offsets, stride, validate):
-        height, width = size
-        return labels.count_maps(points, (height * stride, width * stride), stride, offsets=offsets,
-                                 validate=validate)
+    def _make(self, points, size, offsets, stride, validate, input_size):
+        return labels.count_maps(points, input_size, stride, offsets=offsets, validate=validate)
 
 
 #: kind name -> its class

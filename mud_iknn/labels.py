@@ -304,15 +304,31 @@ def fidt_maps(points: PointsLike, size, *, alpha: float = 0.02, beta: float = 0.
     nearest head: subpixel heads, duplicates and heads outside the map count as heads; no heads
     gives 0. The defaults are FIDTM's; ``zero_below=0.01`` also zeroes the values below 0.01, as
     FIDTM does (and lets the kernels skip the pixels beyond the distance where that starts).
-    alpha, beta >= 0, c > 0. Computed in the kNN kernels (k = 1) as their transform. ``out``: see
+    alpha, beta >= 0, c > 0 (at least 2^-126, so that 1 / c is a finite float32), none beyond
+    float32's range. Computed in the kNN kernels (k = 1) as their transform. ``out``: see
     the module docstring.
     """
-    alpha = _check_non_negative(alpha, "alpha")
-    beta = _check_non_negative(beta, "beta")
-    c = _check_positive(c, "c")
-    zero_below = _check_non_negative(zero_below, "zero_below")
+    alpha, beta, c, zero_below = _check_fidt(alpha, beta, c, zero_below)
     return _knn(points, size, 1, offsets, _fidt_reach(alpha, beta, c, zero_below), "fidt", validate, out,
                 (alpha, beta, c, zero_below))
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32, 2^-126
+
+
+def _check_fidt(alpha, beta, c, zero_below) -> tuple[float, float, float, float]:
+    """FIDT's parameters as floats the float32 kernels hold: alpha, beta, zero_below >= 0, c > 0, none
+    beyond float32's range (an infinite alpha makes 1^(alpha D) NaN) and c a normal float32, >= 2^-126
+    (a head's value 1 / c must be finite); TypeError / ValueError naming the parameter."""
+    alpha = _check_non_negative(alpha, "alpha")
+    beta = _check_non_negative(beta, "beta")
+    c = _check_positive(c, "c", _FLOAT32_TINY)
+    zero_below = _check_non_negative(zero_below, "zero_below")
+    for name, value in (("alpha", alpha), ("beta", beta), ("c", c), ("zero_below", zero_below)):
+        if value > _FLOAT32_MAX:
+            raise ValueError(f"{name} must be at most {_FLOAT32_MAX:g} (float32), got {value:g}")
+    return alpha, beta, c, zero_below
 
 
 @functools.lru_cache(maxsize=64)  # a training loop asks for the same parameters every batch

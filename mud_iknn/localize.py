@@ -180,14 +180,16 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
             ``min_distance`` pixels apart (Chebyshev). 0 keeps every pixel above the threshold.
         counts: None, or (B,) head counts: then image b gets its round(counts[b]) highest peaks
             (all its peaks if it has fewer), whatever their value; a peak must then rise above
-            the lowest value of its window (a flat background holds no peaks).
+            the lowest value of its window (a flat background holds no peaks), but for
+            ``min_distance=0``, whose window is the pixel alone: its round(counts[b]) highest pixels.
 
     Returns:
         B float32 (N_b, 2) tensors of (x, y) pixel positions on ``maps``' device, in decreasing
         order of map value, each refined to subpixel precision (by at most 0.5 px per axis).
 
     Raises ValueError for a wrong rank, NaN/infinite maps, a negative ``min_distance``, a
-    non-finite threshold or ``counts`` of the wrong length or with negative/NaN entries.
+    non-finite threshold or ``counts`` of the wrong length or with negative/NaN entries;
+    TypeError for ``counts`` that are not numbers.
     """
     if not is_integer(min_distance) or min_distance < 0:
         raise ValueError(f"min_distance must be a non-negative integer, got {min_distance!r}")
@@ -195,7 +197,10 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
     maps = _check_maps(maps)
     batch, height, width = maps.shape
     if counts is not None:
-        counts = torch.as_tensor(counts, dtype=torch.float64).detach().cpu().reshape(-1)
+        try:
+            counts = torch.as_tensor(counts, dtype=torch.float64).detach().cpu().reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"counts must be (B,) numbers, got {counts!r}: {err}") from None
         if counts.numel() != batch:
             raise ValueError(f"counts must hold one count per map ({batch}), got {counts.numel()}")
         if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
@@ -206,7 +211,10 @@ def localize(maps: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
         threshold = float(threshold)
     if batch == 0 or height == 0 or width == 0:
         return [maps.new_zeros((0, 2)) for _ in range(batch)]
-    b, i, j = _peaks(maps, threshold if counts is None else float("-inf"), min_distance, flat_ok=counts is None)
+    # The windows are clipped to the map: any radius from max(H, W) - 1 on is the whole map (a wider
+    # one would only cost: the torch path builds its (2 radius + 1)^2 offsets, the C++ one takes an int).
+    radius = min(min_distance, max(height, width))
+    b, i, j = _peaks(maps, threshold if counts is None else float("-inf"), radius, flat_ok=counts is None)
     values = maps[b, i, j]
     order = torch.argsort(values, descending=True, stable=True)
     order = order[torch.argsort(b[order], stable=True)]  # by image, decreasing value within each

@@ -2,7 +2,8 @@
 
 The oracle the tests compare the C++/CUDA engine against, and the baseline of the benchmarks.
 Same conventions and signatures as :mod:`mud_iknn.labels` (see there), but numpy in, numpy out,
-one image at a time under the hood, and no input validation beyond what numpy does.
+one image at a time under the hood (:func:`head_sigmas` takes one image's points, no offsets), and
+no input validation beyond what numpy does.
 """
 from __future__ import annotations
 

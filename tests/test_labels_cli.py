@@ -93,3 +93,33 @@ def test_train_label_options_reach_the_config_and_the_checkpoint(capsys, tmp_pat
     _, saved, _ = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert saved.label == CountLabel() and saved.label_size == 8
     assert torch.isfinite(torch.tensor(json.loads(out)["train"]["loss"]))
+
+
+def test_count_maps_at_a_stride_that_does_not_divide_the_image_count_only_its_heads(capsys, tmp_path):
+    # a 37 x 21 image at stride 8: its last cells reach past the image (to 40 x 24), and a head there,
+    # beyond the image's last pixel, is outside it (the count maps' rule), not in the last cell
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((21, 37, 3), np.uint8)).save(folder / "a.png")
+    heads = [[36.4, 20.4], [36.6, 3.0], [38.0, 5.0], [4.0, 20.6], [4.0, 23.0], [1.0, 1.0]]
+    (folder / "a.json").write_text(json.dumps({"points": heads}))
+    out = tmp_path / "out"
+    status, _, err = run(capsys, "labels", "--dataset", "folder", "--root", folder, "--out", out, "--kind", "count",
+                         "--stride", "8", "--no-preview")
+    assert status == 0, err
+    label = np.load(out / "a.npy")
+    assert label.shape == (3, 5)
+    np.testing.assert_array_equal(label, mud_iknn.reference.count_maps(np.array(heads), (21, 37), 8)[0])
+    assert label.sum() == 2 == json.loads((out / "labels.json").read_text())["images"][0]["map_sum"]
+    assert label[2, 4] == 1 and label[0, 0] == 1
+
+
+def test_an_out_that_is_a_file_or_under_one_is_one_line_before_any_work(capsys, tmp_path):
+    (tmp_path / "taken").write_text("")
+    for out, words in ((tmp_path / "taken", "is a file, not a folder"),
+                       (tmp_path / "taken" / "sub", "cannot create the folder")):
+        status, _, err = run(capsys, "labels", *SYNTHETIC, "--out", out)
+        assert status == 1 and err.strip() == f"mud-iknn labels: error: --out {out}" + (
+            f" {words}" if "file" in words else f": {words}: Not a directory"), err

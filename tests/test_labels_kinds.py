@@ -119,6 +119,15 @@ def test_fidt_reproduces_fidtms_recipe_on_integer_heads_without_duplicates(devic
                                       [0, y, x]) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_fidt_smallest_c_gives_finite_maps(device):
+    # c = 2^-126, the least allowed: a head's value 1 / c = 2^126 is still a float32
+    pts = np.array([[2.0, 0.0]], np.float32)
+    c = float(np.finfo(np.float32).tiny)
+    got = as_np(mud_iknn.fidt_maps(torch.from_numpy(pts).to(device), (1, 5), c=c))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, reference.fidt_maps(pts, (1, 5), c=c), rtol=1e-6, atol=FIDT_ATOL)
+
+
 def test_fidt_flip_and_crop_equivariance(device):
     # Heads on a 1/64 px lattice: flipped and shifted coordinates are exact, so are the distances
     # (near a head FIDT's slope is unbounded for beta < 1: a rounded coordinate would show).
@@ -261,6 +270,13 @@ def test_count_maps_do_not_depend_on_thread_count():
     (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), alpha="0.02"), TypeError, "alpha"),
     (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), c=None), TypeError, "c must be a number"),
     (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), zero_below=-0.01), ValueError, "zero_below"),
+    # beyond float32 (the kernels' parameters): alpha = inf there made I(D = 1) 0 instead of 1 / (1 + c),
+    # and a head's value 1 / c infinite below c = 2^-126
+    (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), alpha=1e39), ValueError, "alpha must be at most"),
+    (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), beta=1e39), ValueError, "beta must be at most"),
+    (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), c=1e39), ValueError, "c must be at most"),
+    (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), c=1e-40), ValueError, "c must be at least"),
+    (lambda: mud_iknn.label_kinds.FidtLabel(alpha=1e39), ValueError, "label kind fidt: alpha must be at most"),
     (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (0, 4)), ValueError, "size"),
     (lambda: mud_iknn.fidt_maps(np.array([[np.nan, 1.0]]), (4, 4)), ValueError, "points"),
     (lambda: mud_iknn.fidt_maps(np.zeros((3, 2)), (4, 4), out=torch.zeros(1, 4, 5)), ValueError, "out must"),

@@ -162,3 +162,16 @@ def test_training_learns_the_maps_of_its_kind(tmp_path, monkeypatch, kind, label
             assert float(label.max()) <= 1.0 and float(label.min()) >= 0.0
     _, loaded, _ = engine.load_checkpoint(result["checkpoint"])
     assert loaded.label == kind
+
+
+def test_count_kind_takes_the_input_size_where_the_stride_does_not_divide_it():
+    points = torch.tensor([[36.4, 20.4], [36.6, 3.0], [38.0, 5.0], [4.0, 23.0]])
+    got = CountLabel().make(points, (3, 5), stride=8, input_size=(21, 37))
+    np.testing.assert_array_equal(got.numpy(), reference.count_maps(points.numpy(), (21, 37), 8))
+    assert got.sum() == 1
+    assert CountLabel().make(points, (3, 5), stride=8).sum() == 4  # the default input: 24 x 40
+    # the distance kinds: heads outside are heads, the input size changes nothing
+    assert torch.equal(IknnLabel().make(points, (3, 5), stride=8, input_size=(21, 37)),
+                       IknnLabel().make(points, (3, 5), stride=8))
+    with pytest.raises(ValueError, match="input_size"):
+        CountLabel().make(points, (3, 5), stride=8, input_size=(40, 41))

@@ -71,6 +71,30 @@ def test_min_distance_suppresses_the_weaker_of_close_peaks():
     assert localize(maps, min_distance=0, threshold=0.0)[0].shape == (3, 2)
 
 
+def test_a_min_distance_past_the_map_is_the_whole_map_on_every_path():
+    # windows are clipped to the map: a min_distance beyond its sides is the whole map, at the cost of
+    # one covering it (the torch path of the GPUs built (2 r + 1)^2 window offsets: 19 s for r = 1500 on
+    # a 70 x 90 map, out of memory beyond; the C++ path refused r >= 2^31 with pybind11's TypeError)
+    import importlib
+
+    located = importlib.import_module("mud_iknn.localize")
+    maps = iknn_maps(torch.tensor([[3.0, 3.0], [40.0, 50.0], [80.0, 20.5]]), (70, 90))
+    whole = localize(maps, min_distance=90)
+    assert whole[0].tolist() == [[40.0, 50.0]]  # equal peaks: the raster-last
+    for min_distance in (10**6, 2**40):
+        assert torch.equal(localize(maps, min_distance=min_distance)[0], whole[0])
+    b, i, j = located._torch_peaks(maps, 0.16, min(10**6, 90), True)
+    assert (b.tolist(), i.tolist(), j.tolist()) == ([0], [50], [40])
+
+
+def test_counts_with_no_window_take_the_highest_pixels():
+    maps = torch.zeros(1, 5, 5)
+    maps[0, 1, 1], maps[0, 3, 2] = 0.5, 0.7
+    assert localize(maps, counts=[2], min_distance=0)[0].tolist() == [[2.0, 3.0], [1.0, 1.0]]
+    assert len(localize(maps, counts=[4], min_distance=0)[0]) == 4  # the flat rest too: as documented
+    assert len(localize(torch.zeros(1, 5, 5), counts=[3], min_distance=1)[0]) == 0
+
+
 def test_counts_take_the_strongest_peaks():
     maps = torch.zeros(2, 10, 30)
     for x, v in [(3, 0.1), (10, 0.9), (17, 0.5), (24, 0.05)]:
@@ -100,6 +124,7 @@ def test_integer_maps_and_device():
     (torch.zeros(1, 8, 8), {"threshold": float("nan")}, ValueError, "threshold"),
     (torch.zeros(2, 8, 8), {"counts": [1.0]}, ValueError, "counts"),
     (torch.zeros(1, 8, 8), {"counts": [-1.0]}, ValueError, "counts"),
+    (torch.zeros(1, 8, 8), {"counts": ["two"]}, TypeError, "counts"),
 ])
 def test_bad_input(maps, kwargs, error, match):
     with pytest.raises(error, match=match):
