@@ -15,7 +15,12 @@ a killed run from its last checkpoint exactly as if it had never stopped (bit fo
 
 Distributed: under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK in the environment) each process
 trains a DistributedDataParallel replica on its own shard (NCCL on GPUs, gloo on CPUs); rank 0
-writes logs, plots and checkpoints. ``batch_size`` is per process.
+writes logs, plots and checkpoints. ``batch_size`` is per process. Validation is shared: each
+process counts every world_size-th image and rank 0 gathers the counts (no process waits in a
+collective for a whole validation, which NCCL's watchdog would end after its timeout). The
+replicas' BatchNorm statistics are rank 0's (DistributedDataParallel's, synced before each
+forward) and the end's re-estimation averages those of every process's batches, so that every
+process returns the checkpoint's model.
 
 Outputs in ``out_dir``: ``checkpoint.pt`` (the last checkpoint), ``metrics.jsonl`` (one JSON
 record per line: ``{"split": "train", "step", "loss", "count_loss", "map_loss", "lr",
@@ -38,10 +43,10 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from . import _settings, label_kinds
-from .evaluate import calibrate_localization, evaluate
+from .evaluate import calibrate_localization, count_metrics, evaluate
 from .label_kinds import IknnLabel, LabelKind
 from .loss import MUDLoss
 from .model import MUDIKNN
@@ -667,7 +672,8 @@ def train(config: TrainConfig, train_set, val_set=None, resume: bool = False,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Trains MUD-ikNN on ``train_set`` (a torch Dataset of CrowdSample); see the module docstring.
 
-    val_set: evaluated with sliding windows every ``eval_every`` steps and at the end (rank 0).
+    val_set: evaluated with sliding windows every ``eval_every`` steps and at the end (each
+    process its share of the images; rank 0 logs the metrics).
     resume: continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh); the config
     may differ from the checkpoint's only in :data:`RESUMABLE` settings (ValueError otherwise).
     A validation that fails (e.g. an unreadable image) first checkpoints the steps trained so far.
@@ -863,15 +869,25 @@ def _train(config, ctx, train_set, val_set, resume, on_step, started) -> dict:
             # The next batches of the patch stream, the same whenever the run ends or resumes here.
             predictor = copy.deepcopy(average.model)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                reestimate_batchnorm(predictor, (next(batches).images.to(device, non_blocking=True)
-                                                 for _ in range(config.average_bn_batches)))
+                batches_seen = reestimate_batchnorm(predictor, (next(batches).images.to(device, non_blocking=True)
+                                                                for _ in range(config.average_bn_batches)))
+            if ctx.world_size > 1 and batches_seen:
+                _average_batchnorm_statistics(predictor, ctx.world_size)
             statistics = _batchnorm_statistics(predictor)
+        elif ctx.world_size > 1:
+            _broadcast_buffers(predictor)  # the last forward updated each replica's statistics on its own batch
         if val_set is not None:
             last_val = _validate(predictor, val_set, config, ctx, step, log_path, lambda: save(last_val))
-        if ctx.is_main and model.map_channels and config.calibrate_images:
-            predictor.localization = calibrate_localization(predictor, train_set, window=config.patch_size,
-                                                            stride=config.window_stride,
-                                                            limit=config.calibrate_images)
+        if model.map_channels and config.calibrate_images:
+            localization = None
+            if ctx.is_main:
+                localization = calibrate_localization(predictor, train_set, window=config.patch_size,
+                                                      stride=config.window_stride, limit=config.calibrate_images)
+            if ctx.world_size > 1:
+                box = [localization]
+                dist.broadcast_object_list(box, src=0)
+                localization = box[0]
+            predictor.localization = localization
         save(last_val, getattr(predictor, "localization", None), statistics, finished=True)
     finally:
         if progress is not None:
@@ -918,24 +934,63 @@ def _check_writable(out_dir: Path) -> None:
         raise OSError(f"out_dir {out_dir} is not writable: {err}") from None
 
 
-def _validate(model, val_set, config, ctx, step, log_path, save_on_failure) -> Optional[dict]:
-    """Rank 0 evaluates; every rank gets the metrics. If evaluating raises, ``save_on_failure()``
-    checkpoints the steps trained so far (on one process) before the error propagates."""
-    metrics = None
-    if ctx.is_main:
-        try:
-            result = evaluate(model, val_set, window=config.patch_size, stride=config.window_stride,
-                              limit=config.eval_limit)
-        except Exception:
-            if ctx.world_size == 1:  # with several, the others wait at the broadcast below: no barrier
-                save_on_failure()
-            raise
-        metrics = {"split": "val", "step": step, "mae": result["mae"], "rmse": result["rmse"], "nae": result["nae"]}
-        _append(log_path, metrics)
+def _broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copies rank 0's buffers (BatchNorm's running statistics) into every process's ``model``, as
+    DistributedDataParallel does before each forward."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _average_batchnorm_statistics(model: torch.nn.Module, world_size: int) -> None:
+    """Replaces the running means and variances of ``model``'s BatchNorm layers, re-estimated by
+    :func:`reestimate_batchnorm` on as many batches on every process, by their means over the
+    processes: the plain means over all the processes' batches."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                dist.all_reduce(buffer)
+                buffer /= world_size
+
+
+def _validate(model, val_set, config, ctx, step, log_path, save_on_failure) -> dict:
+    """Every process counts its share of the images (every world_size-th of the first
+    ``config.eval_limit``), rank 0 gathers the counts and logs the metrics; every process returns
+    them. If evaluating raises on any process, ``save_on_failure()`` (called on every process)
+    checkpoints the steps trained so far before the error propagates: the process's own, on the
+    others a RuntimeError naming the process that failed."""
     if ctx.world_size > 1:
-        box = [metrics]
-        dist.broadcast_object_list(box, src=0)
-        metrics = box[0]
+        _broadcast_buffers(model)  # rank 0's BatchNorm statistics: the replicas then count alike
+    n = len(val_set) if config.eval_limit is None else min(config.eval_limit, len(val_set))
+    share = range(ctx.rank, n, ctx.world_size)
+    records, failure = [], None
+    try:
+        if len(share):
+            records = evaluate(model, Subset(val_set, share), window=config.patch_size,
+                               stride=config.window_stride)["per_image"]
+    except Exception as err:
+        failure = err
+    mine = records if failure is None else f"{type(failure).__name__}: {failure}"
+    shares = [mine]
+    if ctx.world_size > 1:
+        shares = [None] * ctx.world_size
+        dist.all_gather_object(shares, mine)
+    failed = [(rank, message) for rank, message in enumerate(shares) if isinstance(message, str)]
+    try:
+        if failure is not None:
+            raise failure
+        if failed:
+            rank, message = failed[0]
+            raise RuntimeError(f"validation failed on rank {rank}: {message}")
+        per_image = [None] * n
+        for rank, records in enumerate(shares):
+            per_image[rank::ctx.world_size] = records
+        result = count_metrics([r["predicted"] for r in per_image], [r["count"] for r in per_image])
+    except Exception:  # on every process alike (the gathered shares are the same)
+        save_on_failure()
+        raise
+    metrics = {"split": "val", "step": step, "mae": result["mae"], "rmse": result["rmse"], "nae": result["nae"]}
+    if ctx.is_main:
+        _append(log_path, metrics)
     return metrics
 
 
