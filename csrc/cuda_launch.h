@@ -7,6 +7,7 @@
 #else
 #include <cuda_runtime.h>
 #endif
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -28,6 +29,13 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
   kernel<<<grid, block, 0, stream>>>(args...);
 #endif
   check(cudaGetLastError(), what);
+}
+
+// The kernels read a head as one float2 (8 bytes): std::invalid_argument unless `xy` is aligned to it
+// (mud_iknn._ops copies points that start 4 bytes into their storage before calling).
+inline void require_float2_aligned(const float* xy) {
+  if (reinterpret_cast<uintptr_t>(xy) % alignof(float2) != 0)
+    throw std::invalid_argument("mud_iknn: points must start on an 8-byte boundary (a float2 per head)");
 }
 
 // Makes `device` current for the scope of a call, restoring the caller's device after.

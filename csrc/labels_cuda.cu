@@ -698,6 +698,7 @@ int64_t head_sigmas_workspace_bytes(const SigmaArgs& a) {
 
 void knn_maps_cuda(const KnnArgs& a, const CudaCall& call) {
   const PackedPoints& p = a.points;
+  require_float2_aligned(p.xy);
   DeviceScope scope(call.device);
   auto stream = static_cast<cudaStream_t>(call.stream);
   const GridSpec g = knn_grid(p.batch, p.count, a.height, a.width, a.k);
@@ -710,6 +711,7 @@ void knn_maps_cuda(const KnnArgs& a, const CudaCall& call) {
 
 void head_sigmas_cuda(const SigmaArgs& a, const CudaCall& call) {
   const PackedPoints& p = a.points;
+  require_float2_aligned(p.xy);
   if (p.count == 0) return;
   DeviceScope scope(call.device);
   auto stream = static_cast<cudaStream_t>(call.stream);
@@ -726,6 +728,7 @@ int64_t density_maps_workspace_bytes(const DensityArgs& a) {
 
 void density_maps_cuda(const DensityArgs& a, const CudaCall& call) {
   const PackedPoints& p = a.points;
+  require_float2_aligned(p.xy);
   if (p.batch == 0) return;
   const int64_t need = density_maps_workspace_bytes(a);
   if (call.workspace_bytes < need)
@@ -756,6 +759,7 @@ int64_t count_maps_workspace_bytes(const CountArgs&) { return 0; }
 
 void count_maps_cuda(const CountArgs& a, const CudaCall& call) {
   const PackedPoints& p = a.points;
+  require_float2_aligned(p.xy);
   if (p.batch == 0) return;
   DeviceScope scope(call.device);
   auto stream = static_cast<cudaStream_t>(call.stream);

@@ -79,6 +79,12 @@ def _points(module, points: torch.Tensor, offsets: torch.Tensor):
                  batch=offsets.numel() - 1, count=points.shape[0])
 
 
+def float2_aligned(points: torch.Tensor) -> torch.Tensor:
+    """``points`` (P, 2) float32, or a copy when its memory starts 4 bytes off an 8-byte boundary (a
+    view into a flat buffer): the CUDA kernels read a head as one 8-byte float2."""
+    return points if points.data_ptr() % 8 == 0 else points.clone()
+
+
 def _refuse_overlap(out: torch.Tensor, *inputs: torch.Tensor) -> None:
     """ValueError if the contiguous ``out`` shares memory with one of the kernel's (contiguous) inputs."""
     begin, end = out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()
@@ -108,15 +114,20 @@ _LIBRARY = torch.library.Library("mud_iknn", "DEF")
 
 def _op(schema: str, fake=None):
     """Defines ``mud_iknn::<schema>`` implemented by the decorated function on CPU and CUDA tensors
-    (it hands the work to BACKENDS itself), with ``fake`` as its shape function under torch.compile
-    (an op that only writes its ``out`` needs none). Plain ``torch.library`` definitions rather than
-    ``torch.library.custom_op``, whose Python autograd layer runs on every call (its cost:
-    bench/RESULTS.md, session 14) for ops that have no gradient to give."""
+    (it hands the work to BACKENDS itself; its points arrive float2-aligned), with ``fake`` as its
+    shape function under torch.compile (an op that only writes its ``out`` needs none). Plain
+    ``torch.library`` definitions rather than ``torch.library.custom_op``, whose Python autograd
+    layer runs on every call (its cost: bench/RESULTS.md, session 14) for ops that have no gradient
+    to give."""
     def define(fn):
         name = schema.split("(")[0]
         _LIBRARY.define(schema)
+
+        def impl(points, *args):  # every op's first argument is its (P, 2) points
+            return fn(float2_aligned(points), *args)
+
         for key in ("CPU", "CUDA"):
-            _LIBRARY.impl(name, fn, key)
+            _LIBRARY.impl(name, impl, key)
         if fake is not None:
             torch.library.register_fake(f"mud_iknn::{name}", fake, lib=_LIBRARY)
         return fn

@@ -131,6 +131,18 @@ def test_dense_heads_far_outside_and_duplicates(device):
                                reference.head_sigmas(extreme, (6, 7)), rtol=1e-5)
 
 
+def test_points_four_bytes_into_their_buffer(device):
+    # A float32 view that starts 4 bytes into its storage is (N, 2) and contiguous, but the CUDA kernels
+    # read a head as one 8-byte float2 (the extension refuses an unaligned pointer): it is copied first.
+    flat = torch.tensor([0.0, 3.5, 2.0, 1.25, 4.0, 6.0, 1.0], device=device)
+    view = flat[1:].view(-1, 2)
+    assert view.data_ptr() % 8 == 4
+    heads = view.clone()
+    for fn in (lambda p: mud_iknn.knn_distance_maps(p, (7, 6), 2), lambda p: mud_iknn.head_sigmas(p, (7, 6)),
+               lambda p: mud_iknn.density_maps(p, (7, 6)), lambda p: mud_iknn.count_maps(p, (7, 6), 2)):
+        assert torch.equal(fn(view), fn(heads))
+
+
 def test_out_receives_every_pixel_and_is_returned(device):
     # Into a NaN-filled buffer (a reused output holds the previous batch): the same bits as a fresh
     # call, the buffer itself returned, reusable for the next batch.

@@ -320,6 +320,17 @@ def test_results_are_deterministic_and_independent_of_threads(device):
         assert run[2:] == runs[0][2:]
 
 
+def test_points_four_bytes_into_their_buffer(device):
+    # An (N, 2) float32 view starting 4 bytes into its storage (the label kernels, which read a head
+    # as one 8-byte float2, get a copy; the loss kernels read x and y apart): the same losses.
+    flat = torch.tensor([0.0, 3.5, 2.0, 12.25, 4.0, 6.0, 1.0, 20.0, 9.5], device=device)
+    view = flat[1:].view(-1, 2)
+    assert view.data_ptr() % 8 == 4
+    density = _density(np.random.default_rng(5), 1, 4, 4).to(device)
+    for loss in (BayesianLoss(stride=STRIDE), lambda d, p: DMCountLoss(stride=STRIDE).terms(d, p)["wasserstein"]):
+        assert torch.equal(loss(density, [view]), loss(density, [view.clone()]))
+
+
 def test_packed_points_with_offsets_equal_the_list():
     rng = np.random.default_rng(5)
     points = [_layout(rng, "uniform", 9, 4, 4), _layout(rng, "uniform", 3, 4, 4)]

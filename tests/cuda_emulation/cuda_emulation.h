@@ -44,10 +44,10 @@ struct dim3 {
   unsigned x, y, z;
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct float2 {
+struct alignas(8) float2 {  // aligned as CUDA's
   float x, y;
 };
-struct float4 {
+struct alignas(16) float4 {  // aligned as CUDA's
   float x, y, z, w;
 };
 struct alignas(8) int2 {  // aligned as CUDA's
