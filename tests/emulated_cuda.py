@@ -1,5 +1,5 @@
 """csrc/labels_cuda.cu and csrc/point_losses_cuda.cu on the CPU: built with the host C++ compiler
-against the CUDA emulator (tests/cuda_emulation) as the Python module ``emulated_labels`` (the
+against the CUDA emulator (tests/cuda_emulation) as a Python module ``emulated_labels_<hash>`` (the
 argument structs and CUDA entry points of ``mud_iknn._C``, bound by the same code), and plugged into
 mud_iknn as a backend object (:class:`EmulatedBackend`, ``mud_iknn._ops.BACKENDS``): the public API
 (label maps and point losses) then runs the CUDA path, from the ops' argument structs to the
@@ -12,6 +12,7 @@ bench/gpu_point_losses.py).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import os
 import shlex
@@ -44,9 +45,12 @@ def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
     Python extension module built with these extra flags."""
     import pybind11
 
-    library = out_dir / f"{MODULE}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    # a module name per set of flags: Python keeps the first module loaded under a name
+    name = f"{MODULE}_{hashlib.sha1(' '.join(flags).encode()).hexdigest()[:12]}"
+    library = out_dir / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
     command = [compiler(), "-std=c++17", *flags, "-shared", "-fPIC", "-fvisibility=hidden",
-               "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA", f"-I{ROOT / 'csrc'}",
+               f"-DMUD_IKNN_EMULATED_MODULE={name}", "-DMUD_IKNN_CUDA_EMULATION", "-DMUD_IKNN_WITH_CUDA",
+               f"-I{ROOT / 'csrc'}",
                f"-I{ROOT / 'tests/cuda_emulation'}", f"-I{pybind11.get_include()}",
                f"-I{sysconfig.get_paths()['include']}", *map(str, SOURCES[:2]), "-x", "c++", *map(str, SOURCES[2:]),
                "-o", str(library)]
@@ -59,7 +63,7 @@ def compile_library(out_dir: Path, flags=("-O2",)) -> Path:
 def load(library: Path) -> ctypes.CDLL:
     """The built library: its emulator controls and self-tests through ctypes (argument types
     declared), and as ``.module`` the Python module of its kernels."""
-    spec = importlib.util.spec_from_file_location(MODULE, library)
+    spec = importlib.util.spec_from_file_location(library.name.split(".")[0], library)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     lib = ctypes.CDLL(str(library))  # the same loaded library: one emulator state

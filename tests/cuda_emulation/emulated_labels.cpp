@@ -1,5 +1,5 @@
 // csrc/labels_cuda.cu and csrc/point_losses_cuda.cu built on the CUDA emulator (cuda_emulation.h) as
-// the Python module `emulated_labels`: the argument structs and CUDA entry points of mud_iknn._C,
+// the Python module `emulated_labels[_<flags' hash>]`: the argument structs and CUDA entry points of mud_iknn._C,
 // bound by the same code (csrc/label_bindings.h, csrc/point_loss_bindings.h; its types private to
 // this module). Pointers are host pointers standing in for device ones; a kernel that breaks the
 // execution model raises RuntimeError.
@@ -11,7 +11,13 @@
 #include "labels.h"
 #include "point_loss_bindings.h"
 
-PYBIND11_MODULE(emulated_labels, m) {
+// One name per build's flags (tests/emulated_cuda.py): Python keeps the first module of a name, so
+// a variant built under the same name would silently be the first build.
+#ifndef MUD_IKNN_EMULATED_MODULE
+#define MUD_IKNN_EMULATED_MODULE emulated_labels
+#endif
+
+PYBIND11_MODULE(MUD_IKNN_EMULATED_MODULE, m) {
   m.doc() = "mud_iknn's CUDA kernels (label engine, point losses) on the CPU emulator (tests)";
   mud_iknn::bind::structs(m, true);
   mud_iknn::bind::cuda_entry_points(m);
