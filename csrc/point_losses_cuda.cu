@@ -488,10 +488,14 @@ void bayesian_expected_cuda(const BayesianArgs& a, const CudaCall& call) {
   const PointMap& m = a.map;
   const float* density = a.density;
   double* expected = a.expected;
-  if (m.points.batch == 0 || m.height * m.width == 0) return;
-  require_workspace(bayesian_expected_workspace_bytes(a), call.workspace_bytes, "Bayesian loss");
+  if (m.points.batch == 0) return;
   DeviceScope scope(call.device);
   cudaStream_t st = static_cast<cudaStream_t>(call.stream);
+  if (m.height * m.width == 0) {  // no cell to expect a head in: every row 0, as on the CPU
+    check(cudaMemsetAsync(expected, 0, sizeof(double) * (m.points.count + m.points.batch), st), "memset expected");
+    return;
+  }
+  require_workspace(bayesian_expected_workspace_bytes(a), call.workspace_bytes, "Bayesian loss");
   Carver w{static_cast<char*>(call.workspace)};
   const BayesianCells cells = carve_bayesian(w, m);
   const TileGrid tg = tile_grid(m);
@@ -526,10 +530,14 @@ int64_t sinkhorn_workspace_bytes(const SinkhornArgs& a) {
 void sinkhorn_cuda(const SinkhornArgs& a, const CudaCall& call) {
   const PointMap& m = a.map;
   const float* normed = a.normed;
-  if (m.points.batch == 0 || m.height * m.width == 0) return;
-  require_workspace(sinkhorn_workspace_bytes(a), call.workspace_bytes, "Sinkhorn");
+  if (m.points.batch == 0) return;
   DeviceScope scope(call.device);
   cudaStream_t st = static_cast<cudaStream_t>(call.stream);
+  if (m.height * m.width == 0) {  // no mass to move: distances 0, as on the CPU
+    check(cudaMemsetAsync(a.wasserstein, 0, sizeof(double) * m.points.batch, st), "memset wasserstein");
+    return;
+  }
+  require_workspace(sinkhorn_workspace_bytes(a), call.workspace_bytes, "Sinkhorn");
   Carver w{static_cast<char*>(call.workspace)};
   const SinkhornState s = carve_sinkhorn(w, a);
   const TileGrid tg = tile_grid(m);

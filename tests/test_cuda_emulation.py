@@ -216,3 +216,33 @@ def test_adaptive_sigmas_are_the_cpu_kernels_bits(emulated_cuda_library, math_er
         math_error(error)
         for k, want in zip((1, 3, 7), on_cpu):
             assert torch.equal(mud_iknn.head_sigmas(points, (60, 80), k=k, offsets=offsets), want), (error, k)
+
+
+@pytest.mark.parametrize("height, width", [(0, 5), (4, 0)])
+def test_point_losses_of_maps_without_cells_are_zero_as_on_the_cpu(emulated_cuda_library, height, width):
+    # The losses refuse a density without cells; the kernels called directly (the argument structs of
+    # csrc/point_losses.h) still write every output: heads expect 0 and no mass moves, as on the CPU.
+    from mud_iknn import _ops
+    points = torch.tensor([[1.0, 2.0], [3.0, 0.5], [2.0, 2.0]])
+    offsets = torch.tensor([0, 2, 2, 3])
+    density = torch.empty(3, height, width)
+
+    def run(backend):
+        module = backend.module
+        expected = torch.full((3 + 3,), 7.0, dtype=torch.float64)
+        beta = torch.empty(3, height, width, dtype=torch.float64)
+        wasserstein = torch.full((3,), 7.0, dtype=torch.float64)
+        point_map = _ops._fill(module.PointMap(), points=_ops._points(module, points, offsets), height=height,
+                               width=width, stride=8)
+        backend.run("bayesian_expected", _ops._fill(
+            module.BayesianArgs(), map=point_map, sigma=8.0, background=0, density=density.data_ptr(),
+            expected=expected.data_ptr()), torch.device("cpu"))
+        backend.run("sinkhorn", _ops._fill(
+            module.SinkhornArgs(), map=point_map, reg=10.0, iterations=5, scale=1.0, shift=0.0,
+            normed=density.data_ptr(), beta=beta.data_ptr(), wasserstein=wasserstein.data_ptr()), torch.device("cpu"))
+        return expected, wasserstein
+
+    on_cpu = run(_ops.Backend(_C))
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in on_cpu)
+    for got, want in zip(run(emulated_cuda.backend(emulated_cuda_library.module)), on_cpu):
+        assert torch.equal(got, want)
