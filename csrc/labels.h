@@ -72,17 +72,21 @@ struct GridSpec {
   MUD_HD int64_t cells() const { return int64_t(gx) * gy; }
 };
 
-// Cell side chosen from the mean area per head so that a cell holds about `occupancy` heads: O(P)
-// cells. Each backend picks its occupancy (see cpu_occupancy / cuda_occupancy).
-inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, double occupancy) {
-  const double area = double(batch) * double(height) * double(width) / double(std::max<int64_t>(count, 1));
-  const int64_t longest = std::max(height, width);
-  const int64_t cell = std::clamp<int64_t>(std::llround(std::sqrt(area * occupancy)), 1, longest);
+// The grid of cells `cell` pixels wide over an (height, width) map.
+// make_grid_spec: the cell side chosen from the mean area per head so that a cell holds about
+// `occupancy` heads: O(P) cells. Each backend picks its occupancy (see cpu_occupancy / cuda_occupancy).
+inline GridSpec grid_of_cell(int64_t height, int64_t width, int64_t cell) {
   GridSpec g;
   g.cell = int(cell);
   g.gx = int((width + cell - 1) / cell) + 2 * kMargin;
   g.gy = int((height + cell - 1) / cell) + 2 * kMargin;
   return g;
+}
+
+inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, double occupancy) {
+  const double area = double(batch) * double(height) * double(width) / double(std::max<int64_t>(count, 1));
+  const int64_t longest = std::max(height, width);
+  return grid_of_cell(height, width, std::clamp<int64_t>(std::llround(std::sqrt(area * occupancy)), 1, longest));
 }
 
 // The CPU prunes candidates row by row, so small cells (few candidates, more rings) pay off.

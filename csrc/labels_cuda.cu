@@ -33,6 +33,12 @@ constexpr int kTileW = 32;      // tile width in pixels (one warp per row of thr
 #define MUD_IKNN_CUDA_MAX_GRID_Y 65535
 #endif
 
+// The most cells the grids of one call hold together: the kernels index them, and scan their counts,
+// in int32 (batch * cells + 1 must fit). A macro so that the emulator's tests can lower it.
+#ifndef MUD_IKNN_CUDA_MAX_GRID_CELLS
+#define MUD_IKNN_CUDA_MAX_GRID_CELLS 2147483646
+#endif
+
 // The grid of every image in one workspace; each array 256-byte aligned.
 struct GridBuffers {
   int* counts;    // B * G + 1 points per cell (the last entry stays 0)
@@ -668,12 +674,21 @@ struct LaunchSigma {
 
 // The grids of the kNN tile kernel and of the per-head sigma search: workspace sizes and launches
 // both take them from here, so they always agree.
+// Either grid coarsened (cell side doubled) until the batch's cells fit MUD_IKNN_CUDA_MAX_GRID_CELLS:
+// the same nearest heads, found among more candidates per cell. At most 9 cells per image remain.
+GridSpec int_indexed(GridSpec g, int64_t batch, int64_t height, int64_t width) {
+  const int64_t longest = std::max(height, width);
+  while (batch * g.cells() > MUD_IKNN_CUDA_MAX_GRID_CELLS && g.cell < longest)
+    g = grid_of_cell(height, width, std::min<int64_t>(2 * int64_t(g.cell), longest));
+  return g;
+}
+
 GridSpec knn_grid(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  return make_grid_spec(batch, count, height, width, cuda_occupancy(k));
+  return int_indexed(make_grid_spec(batch, count, height, width, cuda_occupancy(k)), batch, height, width);
 }
 
 GridSpec sigma_grid(int64_t batch, int64_t count, int64_t height, int64_t width, int k) {
-  return make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1));
+  return int_indexed(make_grid_spec(batch, count, height, width, cuda_sigma_occupancy(k + 1)), batch, height, width);
 }
 
 GridBuffers checked_layout(void* workspace, int64_t workspace_bytes, int64_t cells, int64_t count) {

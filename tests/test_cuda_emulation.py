@@ -76,6 +76,34 @@ def test_maps_taller_than_one_launch_are_launched_in_bands(tmp_path, monkeypatch
         np.testing.assert_allclose(d.numpy(), reference.knn_distance_maps(points, (300, 40), k), rtol=1e-5)
 
 
+def test_grids_beyond_int32_cells_are_coarsened(tmp_path, monkeypatch, emulated_cuda_library):
+    # The kernels index a call's grid cells in int32 (about 2^31 cells: a billion dense heads). A build
+    # that caps the cells at 64 (9 an image at the coarsest) coarsens the grids of 3 images of 1000 heads
+    # (smaller workspaces) and still finds the same nearest heads.
+    from mud_iknn import _ops
+    require_host_compiler()
+    coarse = emulated_cuda.load(emulated_cuda.compile_library(tmp_path, ("-O2", "-DMUD_IKNN_CUDA_MAX_GRID_CELLS=64")))
+    rng = np.random.default_rng(8)
+    parts = [clustered_points(rng, 1000, 60, 80) for _ in range(3)]
+    points, offsets = torch.from_numpy(np.concatenate(parts)), torch.tensor([0, 1000, 2000, 3000])
+
+    def workspace(module, op, k):
+        args = getattr(module, {"knn_maps": "KnnArgs", "head_sigmas": "SigmaArgs"}[op])()
+        _ops._fill(args, points=_ops._fill(module.PackedPoints(), batch=3, count=3000), height=60, width=80, k=k)
+        return getattr(module, f"{op}_workspace_bytes")(args)
+
+    for op in ("knn_maps", "head_sigmas"):
+        assert workspace(coarse.module, op, 1) < workspace(emulated_cuda_library.module, op, 1)
+    sigmas = [mud_iknn.head_sigmas(points, (60, 80), k=k, offsets=offsets) for k in (1, 4)]
+    emulated_cuda.install(coarse, monkeypatch)
+    for k in (1, 4):
+        d = mud_iknn.knn_distance_maps(points, (60, 80), k, offsets=offsets).numpy()
+        for b, part in enumerate(parts):
+            np.testing.assert_allclose(d[b], reference.knn_distance_maps(part, (60, 80), k)[0], rtol=1e-5)
+    for k, want in zip((1, 4), sigmas):
+        assert torch.equal(mud_iknn.head_sigmas(points, (60, 80), k=k, offsets=offsets), want)
+
+
 @pytest.fixture
 def schedule(emulated_cuda_library):
     """Sets the emulator's thread order between barriers (a name in emulated_cuda.SCHEDULES); in
