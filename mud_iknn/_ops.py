@@ -48,10 +48,15 @@ class CudaBackend(Backend):
         if not self.module.WITH_CUDA:
             raise RuntimeError("mud_iknn was built without CUDA: reinstall with nvcc on the PATH "
                                "(MUD_IKNN_CUDA=ON) to run its kernels on CUDA tensors")
-        workspace = self.workspace(getattr(self.module, f"{op}_workspace_bytes")(args), device)
-        call = _fill(self.module.CudaCall(), workspace=workspace.data_ptr(), workspace_bytes=workspace.numel(),
-                     stream=self.stream(device), device=self.device_index(device))
-        getattr(self.module, f"{op}_cuda")(args, call)
+        with self.device_guard(device):  # CUB's workspace-size query runs on the current device
+            workspace = self.workspace(getattr(self.module, f"{op}_workspace_bytes")(args), device)
+            call = _fill(self.module.CudaCall(), workspace=workspace.data_ptr(), workspace_bytes=workspace.numel(),
+                         stream=self.stream(device), device=self.device_index(device))
+            getattr(self.module, f"{op}_cuda")(args, call)
+
+    def device_guard(self, device: torch.device):
+        """A context in which ``device`` is the current CUDA device."""
+        return torch.cuda.device(device)
 
     def workspace(self, nbytes: int, device: torch.device) -> torch.Tensor:
         """At least ``nbytes`` of kernel scratch memory on ``device``."""

@@ -11,6 +11,7 @@ bench/gpu_point_losses.py).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -137,7 +138,8 @@ def outputs(op: str, args) -> list[tuple[int, int]]:
 def backend(module):
     """A backend object for ``mud_iknn._ops.BACKENDS``: mud_iknn's CUDA branch (``CudaBackend``: the
     op's workspace size, a CudaCall, ``<op>_cuda``) served by the emulated ``module`` for CPU
-    tensors, with the workspace on the host, stream 0, device 0, and output and workspace poisoned."""
+    tensors, with the workspace on the host, stream 0, device 0 (no device to make current), and
+    output and workspace poisoned."""
     import torch
 
     from mud_iknn import _ops
@@ -152,6 +154,9 @@ def backend(module):
             workspace = super().workspace(nbytes, torch.device("cpu"))
             _poison(workspace.data_ptr(), workspace.numel())
             return workspace
+
+        def device_guard(self, device):
+            return contextlib.nullcontext()
 
         def stream(self, device):
             return 0

@@ -104,6 +104,43 @@ def test_grids_beyond_int32_cells_are_coarsened(tmp_path, monkeypatch, emulated_
         assert torch.equal(mud_iknn.head_sigmas(points, (60, 80), k=k, offsets=offsets), want)
 
 
+def test_the_cuda_backend_sizes_and_launches_with_the_points_device_current():
+    # CUB's workspace-size query and the launch both depend on the current device: CudaBackend.run
+    # makes the points' device current around both (on a second GPU the query would size for the first).
+    import contextlib
+
+    from mud_iknn import _ops
+    current, seen = [None], []
+
+    class Module:
+        WITH_CUDA, CudaCall = True, _C.CudaCall
+
+        def knn_maps_workspace_bytes(self, args):
+            seen.append(("size", current[-1]))
+            return 16
+
+        def knn_maps_cuda(self, args, call):
+            seen.append(("launch", current[-1]))
+
+    class Backend(_ops.CudaBackend):
+        @contextlib.contextmanager
+        def device_guard(self, device):
+            current.append(device)
+            yield
+            current.pop()
+
+        def workspace(self, nbytes, device):
+            seen.append(("workspace", current[-1]))
+            return torch.empty(nbytes, dtype=torch.uint8)
+
+        def stream(self, device):
+            return 0
+
+    device = torch.device("cuda", 1)
+    Backend(Module()).run("knn_maps", None, device)
+    assert seen == [("size", device), ("workspace", device), ("launch", device)] and current == [None]
+
+
 @pytest.fixture
 def schedule(emulated_cuda_library):
     """Sets the emulator's thread order between barriers (a name in emulated_cuda.SCHEDULES); in
