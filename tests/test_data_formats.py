@@ -102,6 +102,19 @@ def test_shanghaitech_errors_name_the_missing_thing(shanghaitech_root, tmp_path)
         data[0]
 
 
+def test_write_shanghaitech_refuses_to_leave_stale_images(tmp_path):
+    from mud_iknn.data import write_shanghaitech
+    image = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    three = [CrowdSample(image=image, points=torch.tensor([[1.0, 2.0]] * k)) for k in (1, 2, 3)]
+    write_shanghaitech(three, tmp_path)
+    write_shanghaitech(three[::-1], tmp_path)  # the same names again: replaced
+    assert open_dataset("shanghaitech_a", tmp_path).counts().tolist() == [3, 2, 1]
+    # two samples over three: IMG_3 of the first write would be read back as a third image
+    with pytest.raises(FileExistsError, match=r"IMG_3.jpg"):
+        write_shanghaitech(three[:2], tmp_path)
+    assert open_dataset("shanghaitech_a", tmp_path).counts().tolist() == [3, 2, 1]  # nothing written
+
+
 # ---------------------------------------------------------------- UCF-QNRF
 
 def test_ucf_qnrf_train_and_test(tmp_path):
@@ -264,6 +277,18 @@ def test_nwpu_crowd_count_mismatch_names_file(tmp_path):
     assert open_dataset("nwpu_crowd", tmp_path, split="all")[0].points.tolist() == [[1.0, 1.0]]  # null: unrecorded
 
 
+@pytest.mark.parametrize("points", [None, 5, "1 2"])
+def test_nwpu_crowd_points_not_a_list_name_the_file(tmp_path, points):
+    from mud_iknn.data import check_dataset
+    write_image(tmp_path / "images" / "0001.jpg")
+    (tmp_path / "jsons").mkdir()
+    (tmp_path / "jsons" / "0001.json").write_text(json.dumps({"human_num": 1, "points": points}))
+    data = open_dataset("nwpu_crowd", tmp_path, split="all")
+    with pytest.raises(ValueError, match=r"0001.json: expected an object with a 'points' list"):
+        data[0]
+    assert [b.path for b in check_dataset(data)] == [str(tmp_path / "jsons" / "0001.json")]
+
+
 # ---------------------------------------------------------------- your own folder
 
 def test_point_folder_json_and_csv(tmp_path):
@@ -310,6 +335,27 @@ def test_point_folder_reads_what_spreadsheets_write_and_refuses_shared_point_fil
     write_image(tmp_path / "a.jpg")
     with pytest.raises(ValueError, match=r"a.jpg and .*a.png would share one point file"):
         open_dataset("folder", tmp_path)
+
+
+def test_counts_agree_with_loading(tmp_path):
+    write_image(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text("[[1, 2], [3, 4]]")
+    write_image(tmp_path / "b.png")
+    (tmp_path / "b.json").write_text("[]")
+    data = open_dataset("folder", tmp_path)
+    assert data.counts().tolist() == [len(s.points) for s in data] == [2, 0]
+    # four (x, y, label) rows: loading refuses them; counts() made 6 heads of their 12 numbers
+    (tmp_path / "b.json").write_text("[[1, 2, 0], [3, 4, 0], [5, 6, 1], [7, 8, 1]]")
+    for read in (lambda: data[1], data.counts):
+        with pytest.raises(ValueError, match=r"b.json: head points must be N \(x, y\) pairs"):
+            read()
+    (tmp_path / "b.json").write_text("[[1, 2], [3]]")  # ragged: numpy's error did not name the file
+    for read in (lambda: data[1], data.counts):
+        with pytest.raises(ValueError, match=r"b.json: head points are not numbers"):
+            read()
+    (tmp_path / "b.json").write_text("[[500, 2]]")  # far outside the 32 x 24 image
+    with pytest.raises(ValueError, match=r"b.json: head 0 .*far outside"):
+        data.counts()
 
 
 # ---------------------------------------------------------------- shared helpers

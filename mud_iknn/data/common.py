@@ -203,8 +203,9 @@ class AnnotatedImages(torch.utils.data.Dataset):
         return image_path.stem, load_image(image_path)
 
     def counts(self) -> np.ndarray:
-        """(len,) float64 head counts, read from the annotations only (no image decoding)."""
-        return np.array([len(np.asarray(self.read_points(a)[0]).reshape(-1, 2)) for _, a in self.items],
+        """(len,) float64 head counts of the annotations, validated as loading a sample does (against
+        each image's size from its header: no image decoding), with the same errors."""
+        return np.array([len(check_points(self.read_points(a)[0], image_size(i), a)) for i, a in self.items],
                         dtype=np.float64)
 
     def __repr__(self) -> str:

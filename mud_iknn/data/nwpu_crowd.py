@@ -44,6 +44,8 @@ def read_nwpu_points(path: Path):
         with open(path) as f:
             record = json.load(f)
         points = record["points"]
+        if not isinstance(points, list):
+            raise TypeError
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON: {err}") from None
     except (KeyError, TypeError):

@@ -74,7 +74,8 @@ def write_shanghaitech(dataset, root, part: str = "A", split: str = "train", *, 
     Images become ``part_{part}/{split}_data/images/IMG_{i + 1}.jpg`` (JPEG at ``quality``, no
     chroma subsampling) and points ``ground-truth/GT_IMG_{i + 1}.mat`` with
     ``image_info{1}.location`` (N, 2) (x, y) and ``image_info{1}.number``, as in the original
-    archive. Returns the split folder.
+    archive. Returns the split folder. Raises FileExistsError naming an image already in the
+    folder that this write would not replace (it would be read back with the new ones).
     """
     import scipy.io
 
@@ -82,6 +83,12 @@ def write_shanghaitech(dataset, root, part: str = "A", split: str = "train", *, 
     if part not in PARTS or split not in SPLITS:
         raise ValueError(f"part must be one of {PARTS} and split one of {SPLITS}, got {part!r}, {split!r}")
     split_dir = Path(root) / f"part_{part}" / f"{split}_data"
+    if (split_dir / "images").is_dir():
+        written = {f"IMG_{i + 1}.jpg" for i in range(len(dataset))}
+        stale = [p for p in list_images(split_dir / "images") if p.name not in written]
+        if stale:
+            raise FileExistsError(f"{stale[0]} ({len(stale)} such images) would be read back with the "
+                                  f"{len(dataset)} written: write into an empty folder")
     (split_dir / "images").mkdir(parents=True, exist_ok=True)
     (split_dir / "ground-truth").mkdir(parents=True, exist_ok=True)
     for i in range(len(dataset)):
