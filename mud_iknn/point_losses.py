@@ -15,6 +15,12 @@ double precision in a fixed order (deterministic, no atomics) and never form an 
 a cell sums only the heads whose posterior term is within ln(1e16) of its largest (Bayesian loss),
 and the Sinkhorn kernel exp(-C / reg) only where float32 does not round it to 0 (C <= reg * 103.97),
 which is everything with normalised coordinates. docs/losses.md has the details.
+
+``validate=True`` (each loss's default) checks on every call that the points are finite with sound
+offsets and the densities finite (and non-negative where DM-Count needs it), one flag read back from
+the device per check (a host synchronisation on CUDA); ``validate=False`` skips those value checks
+(never the shapes, dtypes and devices) for a training loop whose inputs are known good: bad values
+then give meaningless losses.
 """
 from __future__ import annotations
 
@@ -65,9 +71,10 @@ def _result_dtype(density: torch.Tensor) -> torch.dtype:
     return torch.promote_types(density.dtype, torch.float32)
 
 
-def _points_for(density: torch.Tensor, points: PointsLike, offsets) -> tuple[torch.Tensor, torch.Tensor]:
+def _points_for(density: torch.Tensor, points: PointsLike, offsets,
+                validate: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed points and offsets for ``density`` (B, h, w): one image each, on its device."""
-    packed, offs = pack_points(points, offsets)
+    packed, offs = pack_points(points, offsets, validate=validate)
     if offs.numel() - 1 != density.shape[0]:
         raise ValueError(f"points holds {offs.numel() - 1} images but density has batch size {density.shape[0]}")
     if packed.device != density.device:
@@ -126,6 +133,7 @@ class BayesianLoss(nn.Module):
         background: add the background row, of squared distance (d - sqrt(min_i dis))^2 with
             d = short_side * background_ratio.
         background_ratio: see ``background`` (> 0).
+        validate: check the points' values on every call (see the module docstring).
 
     Called as ``criterion(density, points, short_sides=None, *, offsets=None)`` with ``density``
     (B, 1, h, w) and ``short_sides`` (B,) the images' short sides in pixels (default
@@ -134,8 +142,10 @@ class BayesianLoss(nn.Module):
     gradient rounded to float32) and in float32 otherwise (the kernels read the cells in float32).
     """
 
-    def __init__(self, sigma: float = 8.0, stride: int = 8, background: bool = True, background_ratio: float = 1.0):
+    def __init__(self, sigma: float = 8.0, stride: int = 8, background: bool = True, background_ratio: float = 1.0,
+                 validate: bool = True):
         super().__init__()
+        self.validate = bool(validate)
         self.sigma = _check_positive(sigma, "sigma")
         self.stride = _check_stride(stride)
         self.background = bool(background)
@@ -147,7 +157,7 @@ class BayesianLoss(nn.Module):
         without background; an image without heads: its density's sum); differentiable."""
         # float64 stays float64 (see _BayesianExpected); the kernels read other types as float32
         dens = _check_density(density, "density", torch.float64 if density.dtype == torch.float64 else torch.float32)
-        packed, offs = _points_for(dens, points, offsets)
+        packed, offs = _points_for(dens, points, offsets, self.validate)
         batch, height, width = dens.shape
         background = None
         if self.background:
@@ -216,6 +226,8 @@ class OTLoss(nn.Module):
             stopping below 1e-9).
         normalize_coordinates: map heads and cell centres to [-1, 1] by the crop size h * stride
             before the squared distances (DM-Count's --norm-cood).
+        validate: check the points' and ``normed_density``'s values on every call (see the module
+            docstring).
 
     Called as ``criterion(normed_density, density, points, *, offsets=None)`` with both (B, 1, h, w)
     (``normed_density`` = density / its sum per image); returns float32 scalars ``(loss,
@@ -226,8 +238,10 @@ class OTLoss(nn.Module):
     DM-Count computes), whatever their dtype.
     """
 
-    def __init__(self, stride: int = 8, reg: float = 10.0, iterations: int = 100, normalize_coordinates: bool = False):
+    def __init__(self, stride: int = 8, reg: float = 10.0, iterations: int = 100, normalize_coordinates: bool = False,
+                 validate: bool = True):
         super().__init__()
+        self.validate = bool(validate)
         self.stride = _check_stride(stride)
         self.reg = _check_positive(reg, "reg")
         if not is_integer(iterations):
@@ -243,9 +257,9 @@ class OTLoss(nn.Module):
         if normed.shape != dens.shape or normed.device != dens.device:
             raise ValueError(f"normed_density {tuple(normed_density.shape)} on {normed.device} must match density "
                              f"{tuple(density.shape)} on {dens.device}")
-        if not bool((torch.isfinite(normed) & (normed >= 0)).all()):
+        if self.validate and not bool((torch.isfinite(normed) & (normed >= 0)).all()):
             raise ValueError("normed_density must be finite and non-negative (it is a probability mass)")
-        packed, offs = _points_for(dens, points, offsets)
+        packed, offs = _points_for(dens, points, offsets, self.validate)
         crop = dens.shape[1] * self.stride
         scale, shift = (2.0 / crop, -1.0) if self.normalize_coordinates else (1.0, 0.0)
         return _OTLossFunction.apply(normed, dens, packed, offs, self.stride, self.reg, self.iterations, scale, shift)
@@ -260,27 +274,29 @@ class DMCountLoss(nn.Module):
     counted at min(x, W - 1), likewise y, as DM-Count's gen_discrete_map clamps its rounded heads
     into the last pixel) and N the image's number of heads; normed_density = density /
     (sum(density) + 1e-6), as DM-Count's network outputs it; ``density`` must be non-negative
-    (DM-Count's Sinkhorn asserts it). Arguments as :class:`OTLoss`, plus the weights (DM-Count's
-    defaults 0.1 and 0.01). A float16 / bfloat16 density is taken in float32.
+    (DM-Count's Sinkhorn asserts it; ``validate`` checks it with the points). Arguments as
+    :class:`OTLoss`, plus the weights (DM-Count's defaults 0.1 and 0.01). A float16 / bfloat16 density is taken in float32.
 
     Called as ``criterion(density, points, *, offsets=None)`` with ``density`` (B, 1, h, w); returns
     the scalar loss. ``terms(...)`` returns the dict of its parts.
     """
 
     def __init__(self, stride: int = 8, reg: float = 10.0, iterations: int = 100, normalize_coordinates: bool = False,
-                 ot_weight: float = 0.1, tv_weight: float = 0.01):
+                 ot_weight: float = 0.1, tv_weight: float = 0.01, validate: bool = True):
         super().__init__()
-        self.ot = OTLoss(stride, reg, iterations, normalize_coordinates)
+        self.validate = bool(validate)
+        # the OT term gets points and a normed density checked here (density / its sum is a mass)
+        self.ot = OTLoss(stride, reg, iterations, normalize_coordinates, validate=False)
         self.ot_weight = _check_positive(ot_weight, "ot_weight")
         self.tv_weight = _check_positive(tv_weight, "tv_weight")
 
     def terms(self, density: torch.Tensor, points: PointsLike, *, offsets=None) -> dict:
         """{"ot", "count", "tv"} (weighted, differentiable), "wasserstein" and "objective" (unweighted)."""
         dens = _check_density(density, "density")
-        if not bool((torch.isfinite(dens) & (dens >= 0)).all()):
+        if self.validate and not bool((torch.isfinite(dens) & (dens >= 0)).all()):
             raise ValueError("density must be finite and non-negative (DM-Count's Sinkhorn takes "
                              "density / its sum as a probability mass)")
-        packed, offs = _points_for(dens, points, offsets)
+        packed, offs = _points_for(dens, points, offsets, self.validate)
         height, width = dens.shape[1:]
         density = density.to(_result_dtype(density))  # float16 rounds N past 2048 and sums coarsely
         normed = density / (density.sum(dim=(1, 2, 3), keepdim=True) + 1e-6)

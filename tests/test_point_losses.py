@@ -331,6 +331,31 @@ def test_points_four_bytes_into_their_buffer(device):
         assert torch.equal(loss(density, [view]), loss(density, [view.clone()]))
 
 
+def test_validate_false_skips_only_the_value_checks(device):
+    # validate=False (no flag read back from the device) gives the same bits on good inputs, lets bad
+    # values through instead of raising, and still refuses wrong shapes.
+    rng = np.random.default_rng(6)
+    points = [_layout(rng, "cluster", 20, 5, 6).to(device), _layout(rng, "outside", 7, 5, 6).to(device)]
+    density = _density(rng, 2, 5, 6).to(device)
+    for make in (lambda v: BayesianLoss(stride=STRIDE, validate=v), lambda v: DMCountLoss(stride=STRIDE, validate=v)):
+        assert torch.equal(make(False)(density, points), make(True)(density, points))
+    normed = density / density.sum(dim=(1, 2, 3), keepdim=True)
+    checked = OTLoss(stride=STRIDE)(normed, density, points)
+    unchecked = OTLoss(stride=STRIDE, validate=False)(normed, density, points)
+    assert all(torch.equal(a, b) for a, b in zip(checked, unchecked))
+    bad_density, bad_points = density.clone(), [points[0].clone(), points[1]]
+    bad_density[0, 0, 1, 1] = math.nan
+    bad_points[0][3, 0] = math.nan
+    with pytest.raises(ValueError, match="density must be finite"):
+        DMCountLoss(stride=STRIDE)(bad_density, points)
+    with pytest.raises(ValueError, match="finite"):
+        BayesianLoss(stride=STRIDE)(density, bad_points)
+    DMCountLoss(stride=STRIDE, validate=False)(bad_density, points)
+    BayesianLoss(stride=STRIDE, validate=False)(density, bad_points)
+    with pytest.raises(ValueError, match="density must have shape"):
+        BayesianLoss(stride=STRIDE, validate=False)(density[:, 0], points)
+
+
 def test_packed_points_with_offsets_equal_the_list():
     rng = np.random.default_rng(5)
     points = [_layout(rng, "uniform", 9, 4, 4), _layout(rng, "uniform", 3, 4, 4)]
