@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 import zlib
 
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from mud_iknn.data import DATASETS, open_dataset
-from mud_iknn.data.common import check_points, load_image, load_mat
+from mud_iknn.data.common import check_points, load_image, load_mat, read_annpoints_mat
 from mud_iknn.sample import CrowdSample
 
 
@@ -418,9 +419,34 @@ def test_a_mat_file_that_is_not_one_names_the_file(tmp_path, content):
         load_mat(path)
 
 
-def test_matlab_v73_file_gets_a_clear_error(tmp_path):
-    if __import__("importlib.util").util.find_spec("h5py") is not None:
-        pytest.skip("h5py installed: v7.3 files are readable")
+def _write_mat_v73(path, **variables):
+    """A MATLAB v7.3 file as MATLAB writes one: the text header in a 512-byte HDF5 userblock, each
+    matrix transposed (column-major), an empty one stored as its dimensions with MATLAB_empty."""
+    import h5py
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in variables.items():
+            value = np.asarray(value, dtype=np.float64)
+            data = f.create_dataset(name, data=np.array(value.shape[::-1], dtype=np.uint64) if value.size == 0
+                                    else value.T)
+            data.attrs["MATLAB_class"] = np.bytes_("double")
+            if value.size == 0:
+                data.attrs["MATLAB_empty"] = np.uint8(1)
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
+
+
+def test_matlab_v73_annotations_read_as_stored(tmp_path):
+    pytest.importorskip("h5py")
+    heads = [[10.5, 3.0], [7.25, 20.0], [1.0, 2.0]]
+    _write_mat_v73(tmp_path / "GT_IMG_1.mat", annPoints=heads)
+    _write_mat_v73(tmp_path / "GT_IMG_2.mat", annPoints=np.zeros((0, 2)))  # [0, 2] read as a head before
+    assert read_annpoints_mat(tmp_path / "GT_IMG_1.mat")[0].tolist() == heads
+    points = read_annpoints_mat(tmp_path / "GT_IMG_2.mat")[0]
+    assert points.size == 0 and len(check_points(points, (30, 30), "GT_IMG_2.mat")) == 0
+
+
+def test_matlab_v73_file_gets_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as without h5py installed: import fails
     path = tmp_path / "GT_IMG_1.mat"
     header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
     path.write_bytes(header.ljust(116) + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 384 + b"\x89HDF\r\n\x1a\n")

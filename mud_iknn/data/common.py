@@ -124,7 +124,10 @@ def _load_mat_v73(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         for key, item in f.items():
             if isinstance(item, h5py.Dataset) and item.dtype.kind in "fiu":
-                out[key] = np.asarray(item).T
+                if item.attrs.get("MATLAB_empty", 0):  # an empty matrix: its data are its dimensions
+                    out[key] = np.zeros(np.asarray(item, dtype=np.int64).ravel()[::-1])
+                else:
+                    out[key] = np.asarray(item).T
     return out
 
 
