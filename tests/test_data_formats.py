@@ -276,6 +276,11 @@ def test_nwpu_crowd_count_mismatch_names_file(tmp_path):
         open_dataset("nwpu_crowd", tmp_path, split="all")[0]
     (tmp_path / "jsons" / "0001.json").write_text(json.dumps({"human_num": None, "points": [[1, 1]]}))
     assert open_dataset("nwpu_crowd", tmp_path, split="all")[0].points.tolist() == [[1.0, 1.0]]  # null: unrecorded
+    # NaN and Infinity (which json reads), a fraction and a bool are no count of one head either
+    for number, shown in (("NaN", "nan"), ("Infinity", "inf"), ("1.5", "1.5"), ("true", "True")):
+        (tmp_path / "jsons" / "0001.json").write_text('{"human_num": %s, "points": [[1, 1]]}' % number)
+        with pytest.raises(ValueError, match=f"0001.json: human_num is {shown} but"):
+            open_dataset("nwpu_crowd", tmp_path, split="all")[0]
 
 
 @pytest.mark.parametrize("points", [None, 5, "1 2"])

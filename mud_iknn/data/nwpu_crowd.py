@@ -64,7 +64,8 @@ def read_nwpu_points(path: Path):
         meta["boxes"] = boxes[:, 2:] - boxes[:, :2]
     if record.get("human_num") is not None:  # null: not recorded
         meta["human_num"] = record["human_num"]
-        if not isinstance(record["human_num"], (int, float)) or int(record["human_num"]) != len(points):
+        number = record["human_num"]  # json reads NaN and Infinity too
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != len(points):
             raise ValueError(f"{path}: human_num is {record['human_num']} but 'points' holds {len(points)} heads")
     return points, meta
 
