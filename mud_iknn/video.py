@@ -116,9 +116,9 @@ def overlay_frame(image: torch.Tensor, values: torch.Tensor, count: float,
     located heads ``points`` ((N, 2) (x, y) pixels) as red dots and the count written top left."""
     from PIL import Image, ImageDraw
 
-    from .visualize import colorize
+    from .visualize import _hwc, _points, colorize
 
-    rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    rgb = _hwc(image).astype(np.float32)
     values = values.detach().cpu().numpy().astype(np.float64)
     if values.shape != rgb.shape[:2]:
         raise ValueError(f"map {values.shape} and image {rgb.shape[:2]} differ in size")
@@ -128,6 +128,7 @@ def overlay_frame(image: torch.Tensor, values: torch.Tensor, count: float,
     picture = Image.fromarray((blended + 0.5).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     if points is not None:
+        points = _points(points)
         radius = max(1.0, max(values.shape) / 200)
         for x, y in points.tolist():
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(255, 0, 0))
@@ -158,6 +159,10 @@ class OverlayWriter:
         self.size = None
 
     def write(self, picture: np.ndarray) -> None:
+        picture = np.asarray(picture)
+        if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
+            raise ValueError(f"overlay video {self.path}: a frame must be (H, W, 3) uint8 RGB, got "
+                             f"{picture.shape} {picture.dtype}")
         height, width = picture.shape[:2]
         if self.size is None:
             self.size = (height + height % 2, width + width % 2)
@@ -201,6 +206,8 @@ def count_video(model: nn.Module, path: Union[str, os.PathLike], *, window: int,
 
     from .evaluate import predict_image
 
+    if not is_integer(every) or every < 1:  # checked here too: the overlay's frame rate divides by it
+        raise ValueError(f"every must be a positive integer, got {every!r}")
     info = video_info(path)
     frames = read_frames(path, every)
     writer = OverlayWriter(overlay, (info.fps or 25.0) / every) if overlay is not None else None

@@ -17,7 +17,9 @@ def _hwc(image) -> np.ndarray:
     array = np.asarray(image.cpu() if hasattr(image, "cpu") else image)
     if array.ndim != 3 or array.shape[0] != 3:
         raise ValueError(f"image must have shape (3, H, W), got {array.shape}")
-    return np.ascontiguousarray(array.transpose(1, 2, 0)).astype(np.uint8)
+    if array.dtype != np.uint8:  # a cast would turn [0, 1] floats black and wrap values above 255
+        raise ValueError(f"image must be uint8 RGB (0-255), got {array.dtype}")
+    return np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
 def _map(values) -> np.ndarray:
@@ -52,7 +54,10 @@ def save_label_preview(image, values, path) -> Path:
     the image's own resolution (a plain pixel PNG, no axes)."""
     from PIL import Image
 
-    picture = np.concatenate([_hwc(image), colorize(values)], axis=1)
+    rgb, array = _hwc(image), _map(values)
+    if array.shape != rgb.shape[:2]:
+        raise ValueError(f"map {array.shape} and image {rgb.shape[:2]} differ in size")
+    picture = np.concatenate([rgb, colorize(array)], axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(path)
@@ -75,8 +80,7 @@ def save_overlay(image, values, count: float, path, *, points=None, title: str =
     left = figure.add_axes((0, 0, 0.5, panel_h / (panel_h + 0.5)))
     left.imshow(rgb)
     if points is not None:
-        xy = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=np.float64)
-        xy = xy.reshape(-1, 2)
+        xy = _points(points)
         dot = 2.0 * 72.0 * panel_w / width  # about 2 image pixels across, in points
         left.scatter(xy[:, 0], xy[:, 1], s=min(max(dot * dot, 6.0), 60.0), c="red", marker="o",
                      edgecolors="white", linewidths=0.4)
@@ -91,11 +95,13 @@ def save_overlay(image, values, count: float, path, *, points=None, title: str =
     return _save(figure, path)
 
 
-def _points(values) -> np.ndarray:
+def _points(values, name: str = "points") -> np.ndarray:
+    """(N, 2) float64 array of ``values`` (any empty array: no point); ValueError naming ``name``."""
     array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
-    array = array.reshape(-1, 2) if array.size else np.zeros((0, 2))
+    if not array.size:
+        return np.zeros((0, 2))
     if array.ndim != 2 or array.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2), got {array.shape}")
+        raise ValueError(f"{name} must have shape (N, 2), got {array.shape}")
     return array
 
 
@@ -107,7 +113,7 @@ def save_demo_figure(image, true_map, predicted_map, true_points, located, predi
     """
     from matplotlib.figure import Figure
 
-    truth, found = _points(true_points), _points(located)
+    truth, found = _points(true_points, "true_points"), _points(located, "located")
     true_map, predicted_map = _map(true_map), _map(predicted_map)
     top = max(float(true_map.max(initial=0.0)), float(predicted_map.max(initial=0.0))) or 1.0
     figure = Figure(figsize=(12, 4.4), dpi=100)

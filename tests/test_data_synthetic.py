@@ -96,3 +96,11 @@ def test_bad_arguments():
         SyntheticCrowds(0)
     with pytest.raises(ValueError, match="size"):
         SyntheticCrowds(2, size=8)
+    # each used to pass here: -1 then failed in numpy at the first scene ("expected non-negative
+    # integer"), max_count -1 there too ("negative dimensions"), 1.5 and 64.5 were truncated
+    for kwargs, name in [({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"),
+                         ({"max_count": -1}, "max_count"), ({"max_count": 2.5}, "max_count"),
+                         ({"size": (64.5, 64)}, "size"), ({"size": "64"}, "size")]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            SyntheticCrowds(2, **kwargs)
+    assert len(SyntheticCrowds(1, size=(np.int64(40), 48), seed=np.int64(3), max_count=0)[0].points) == 0

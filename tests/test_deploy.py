@@ -278,6 +278,31 @@ def test_overlay_frame_draws_the_map_where_it_is_high():
     assert (text.min(-1) > 200).any() and (text.max(-1) < 30).any()
 
 
+def test_overlay_frame_refuses_images_and_points_it_would_draw_wrong():
+    """A float image in [0, 1] would come out black, (N, 3) points fail in a tuple unpacking."""
+    density = torch.zeros(8, 10)
+    with pytest.raises(ValueError, match="image must be uint8 RGB.*got float32"):
+        video.overlay_frame(torch.rand(3, 8, 10), density, 1.0)
+    with pytest.raises(ValueError, match=r"points must have shape \(N, 2\), got \(2, 3\)"):
+        video.overlay_frame(torch.zeros(3, 8, 10, dtype=torch.uint8), density, 1.0, torch.zeros(2, 3))
+    picture = video.overlay_frame(torch.zeros(3, 8, 10, dtype=torch.uint8), density, 1.0, torch.zeros(0, 2))
+    assert picture.shape == (8, 10, 3)
+
+
+def test_overlay_writer_refuses_frames_that_are_not_rgb_uint8(tmp_path, av):
+    """Grayscale and RGBA frames failed in numpy's broadcasting, a float frame in [0, 1] was written
+    black; each is refused naming the file, and the frames after it are written as usual."""
+    with video.OverlayWriter(tmp_path / "o.mp4", 5.0) as writer:
+        for picture in [np.zeros((8, 10), np.uint8), np.zeros((8, 10, 4), np.uint8), np.ones((8, 10, 3), np.float32)]:
+            with pytest.raises(ValueError, match=r"o.mp4: a frame must be \(H, W, 3\) uint8 RGB"):
+                writer.write(picture)
+        writer.write(np.full((6, 12, 3), 200, np.uint8))
+    info = video.video_info(tmp_path / "o.mp4")
+    assert (info.width, info.height) == (12, 6)  # the refused frames did not set the size
+    frames = list(video.read_frames(tmp_path / "o.mp4"))
+    assert len(frames) == 1 and abs(frames[0].image.float().mean().item() - 200) < 4
+
+
 def test_video_errors(capsys, tmp_path, exported, av):
     _, path = exported
     (tmp_path / "fake.mp4").write_text("not a video")
@@ -299,3 +324,9 @@ def test_video_errors(capsys, tmp_path, exported, av):
     assert status == 2 and "--overlay for a video must be a video file" in err
     with pytest.raises(ValueError, match="every must be a positive integer"):
         next(video.read_frames(tmp_path / "v.mkv", every=0))
+    # count_video divided the frame rate by every first: 0 raised ZeroDivisionError, -1 blamed the frame rate
+    for every in (0, -1):
+        with pytest.raises(ValueError, match=f"every must be a positive integer, got {every}"):
+            video.count_video(deploy.load_onnx(path)[0], tmp_path / "v.mkv", window=64, stride=40, every=every,
+                              overlay=tmp_path / "o.mp4")
+    assert not (tmp_path / "o.mp4").exists()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from .._checks import is_integer
 from ..sample import CrowdSample
 
 __all__ = ["SyntheticCrowds", "render_crowd"]
@@ -207,8 +208,12 @@ class SyntheticCrowds(torch.utils.data.Dataset):
         if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
         size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-        if len(size) != 2 or min(size) < 32:
+        if len(size) != 2 or not all(map(is_integer, size)) or min(size) < 32:
             raise ValueError(f"size must be (H, W) of at least 32 pixels each, got {size!r}")
+        if not is_integer(seed) or seed < 0:  # numpy's seed sequence takes no negative entry
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if not is_integer(max_count) or max_count < 0:
+            raise ValueError(f"max_count must be a non-negative integer, got {max_count!r}")
         self.num_images = int(num_images)
         self.size = (int(size[0]), int(size[1]))
         self.seed = int(seed)
