@@ -84,8 +84,12 @@ def read_frames(path: Union[str, os.PathLike], every: int = 1) -> Iterator[Frame
     frame without one). Raises FileNotFoundError, or ValueError naming the file for one that is
     not a video, has no video stream, has no frame, or fails to decode part way.
     """
-    if not is_integer(every) or every < 1:
+    if not is_integer(every) or every < 1:  # here, not at the first frame: a generator starts late
         raise ValueError(f"every must be a positive integer, got {every!r}")
+    return _decode(path, every)
+
+
+def _decode(path, every: int) -> Iterator[Frame]:
     av = require("av", "reading videos")
     container, stream = _open(path)
     with container:
@@ -116,12 +120,10 @@ def overlay_frame(image: torch.Tensor, values: torch.Tensor, count: float,
     located heads ``points`` ((N, 2) (x, y) pixels) as red dots and the count written top left."""
     from PIL import Image, ImageDraw
 
-    from .visualize import _hwc, _points, colorize
+    from .visualize import _image_and_map, _points, colorize
 
-    rgb = _hwc(image).astype(np.float32)
-    values = values.detach().cpu().numpy().astype(np.float64)
-    if values.shape != rgb.shape[:2]:
-        raise ValueError(f"map {values.shape} and image {rgb.shape[:2]} differ in size")
+    rgb, values = _image_and_map(image, values)
+    rgb = rgb.astype(np.float32)
     top = float(values.max()) if values.size and values.max() > 0 else 1.0
     alpha = (np.clip(values / top, 0.0, 1.0) * 0.6)[..., None]
     blended = rgb * (1 - alpha) + colorize(values, "jet", vmax=top).astype(np.float32) * alpha
@@ -206,10 +208,8 @@ def count_video(model: nn.Module, path: Union[str, os.PathLike], *, window: int,
 
     from .evaluate import predict_image
 
-    if not is_integer(every) or every < 1:  # checked here too: the overlay's frame rate divides by it
-        raise ValueError(f"every must be a positive integer, got {every!r}")
+    frames = read_frames(path, every)  # checks every, which the overlay's frame rate divides by
     info = video_info(path)
-    frames = read_frames(path, every)
     writer = OverlayWriter(overlay, (info.fps or 25.0) / every) if overlay is not None else None
     total = -(-info.frames // every) if info.frames else None
     rows = []

@@ -29,6 +29,15 @@ def _map(values) -> np.ndarray:
     return array
 
 
+def _image_and_map(image, values) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 of the (3, H, W) ``image`` and (H, W) float64 of ``values``; ValueError unless
+    they are the same size."""
+    rgb, array = _hwc(image), _map(values)
+    if array.shape != rgb.shape[:2]:
+        raise ValueError(f"map {array.shape} and image {rgb.shape[:2]} differ in size")
+    return rgb, array
+
+
 def colorize(values, cmap: str = "viridis", vmax=None) -> np.ndarray:
     """(H, W, 3) uint8 colour picture of an (H, W) map, scaled from 0 to ``vmax`` (default: its max)."""
     from matplotlib import colormaps
@@ -54,9 +63,7 @@ def save_label_preview(image, values, path) -> Path:
     the image's own resolution (a plain pixel PNG, no axes)."""
     from PIL import Image
 
-    rgb, array = _hwc(image), _map(values)
-    if array.shape != rgb.shape[:2]:
-        raise ValueError(f"map {array.shape} and image {rgb.shape[:2]} differ in size")
+    rgb, array = _image_and_map(image, values)
     picture = np.concatenate([rgb, colorize(array)], axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,9 +77,7 @@ def save_overlay(image, values, count: float, path, *, points=None, title: str =
     max), titled with the count and the number of heads located."""
     from matplotlib.figure import Figure
 
-    rgb, array = _hwc(image), _map(values)
-    if array.shape != rgb.shape[:2]:
-        raise ValueError(f"map {array.shape} and image {rgb.shape[:2]} differ in size")
+    rgb, array = _image_and_map(image, values)
     height, width = array.shape
     scale = 6.0 / max(height, width)
     panel_w, panel_h = max(width * scale, 2.5), max(height * scale, 2.5)
