@@ -73,8 +73,6 @@ struct GridSpec {
 };
 
 // The grid of cells `cell` pixels wide over an (height, width) map.
-// make_grid_spec: the cell side chosen from the mean area per head so that a cell holds about
-// `occupancy` heads: O(P) cells. Each backend picks its occupancy (see cpu_occupancy / cuda_occupancy).
 inline GridSpec grid_of_cell(int64_t height, int64_t width, int64_t cell) {
   GridSpec g;
   g.cell = int(cell);
@@ -83,6 +81,8 @@ inline GridSpec grid_of_cell(int64_t height, int64_t width, int64_t cell) {
   return g;
 }
 
+// Cell side chosen from the mean area per head so that a cell holds about `occupancy` heads: O(P)
+// cells. Each backend picks its occupancy (see cpu_occupancy / cuda_occupancy).
 inline GridSpec make_grid_spec(int64_t batch, int64_t count, int64_t height, int64_t width, double occupancy) {
   const double area = double(batch) * double(height) * double(width) / double(std::max<int64_t>(count, 1));
   const int64_t longest = std::max(height, width);

@@ -275,7 +275,8 @@ class DMCountLoss(nn.Module):
     into the last pixel) and N the image's number of heads; normed_density = density /
     (sum(density) + 1e-6), as DM-Count's network outputs it; ``density`` must be non-negative
     (DM-Count's Sinkhorn asserts it; ``validate`` checks it with the points). Arguments as
-    :class:`OTLoss`, plus the weights (DM-Count's defaults 0.1 and 0.01). A float16 / bfloat16 density is taken in float32.
+    :class:`OTLoss`, plus the weights (DM-Count's defaults 0.1 and 0.01). A float16 / bfloat16
+    density is taken in float32.
 
     Called as ``criterion(density, points, *, offsets=None)`` with ``density`` (B, 1, h, w); returns
     the scalar loss. ``terms(...)`` returns the dict of its parts.

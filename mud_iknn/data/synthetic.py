@@ -205,7 +205,7 @@ class SyntheticCrowds(torch.utils.data.Dataset):
                  split: str = "train", max_count: int = 600, cache: bool = True):
         if split not in _SPLIT_STREAMS:
             raise ValueError(f"synthetic split must be one of {tuple(_SPLIT_STREAMS)}, got {split!r}")
-        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        if not is_integer(num_images) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
         size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
         if len(size) != 2 or not all(map(is_integer, size)) or min(size) < 32:
